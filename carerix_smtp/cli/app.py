@@ -1,0 +1,95 @@
+"""``cxsmtp``: the Typer application and its global options."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from carerix_smtp import __version__
+from carerix_smtp.cli.errors import CxsmtpGroup
+
+# Command groups, each a module with ``register(app)``.  Heavy modules are
+# imported inside the commands, so ``cxsmtp --help`` starts fast.
+COMMAND_MODULES = ("server", "settings", "test_cmd", "spool_cmds", "sink_cmd")
+
+app = typer.Typer(
+    cls=CxsmtpGroup,
+    name="cxsmtp",
+    help=(
+        "Keep SMTP server entries, find out why a server does not work, and bulk-send "
+        "a spool of .eml files from cron within the provider's limits."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals hold passwords: never show them in a traceback.
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxsmtp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CXSMTP_CONFIG",
+            help="Configuration file [default: the user config dir's cxsmtp/config.toml].",
+            show_default=False,
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            envvar="CXSMTP_STATE_DIR",
+            help="Directory for state that survives runs (the rate ledger).",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show debug logs and tracebacks.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    from carerix_smtp.cli.context import CliContext
+    from carerix_smtp.config import resolve_config_path, resolve_state_dir
+
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="cxsmtp: %(levelname)s: %(message)s")
+    ctx.obj = CliContext(
+        config_path=resolve_config_path(config),
+        state_dir=resolve_state_dir(state_dir),
+        debug=debug,
+    )
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"carerix_smtp.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # pragma: no cover - only while a group is being written
+        if _exc.name != f"carerix_smtp.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    app(prog_name="cxsmtp")

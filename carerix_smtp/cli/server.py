@@ -1,0 +1,327 @@
+"""``cxsmtp server …``: the seed's "Tables > Other SMTP server" and "My account"."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from carerix_smtp.cli.context import get_context
+from carerix_smtp.cli.errors import warn
+from carerix_smtp.cli.render import format_value, print_fields, print_json
+
+server_app = typer.Typer(
+    help="Add, show, change, select and remove SMTP server entries.",
+    no_args_is_help=True,
+)
+
+LoginOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--login",
+        help='Seed style "USERNAME PASSWORD", split at the first space. Visible in the '
+        "process list: prefer --username with --password-stdin.",
+        show_default=False,
+    ),
+]
+UsernameOpt = Annotated[str | None, typer.Option("--username", "-u", help="Login name.")]
+PasswordStdinOpt = Annotated[
+    bool,
+    typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
+]
+LargeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--accepts-large-amounts/--no-accepts-large-amounts",
+        help="Seed's extra option: 6,000 emails an hour instead of 1,200.",
+        show_default=False,
+    ),
+]
+SecurityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--security",
+        help="auto (by port: 465 SSL, 587 STARTTLS), ssl, starttls or none.",
+        show_default=False,
+    ),
+]
+CaFileOpt = Annotated[
+    Path | None, typer.Option("--ca-file", help="Trust this PEM CA bundle instead of the system store.")
+]
+NoVerifyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--insecure-skip-verify/--verify",
+        help="DANGEROUS: do not verify the server certificate (warned on every connection).",
+        show_default=False,
+    ),
+]
+PlainAuthOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-plaintext-auth/--no-allow-plaintext-auth",
+        help="With --security none only: allow sending the password unencrypted.",
+        show_default=False,
+    ),
+]
+PasswordCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--password-command",
+        help="Command whose first output line is the password (run without a shell).",
+    ),
+]
+DefaultOpt = Annotated[bool, typer.Option("--default", help="Make this the default server.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Change a limit or timeout, e.g. --set batch_deadline=30 (repeatable); "
+        "'cxsmtp server show NAME' lists the keys.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _read_password(login: str | None, username: str | None, password_stdin: bool,
+                   password_command: str | None, prompt_allowed: bool) -> tuple[str | None, str | None]:
+    """(username, password) from the options; the password is never echoed."""
+    from carerix_smtp.errors import UsageError
+    from carerix_smtp.servers import split_login
+
+    password = None
+    if login is not None:
+        if username is not None or password_stdin:
+            raise UsageError("--login cannot be combined with --username or --password-stdin")
+        username, password = split_login(login)
+        warn("the password given with --login is visible in the process list; "
+             "prefer --username USER --password-stdin")
+    elif password_stdin:
+        if username is None:
+            raise UsageError("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--password-stdin: the first line of standard input is empty")
+    elif username is not None and prompt_allowed and password_command is None and sys.stdin.isatty():
+        password = typer.prompt(f"Password for {username}", hide_input=True) or None
+    return username, password
+
+
+def _fields(username: str | None, large: bool | None, security: str | None, ca_file: Path | None,
+            no_verify: bool | None, plain_auth: bool | None, password_command: str | None,
+            assignments: list[str] | None) -> dict[str, Any]:
+    from carerix_smtp.servers import parse_assignments
+    from carerix_smtp.tls import parse_security
+
+    fields: dict[str, Any] = {}
+    if username is not None:
+        fields["username"] = username
+    if large is not None:
+        fields["accepts_large_amounts"] = large
+    if security is not None:
+        try:
+            fields["security"] = parse_security(security)
+        except Exception as exc:  # ConfigError from the parser; this is a command-line value
+            from carerix_smtp.errors import UsageError
+
+            raise UsageError(f"--security: {exc}") from None
+    if ca_file is not None:
+        if not ca_file.is_file():
+            from carerix_smtp.errors import InputError
+
+            raise InputError(f"--ca-file {ca_file}: no such file")
+        fields["ca_file"] = str(ca_file.resolve())
+    if no_verify is not None:
+        fields["tls_verify"] = not no_verify
+        if no_verify:
+            warn("certificate verification is turned OFF for this server")
+    if plain_auth is not None:
+        fields["allow_plaintext_auth"] = plain_auth
+    if password_command is not None:
+        fields["password_command"] = password_command
+    fields.update(parse_assignments(assignments or []))
+    return fields
+
+
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A short name for the entry, e.g. xs4all.")],
+    host: Annotated[str, typer.Argument(help='Server, e.g. "[smtp.xs4all.nl]:587".')],
+    login: LoginOpt = None,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    accepts_large_amounts: LargeOpt = None,
+    security: SecurityOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure_skip_verify: NoVerifyOpt = None,
+    allow_plaintext_auth: PlainAuthOpt = None,
+    password_command: PasswordCommandOpt = None,
+    default: DefaultOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Add a server entry.
+
+    HOST forms: smtp.example.com (MX lookup, port 25), [smtp.example.com] (no MX),
+    [smtp.example.com]:465 (SSL), [smtp.example.com]:587 (STARTTLS),
+    [192.0.2.10]:587, [2001:db8::1]:587.
+
+    Example: cxsmtp server add xs4all "[smtp.xs4all.nl]:587" --username jan --password-stdin
+    """
+    from carerix_smtp.servers import add_server
+
+    cli = get_context(ctx)
+    config = cli.load_config()
+    user, password = _read_password(login, username, password_stdin, password_command, True)
+    fields = _fields(user, accepts_large_amounts, security, ca_file, insecure_skip_verify,
+                     allow_plaintext_auth, password_command, set_)
+    entry = add_server(config, name, host, password=password, make_default=default, env=cli.env,
+                       **fields)
+    stored = " (password stored in the keyring)" if password else ""
+    typer.echo(f"added server {entry.name!r}: {entry.host}{stored}")
+
+
+def edit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The entry to change.")],
+    host: Annotated[str | None, typer.Option("--host", help="New HOST.")] = None,
+    login: LoginOpt = None,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    accepts_large_amounts: LargeOpt = None,
+    security: SecurityOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure_skip_verify: NoVerifyOpt = None,
+    allow_plaintext_auth: PlainAuthOpt = None,
+    password_command: PasswordCommandOpt = None,
+    default: DefaultOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Change a server entry; options not given stay as they are.
+
+    Example: cxsmtp server edit xs4all --accepts-large-amounts --set batch_deadline=45
+    """
+    from carerix_smtp.servers import edit_server
+
+    cli = get_context(ctx)
+    config = cli.load_config()
+    user, password = _read_password(login, username, password_stdin, password_command, False)
+    fields = _fields(user, accepts_large_amounts, security, ca_file, insecure_skip_verify,
+                     allow_plaintext_auth, password_command, set_)
+    if host is not None:
+        fields["host"] = host
+    entry = edit_server(config, name, password=password, make_default=default, env=cli.env,
+                        **fields)
+    typer.echo(f"changed server {entry.name!r}")
+
+
+def remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The entry to remove.")],
+) -> None:
+    """Remove a server entry, its per-user choices and its stored password."""
+    from carerix_smtp.servers import remove_server
+
+    cli = get_context(ctx)
+    had_password = remove_server(cli.load_config(), name, cli.env)
+    extra = " and its stored password" if had_password else ""
+    typer.echo(f"removed server {name!r}{extra}")
+
+
+def password(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The entry whose password to set.")],
+    password_stdin: PasswordStdinOpt = False,
+) -> None:
+    """Set or replace the password stored in the keyring for a server.
+
+    Example: printf '%s\\n' "$SMTP_PASSWORD" | cxsmtp server password xs4all --password-stdin
+    """
+    from carerix_smtp.errors import UsageError
+    from carerix_smtp.servers import set_password
+
+    cli = get_context(ctx)
+    config = cli.load_config()
+    config.server(name)
+    if password_stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        raise UsageError("no terminal to ask for the password: use --password-stdin")
+    if not secret:
+        raise UsageError("the password is empty")
+    set_password(config, name, secret, cli.env)
+    typer.echo(f"password for {name!r} stored in the keyring")
+
+
+def use(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The entry to select.")],
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Only for messages whose From is this address."),
+    ] = None,
+) -> None:
+    """Select the default server, or the server for one sender (seed: My account).
+
+    Example: cxsmtp server use xs4all --user alice@example.com
+    """
+    from carerix_smtp.servers import use_server
+
+    cli = get_context(ctx)
+    use_server(cli.load_config(), name, user)
+    who = f"messages from {user}" if user else "the default"
+    typer.echo(f"server {name!r} is now {who}")
+
+
+def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """List the server entries."""
+    from carerix_smtp.servers import describe_server
+
+    cli = get_context(ctx)
+    config = cli.load_config()
+    rows = [describe_server(config, e, cli.env) for _, e in sorted(config.servers.items())]
+    if json_:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no servers yet; add one with: cxsmtp server add NAME HOST")
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        typer.echo(
+            f"{mark} {row['name']:<16} {row['host']:<32} {row['tls_mode']:<20} "
+            f"user={format_value(row['username'])} password={row['password_source']} "
+            f"{row['rate_per_hour']}/h"
+        )
+
+
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The entry to show.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Show a server entry with every effective value, defaults included."""
+    from carerix_smtp.servers import describe_server
+
+    cli = get_context(ctx)
+    config = cli.load_config()
+    data = describe_server(config, config.server(name), cli.env)
+    if json_:
+        print_json(data)
+    else:
+        print_fields(data)
+
+
+def register(app: typer.Typer) -> None:
+    server_app.command("add")(add)
+    server_app.command("list")(list_)
+    server_app.command("show")(show)
+    server_app.command("edit")(edit)
+    server_app.command("remove")(remove)
+    server_app.command("use")(use)
+    server_app.command("password")(password)
+    app.add_typer(server_app, name="server")

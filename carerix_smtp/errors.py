@@ -1,0 +1,160 @@
+"""One error hierarchy for cxsmtp.
+
+Every message is ready for the user: it names the file, key, server or
+host:port involved and says what is accepted.  The CLI turns a
+:class:`CxsmtpError` into ``cxsmtp: error: <message>`` on stderr and exits
+with :attr:`CxsmtpError.exit_code`; nothing else in the package prints.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, sysexits(3) values as sendmail and msmtp use."""
+
+    OK = 0
+    USAGE = 64  # EX_USAGE: bad command line
+    DATAERR = 65  # EX_DATAERR: some messages failed permanently
+    NOINPUT = 66  # EX_NOINPUT: input file missing or unreadable
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: a test did not pass
+    SOFTWARE = 70  # EX_SOFTWARE: internal error (a bug)
+    CANTCREAT = 73  # EX_CANTCREAT: cannot write an output file
+    IOERR = 74  # EX_IOERR
+    TEMPFAIL = 75  # EX_TEMPFAIL: deferred, server unreachable, interrupted
+    NOPERM = 77  # EX_NOPERM: authentication refused
+    CONFIG = 78  # EX_CONFIG: configuration error
+
+
+class CxsmtpError(Exception):
+    """Base of every error cxsmtp raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.SOFTWARE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CxsmtpError):
+    """A command-line value is wrong (exit 64)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class HostSyntaxError(UsageError, ValueError):
+    """A HOST string does not follow the accepted forms."""
+
+
+class ConfigError(CxsmtpError):
+    """The configuration file or an entry in it is wrong (exit 78)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class UnknownServerError(ConfigError, KeyError):
+    """A server name that is not in the configuration."""
+
+    def __str__(self) -> str:  # KeyError would add quotes
+        return self.message
+
+
+class SecretError(ConfigError):
+    """No password could be found, stored or removed (exit 78)."""
+
+
+class KeyringUnavailableError(SecretError):
+    """No usable keyring backend (fail/null backend, locked, hanging)."""
+
+
+class SpoolError(ConfigError):
+    """The spool directory is missing, not a directory, or not writable."""
+
+
+class InputError(CxsmtpError):
+    """An input file (message to enqueue, CA file…) is missing or invalid (exit 66)."""
+
+    exit_code = ExitCode.NOINPUT
+
+
+class MessageError(CxsmtpError):
+    """A message cannot be sent as it is: no sender, no recipients, unparseable…"""
+
+    exit_code = ExitCode.DATAERR
+
+
+class SmtpError(CxsmtpError):
+    """Something went wrong talking to an SMTP server.
+
+    Carries where (``host``, ``port``, ``phase``) and, when the server replied,
+    what it said (``code``, ``enhanced``, ``text``).
+    """
+
+    exit_code = ExitCode.TEMPFAIL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str = "",
+        port: int = 0,
+        phase: str = "",
+        code: int | None = None,
+        enhanced: str | None = None,
+        text: str = "",
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.host = host
+        self.port = port
+        self.phase = phase
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+    @property
+    def permanent(self) -> bool:
+        return self.code is not None and 500 <= self.code < 600
+
+
+class SmtpConnectError(SmtpError, ConnectionError):
+    """Name not found, connection refused, or connection lost."""
+
+
+class SmtpTimeoutError(SmtpError, TimeoutError):
+    """The server did not answer within the phase's timeout."""
+
+
+class SmtpTLSError(SmtpError):
+    """TLS could not be set up: handshake failed, certificate refused, STARTTLS missing."""
+
+
+class SmtpAuthError(SmtpError):
+    """The server refused the credentials or requires another mechanism (exit 77)."""
+
+    exit_code = ExitCode.NOPERM
+
+
+class SmtpReplyError(SmtpError):
+    """The server answered a command with an error reply (4xx or 5xx)."""
+
+    @property
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
+        return ExitCode.DATAERR if self.permanent else ExitCode.TEMPFAIL
+
+
+class SmtpPolicyError(SmtpError):
+    """cxsmtp refused to go on: e.g. a password would travel unencrypted."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class Interrupted(CxsmtpError):
+    """SIGTERM or SIGINT arrived; the run stopped cleanly (exit 75)."""
+
+    exit_code = ExitCode.TEMPFAIL
