@@ -125,7 +125,9 @@ class Config:
             return self.servers[name]
         except KeyError:
             known = ", ".join(sorted(self.servers)) or "none yet; add one with 'cxsmtp server add'"
-            raise UnknownServerError(f"no server named {name!r} in {self.path} (known: {known})")
+            raise UnknownServerError(
+                f"no server named {name!r} in {self.path} (known: {known})"
+            ) from None
 
     def default(self) -> ServerEntry:
         name = self.settings.default_server
@@ -160,8 +162,9 @@ def normalise_address(address: str) -> str:
 # --- paths ---------------------------------------------------------------
 
 
-def resolve_config_path(explicit: str | os.PathLike[str] | None = None,
-                        env: Mapping[str, str] | None = None) -> Path:
+def resolve_config_path(
+    explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Path:
     env = os.environ if env is None else env
     if explicit:
         return Path(explicit).expanduser()
@@ -172,8 +175,9 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None = None,
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
-def resolve_state_dir(explicit: str | os.PathLike[str] | None = None,
-                      env: Mapping[str, str] | None = None) -> Path:
+def resolve_state_dir(
+    explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Path:
     env = os.environ if env is None else env
     if explicit:
         return Path(explicit).expanduser()
@@ -243,7 +247,7 @@ def _convert(where: str, key: str, value: Any) -> Any:
             ) from None
     if key == "nameservers":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: nameservers must be a list of \"IP\" or \"IP:PORT\" strings")
+            raise ConfigError(f'{where}: nameservers must be a list of "IP" or "IP:PORT" strings')
         return list(value)
     raise AssertionError(key)  # pragma: no cover
 
@@ -299,7 +303,9 @@ def config_from_dict(path: Path, data: Mapping[str, Any]) -> Config:
                 table = _table(where, table)
                 unknown = set(table) - {"server"}
                 if unknown:
-                    raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known keys: server")
+                    raise ConfigError(
+                        f"{where}: unknown key {sorted(unknown)[0]!r}; known keys: server"
+                    )
                 if not isinstance(table.get("server"), str):
                     raise ConfigError(f"{where}: server must be the name of a server")
                 config.users[normalise_address(address)] = table["server"]

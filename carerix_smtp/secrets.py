@@ -70,7 +70,7 @@ def _with_timeout(func: Callable[[], T], timeout: float, what: str) -> T:
     def target() -> None:
         try:
             result.append(func())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:
             error.append(exc)
 
     thread = threading.Thread(target=target, name="cxsmtp-keyring", daemon=True)
@@ -90,11 +90,11 @@ def keyring_backend_problem() -> str | None:
     try:
         import keyring
         from keyring.backends import chainer, fail, null
-    except Exception as exc:  # noqa: BLE001 - a broken keyring install is just "unusable"
+    except Exception as exc:
         return f"the keyring module cannot be loaded ({type(exc).__name__})"
     try:
         backend = keyring.get_keyring()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"no keyring backend could be chosen ({type(exc).__name__})"
     kind = f"{type(backend).__module__}.{type(backend).__name__}"
     if isinstance(backend, fail.Keyring | null.Keyring):
@@ -185,9 +185,7 @@ def run_password_command(server: str, command: str, timeout: float = COMMAND_TIM
             check=False,
         )
     except FileNotFoundError:
-        raise SecretError(
-            f"server {server!r}: password_command {argv[0]!r} not found"
-        ) from None
+        raise SecretError(f"server {server!r}: password_command {argv[0]!r} not found") from None
     except PermissionError:
         raise SecretError(
             f"server {server!r}: password_command {argv[0]!r} is not executable"

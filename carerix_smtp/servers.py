@@ -40,10 +40,10 @@ def split_login(login: str) -> tuple[str, str]:
 
     Split at the first run of white space; the password keeps any spaces after it.
     """
-    parts = login.strip().split(None, 1)
+    parts = login.lstrip().split(None, 1)
     if len(parts) != 2 or not parts[1]:
         raise UsageError(
-            "--login needs \"USERNAME PASSWORD\" separated by a space "
+            '--login needs "USERNAME PASSWORD" separated by a space '
             "(the password may contain spaces)"
         )
     return parts[0], parts[1].rstrip("\r\n")
@@ -97,7 +97,7 @@ def add_server(
             raise UsageError("a password needs a username: use --login or --username")
         secrets.store_password(name, password, env)
     config.servers[name] = entry
-    if make_default or config.settings.default_server is None and len(config.servers) == 1:
+    if make_default or (config.settings.default_server is None and len(config.servers) == 1):
         config.settings.default_server = name
     save_config(config)
     return entry
@@ -141,7 +141,9 @@ def remove_server(config: Config, name: str, env: Mapping[str, str] | None = Non
     return secrets.delete_password(name, env)
 
 
-def set_password(config: Config, name: str, password: str, env: Mapping[str, str] | None = None) -> None:
+def set_password(
+    config: Config, name: str, password: str, env: Mapping[str, str] | None = None
+) -> None:
     entry = config.server(name)
     if entry.username is None:
         raise ConfigError(
@@ -177,7 +179,9 @@ def set_setting(config: Config, key: str, value: str) -> None:
         try:
             config.settings.send_limit_window = float(value)
         except ValueError:
-            raise UsageError(f"send-limit-window must be a number of seconds, not {value!r}") from None
+            raise UsageError(
+                f"send-limit-window must be a number of seconds, not {value!r}"
+            ) from None
     elif key == "default_server":
         config.server(value)
         config.settings.default_server = value

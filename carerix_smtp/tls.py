@@ -62,7 +62,9 @@ def security_for_port(port: int, security: Security, has_password: bool) -> TlsM
     return TlsMode.STARTTLS_OPPORTUNISTIC
 
 
-def check_plaintext_auth(security: Security, allow_plaintext_auth: bool, has_password: bool) -> None:
+def check_plaintext_auth(
+    security: Security, allow_plaintext_auth: bool, has_password: bool
+) -> None:
     """Refuse a configuration that would send a password unencrypted without consent."""
     if security is Security.NONE and has_password and not allow_plaintext_auth:
         raise ConfigError(
@@ -91,7 +93,9 @@ def make_ssl_context(ca_file: str | None = None, *, verify: bool = True) -> ssl.
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise InputError(f"CA file {ca_file}: {exc.strerror or exc}") from None
     except ssl.SSLError as exc:
-        raise InputError(f"CA file {ca_file}: not a PEM certificate bundle ({exc.reason})") from None
+        raise InputError(
+            f"CA file {ca_file}: not a PEM certificate bundle ({exc.reason})"
+        ) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         log.warning(

@@ -60,9 +60,7 @@ def main_callback(
             show_default=False,
         ),
     ] = None,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show debug logs and tracebacks.")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show debug logs and tracebacks.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
     version: Annotated[
         bool,

@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 try:  # typer >= 0.22 vendors click
     from typer._click.exceptions import UsageError as ClickUsageError
 except ImportError:  # pragma: no cover - older typer with click as a dependency
-    from click import UsageError as ClickUsageError
+    from click import UsageError as ClickUsageError  # type: ignore[no-redef]
 
 from carerix_smtp.errors import CxsmtpError, ExitCode
 

@@ -48,7 +48,8 @@ SecurityOpt = Annotated[
     ),
 ]
 CaFileOpt = Annotated[
-    Path | None, typer.Option("--ca-file", help="Trust this PEM CA bundle instead of the system store.")
+    Path | None,
+    typer.Option("--ca-file", help="Trust this PEM CA bundle instead of the system store."),
 ]
 NoVerifyOpt = Annotated[
     bool | None,
@@ -86,8 +87,13 @@ SetOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _read_password(login: str | None, username: str | None, password_stdin: bool,
-                   password_command: str | None, prompt_allowed: bool) -> tuple[str | None, str | None]:
+def _read_password(
+    login: str | None,
+    username: str | None,
+    password_stdin: bool,
+    password_command: str | None,
+    prompt_allowed: bool,
+) -> tuple[str | None, str | None]:
     """(username, password) from the options; the password is never echoed."""
     from carerix_smtp.errors import UsageError
     from carerix_smtp.servers import split_login
@@ -97,22 +103,33 @@ def _read_password(login: str | None, username: str | None, password_stdin: bool
         if username is not None or password_stdin:
             raise UsageError("--login cannot be combined with --username or --password-stdin")
         username, password = split_login(login)
-        warn("the password given with --login is visible in the process list; "
-             "prefer --username USER --password-stdin")
+        warn(
+            "the password given with --login is visible in the process list; "
+            "prefer --username USER --password-stdin"
+        )
     elif password_stdin:
         if username is None:
             raise UsageError("--password-stdin needs --username")
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise UsageError("--password-stdin: the first line of standard input is empty")
-    elif username is not None and prompt_allowed and password_command is None and sys.stdin.isatty():
+    elif (
+        username is not None and prompt_allowed and password_command is None and sys.stdin.isatty()
+    ):
         password = typer.prompt(f"Password for {username}", hide_input=True) or None
     return username, password
 
 
-def _fields(username: str | None, large: bool | None, security: str | None, ca_file: Path | None,
-            no_verify: bool | None, plain_auth: bool | None, password_command: str | None,
-            assignments: list[str] | None) -> dict[str, Any]:
+def _fields(
+    username: str | None,
+    large: bool | None,
+    security: str | None,
+    ca_file: Path | None,
+    no_verify: bool | None,
+    plain_auth: bool | None,
+    password_command: str | None,
+    assignments: list[str] | None,
+) -> dict[str, Any]:
     from carerix_smtp.servers import parse_assignments
     from carerix_smtp.tls import parse_security
 
@@ -175,10 +192,19 @@ def add(
     cli = get_context(ctx)
     config = cli.load_config()
     user, password = _read_password(login, username, password_stdin, password_command, True)
-    fields = _fields(user, accepts_large_amounts, security, ca_file, insecure_skip_verify,
-                     allow_plaintext_auth, password_command, set_)
-    entry = add_server(config, name, host, password=password, make_default=default, env=cli.env,
-                       **fields)
+    fields = _fields(
+        user,
+        accepts_large_amounts,
+        security,
+        ca_file,
+        insecure_skip_verify,
+        allow_plaintext_auth,
+        password_command,
+        set_,
+    )
+    entry = add_server(
+        config, name, host, password=password, make_default=default, env=cli.env, **fields
+    )
     stored = " (password stored in the keyring)" if password else ""
     typer.echo(f"added server {entry.name!r}: {entry.host}{stored}")
 
@@ -208,12 +234,21 @@ def edit(
     cli = get_context(ctx)
     config = cli.load_config()
     user, password = _read_password(login, username, password_stdin, password_command, False)
-    fields = _fields(user, accepts_large_amounts, security, ca_file, insecure_skip_verify,
-                     allow_plaintext_auth, password_command, set_)
+    fields = _fields(
+        user,
+        accepts_large_amounts,
+        security,
+        ca_file,
+        insecure_skip_verify,
+        allow_plaintext_auth,
+        password_command,
+        set_,
+    )
     if host is not None:
         fields["host"] = host
-    entry = edit_server(config, name, password=password, make_default=default, env=cli.env,
-                        **fields)
+    entry = edit_server(
+        config, name, password=password, make_default=default, env=cli.env, **fields
+    )
     typer.echo(f"changed server {entry.name!r}")
 
 
