@@ -202,3 +202,12 @@ def test_paths_precedence(tmp_path: Path) -> None:
     assert resolve_state_dir(None, env) == tmp_path / "st"
     assert "cxsmtp" in str(resolve_state_dir(None, {}))
     assert os.fspath(resolve_state_dir(tmp_path / "s", env)) == os.fspath(tmp_path / "s")
+
+
+def test_shipped_example_config_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "config.toml"
+    config = load_config(example, missing_ok=False)
+    assert config.servers["bulk"].effective_rate_per_hour == 6000
+    assert config.servers["provider587"].effective_rate_per_hour == 1200
+    assert config.server_for_sender("alice@example.com").name == "bulk"
+    assert config.server_for_sender("bob@example.com").name == "provider587"
