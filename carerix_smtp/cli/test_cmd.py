@@ -1,0 +1,185 @@
+"""``cxsmtp test``: connectivity diagnosis, phase by phase (SPEC §2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from carerix_smtp.cli.context import get_context
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from carerix_smtp.probe import ProbeReport
+
+SYMBOLS = {"ok": "✔", "failed": "✘", "skipped": "–"}
+
+
+def test(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="Server entry to test [default: the default server].", show_default=False
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Also send a small test message to ADDRESS.", metavar="ADDRESS"),
+    ] = None,
+    mail_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Sender address: used for --to, and its domain's SPF record is checked "
+            "against the server's address.",
+            metavar="ADDRESS",
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="Seconds to wait in each phase.", min=0.1, metavar="S"),
+    ] = 30.0,
+    wait_until_ready: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-until-ready",
+            help="Retry the whole test with backoff until it passes or DURATION (90s, 15m, "
+            "1h) has gone by — for accounts that are activated late.",
+            metavar="DURATION",
+        ),
+    ] = None,
+    spool: Annotated[
+        Path | None,
+        typer.Option(
+            "--spool",
+            help="Compare the largest *.eml in DIR with the server's SIZE limit.",
+            metavar="DIR",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Test a server: resolve, connect, greeting, EHLO, TLS, AUTH (and with --to a
+    test message), reporting time and findings per phase and a hint on failure.
+
+    Example: cxsmtp test xs4all --to me@example.com
+
+    Exit codes: 0 passed; 68 host name not found; 69 unreachable (refused, timed
+    out, no greeting, connection lost); 76 TLS failed (handshake, certificate,
+    STARTTLS missing or refused); 77 authentication refused; 65 refused by the
+    server (5xx to MAIL/RCPT/DATA or greeting), message above SIZE, or SPF fail;
+    75 temporary refusal (4xx); 78 configuration (unknown server, no password,
+    unencrypted password refused); 66 --ca-file unreadable.
+    """
+    from carerix_smtp.errors import SecretError, UsageError
+    from carerix_smtp.probe import ProbeOptions, parse_duration, run_probe
+    from carerix_smtp.probe import wait_until_ready as wait_ready
+    from carerix_smtp.resolve import make_resolver
+    from carerix_smtp.secrets import get_password
+
+    for option, address in (("--to", to), ("--from", mail_from)):
+        if address is not None and "@" not in address.strip("<> "):
+            raise UsageError(f"{option} {address!r}: not an e-mail address (local@domain)")
+    cli = get_context(ctx)
+    config = cli.load_config()
+    entry = config.server(name) if name else config.default()
+    duration = parse_duration(wait_until_ready) if wait_until_ready else None
+    resolver = make_resolver(config.settings.nameservers, cli.env)
+    password = password_error = None
+    if entry.username is not None:
+        try:
+            password = get_password(entry, cli.env)
+        except SecretError as exc:  # reported as the AUTH phase, after TLS was checked
+            password_error = exc
+    options = ProbeOptions(to=to, mail_from=mail_from, timeout=timeout, spool=spool)
+
+    def attempt() -> ProbeReport:
+        return run_probe(entry, password, options, resolver=resolver, password_error=password_error)
+
+    if duration is None:
+        report = attempt()
+    else:
+
+        def on_retry(failed: ProbeReport, wait: float) -> None:
+            phase = failed.failed_phase
+            where = phase.name if phase else "?"
+            cli.err_console.print(
+                f"cxsmtp: attempt {failed.attempts} failed at {where}: {failed.error}; "
+                f"retrying in {wait:.0f} s",
+                markup=False,
+            )
+
+        report = wait_ready(attempt, duration, on_retry=on_retry)
+    if json_:
+        from carerix_smtp.cli.render import print_json
+
+        print_json(report.to_dict())
+    else:
+        render_report(report, terminal=cli.stdout_is_terminal, console=cli.console)
+    raise typer.Exit(report.exit_code)
+
+
+def render_report(report: ProbeReport, *, terminal: bool, console: Console | None = None) -> None:
+    """A rich table on a terminal, plain lines otherwise (cron mail, pipes)."""
+    title = f"{report.server} ({report.host})"
+    if terminal and console is not None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        # Hosts are written "[smtp.example.com]:587": escape them, they are not markup.
+        table = Table(
+            title=escape(title), show_header=True, header_style="bold", title_justify="left"
+        )
+        table.add_column("")
+        table.add_column("phase")
+        table.add_column("ms", justify="right")
+        table.add_column("result", overflow="fold")
+        for phase in report.phases:
+            style = {"ok": "green", "failed": "red", "skipped": "dim"}[phase.status]
+            table.add_row(
+                f"[{style}]{SYMBOLS[phase.status]}[/]",
+                phase.name,
+                "" if phase.ms is None else f"{phase.ms:.0f}",
+                escape(_facts(phase.summary, phase.error)),
+            )
+        console.print(table)
+        for phase in report.phases:
+            if phase.hint and phase.status != "failed":
+                console.print(f"note ({phase.name}): {phase.hint}", markup=False)
+        if report.hint:
+            console.print(f"hint: {report.hint}", markup=False)
+        console.print(_verdict(report), markup=False)
+        return
+    typer.echo(title)
+    width = max(len(p.name) for p in report.phases)
+    for phase in report.phases:
+        ms = "" if phase.ms is None else f"{phase.ms:.0f} ms"
+        line = f"{SYMBOLS[phase.status]} {phase.name.ljust(width)} {ms:>8}  "
+        typer.echo((line + _facts(phase.summary, phase.error)).rstrip())
+    for phase in report.phases:
+        if phase.hint and phase.status != "failed":
+            typer.echo(f"note ({phase.name}): {phase.hint}")
+    if report.hint:
+        typer.echo(f"hint: {report.hint}")
+    typer.echo(_verdict(report))
+
+
+def _facts(summary: str, error: str | None) -> str:
+    if error:
+        return f"{summary} — {error}" if summary else error
+    return summary
+
+
+def _verdict(report: ProbeReport) -> str:
+    tries = f" after {report.attempts} attempts" if report.attempts > 1 else ""
+    if report.passed:
+        return f"PASSED{tries}"
+    return f"FAILED{tries} (exit {report.exit_code})"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("test")(test)

@@ -1,0 +1,968 @@
+"""SmtpSession against real servers on 127.0.0.1: aiosmtpd (TLS from trustme, AUTH)
+and scripted raw-socket servers for the faults aiosmtpd cannot produce.
+
+The server helpers here (``smtp_server``, ``ScriptServer``) are imported by
+test_probe.py and test_cli_test.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, auth_mechanism
+from conftest import free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carerix_smtp.config import ServerEntry
+from carerix_smtp.errors import (
+    MessageError,
+    SmtpAuthError,
+    SmtpConnectError,
+    SmtpPolicyError,
+    SmtpReplyError,
+    SmtpTimeoutError,
+    SmtpTLSError,
+)
+from carerix_smtp.tls import Security
+from carerix_smtp.transport import (
+    AUTH_PREFERENCE,
+    ConnectFailedError,
+    SmtpSession,
+    TlsFailedError,
+    message_size,
+    parse_reply,
+    wire_chunks,
+)
+
+USER = "jan"
+PASSWORD = "s3cret pass"
+
+
+# --- server helpers (shared with test_probe / test_cli_test) ----------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    mail_options: list[str]
+
+
+@dataclass
+class RecordingHandler:
+    """aiosmtpd handler that records messages and AUTH attempts and injects replies."""
+
+    messages: list[Received] = field(default_factory=list)
+    mechanisms_tried: list[str] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    mail_reply: str | None = None
+    data_reply: str | None = None
+    refuse_auth_with: str | None = None  # e.g. "535 5.7.139 basic authentication is disabled"
+    received_event: threading.Event = field(default_factory=threading.Event)
+
+    async def handle_AUTH(self, server: Any, session: Any, envelope: Any, args: list[str]) -> Any:
+        self.mechanisms_tried.append(args[0].upper())
+        return MISSING
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply:
+            return self.data_reply
+        self.messages.append(
+            Received(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                list(envelope.mail_options),
+            )
+        )
+        self.received_event.set()
+        return "250 2.0.0 queued"
+
+    @auth_mechanism("CRAM-MD5")
+    async def auth_CRAM_MD5(self, server: Any, args: list[str]) -> AuthResult:
+        challenge = b"<1896.697170952@cxsmtp.test>"
+        answer = await server.challenge_auth(challenge)
+        if answer is MISSING:
+            return AuthResult(success=False, handled=True)
+        user, _, digest = answer.partition(b" ")
+        expected = hmac.new(PASSWORD.encode(), challenge, hashlib.md5).hexdigest().encode()
+        ok = user == USER.encode() and hmac.compare_digest(digest, expected)
+        return AuthResult(success=ok, handled=False, auth_data=LoginPassword(user, b""))
+
+
+@dataclass
+class RunningServer:
+    port: int
+    handler: RecordingHandler
+    controller: Controller
+
+    @property
+    def host(self) -> str:
+        return f"[127.0.0.1]:{self.port}"
+
+
+@contextmanager
+def smtp_server(
+    *,
+    implicit_tls: ssl.SSLContext | None = None,
+    starttls: ssl.SSLContext | None = None,
+    auth: bool = False,
+    auth_require_tls: bool = True,
+    require_starttls: bool = False,
+    auth_required: bool = False,
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
+    handler: RecordingHandler | None = None,
+    **smtp_kwargs: Any,
+) -> Iterator[RunningServer]:
+    """A real aiosmtpd server on a free 127.0.0.1 port."""
+    handler = handler or RecordingHandler()
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        if handler.refuse_auth_with:
+            return AuthResult(success=False, handled=False, message=handler.refuse_auth_with)
+        ok = (
+            isinstance(data, LoginPassword)
+            and data.login == USER.encode()
+            and data.password == PASSWORD.encode()
+        )
+        return AuthResult(success=ok, handled=False)
+
+    kwargs: dict[str, Any] = dict(smtp_kwargs)
+    if auth:
+        kwargs["authenticator"] = authenticator
+        kwargs["auth_require_tls"] = auth_require_tls and implicit_tls is None
+        kwargs["auth_required"] = auth_required
+        exclude = [m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m not in mechanisms]
+        kwargs["auth_exclude_mechanism"] = exclude
+    elif "CRAM-MD5" not in mechanisms:
+        kwargs["auth_exclude_mechanism"] = ["CRAM-MD5"]
+    if starttls is not None:
+        kwargs["tls_context"] = starttls
+        kwargs["require_starttls"] = require_starttls
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, ssl_context=implicit_tls, **kwargs
+    )
+    controller.start()
+    try:
+        yield RunningServer(port, handler, controller)
+    finally:
+        controller.stop()
+
+
+class ScriptConn:
+    """The server side of one connection of a ScriptServer."""
+
+    def __init__(self, sock: socket.socket, server: ScriptServer) -> None:
+        self.sock = sock
+        self.server = server
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("client closed")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        self.server.lines.append(line + b"\n")
+        return line + b"\n"
+
+    def read_data(self) -> bytes:
+        """Raw bytes up to and including CRLF.CRLF (still dot-stuffed)."""
+        while b"\r\n.\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("client closed")
+            self.buffer += chunk
+        end = self.buffer.index(b"\r\n.\r\n") + 5
+        data, self.buffer = self.buffer[:end], self.buffer[end:]
+        self.server.data.append(data)
+        return data
+
+    def ehlo(self, *extensions: str) -> None:
+        self.readline()
+        lines = ["cxsmtp.test", *extensions]
+        text = "".join(f"250-{x}\r\n" for x in lines[:-1]) + f"250 {lines[-1]}\r\n"
+        self.send(text.encode())
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        self.sock = context.wrap_socket(self.sock, server_side=True)
+
+    def wait_closed(self, timeout: float = 5.0) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+class ScriptServer:
+    """A raw listening socket on 127.0.0.1 that runs ``script(conn)`` per connection
+    and records every line it reads (``lines``) and raw message data (``data``)."""
+
+    def __init__(self, script: Callable[[ScriptConn], None], connections: int = 1) -> None:
+        self.script = script
+        self.lines: list[bytes] = []
+        self.data: list[bytes] = []
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self.connections = connections
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"[127.0.0.1]:{self.port}"
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.lines).decode("utf-8", "replace")
+
+    def __enter__(self) -> ScriptServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.listener.close()
+
+    def _run(self) -> None:
+        served = 0
+        while not self.stop.is_set() and served < self.connections:
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            served += 1
+            conn = ScriptConn(sock, self)
+            try:
+                self.script(conn)
+            except (OSError, ConnectionError, ssl.SSLError):
+                pass
+            except BaseException as exc:  # pragma: no cover - shown by the test
+                self.errors.append(exc)
+            finally:
+                conn.sock.close()
+        self.done.set()
+
+
+def hang(conn: ScriptConn) -> None:
+    """Accept and never speak."""
+    conn.server.stop.wait(30)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, then closed)."""
+    return free_port()
+
+
+def entry_for(host: str, **kw: Any) -> ServerEntry:
+    kw.setdefault("connect_timeout", 5.0)
+    kw.setdefault("command_timeout", 5.0)
+    kw.setdefault("data_timeout", 5.0)
+    return ServerEntry(name="test", host=host, **kw)
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    from carerix_smtp.tls import make_ssl_context
+
+    return make_ssl_context(str(ca_file))
+
+
+# --- pure parts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "code", "enhanced", "text"),
+    [
+        pytest.param([b"250 OK"], 250, None, "OK", id="simple"),
+        pytest.param([b"250 2.1.0 Sender OK"], 250, "2.1.0", "Sender OK", id="enhanced"),
+        pytest.param([b"550 4.1.1 mismatch"], 550, None, "4.1.1 mismatch", id="class-mismatch"),
+        pytest.param(
+            [b"535-5.7.139 Authentication unsuccessful,", b"535 5.7.139 basic auth disabled"],
+            535,
+            "5.7.139",
+            "Authentication unsuccessful,\nbasic auth disabled",
+            id="multiline",
+        ),
+        pytest.param([b"421"], 421, None, "", id="code-only"),
+    ],
+)
+def test_parse_reply(lines: list[bytes], code: int, enhanced: str | None, text: str) -> None:
+    reply = parse_reply(lines)
+    assert (reply.code, reply.enhanced, reply.text) == (code, enhanced, text)
+
+
+@pytest.mark.parametrize(
+    ("code", "ok", "temporary", "permanent", "closing"),
+    [
+        (250, True, False, False, False),
+        (354, True, False, False, False),
+        (421, False, True, False, True),
+        (451, False, True, False, False),
+        (550, False, False, True, False),
+    ],
+)
+def test_reply_classification(
+    code: int, ok: bool, temporary: bool, permanent: bool, closing: bool
+) -> None:
+    reply = parse_reply([f"{code} x".encode()])
+    assert (reply.ok, reply.temporary, reply.permanent, reply.closing) == (
+        ok,
+        temporary,
+        permanent,
+        closing,
+    )
+
+
+def test_parse_reply_refuses_non_smtp() -> None:
+    with pytest.raises(ValueError):
+        parse_reply([b"HTTP/1.1 400 Bad Request"])
+
+
+def wire(data: bytes, chunk_size: int = 1 << 20) -> bytes:
+    return b"".join(wire_chunks(data, chunk_size))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n", id="crlf-untouched"),
+        pytest.param(b"a\nb\n", b"a\r\nb\r\n.\r\n", id="bare-lf"),
+        pytest.param(b"a\rb\r", b"a\r\nb\r\n.\r\n", id="bare-cr"),
+        pytest.param(b"a\r\nb", b"a\r\nb\r\n.\r\n", id="no-final-newline"),
+        pytest.param(b".x\n.\n..\n", b"..x\r\n..\r\n...\r\n.\r\n", id="dots"),
+        pytest.param(b"a\n.\nb\n", b"a\r\n..\r\nb\r\n.\r\n", id="lone-dot-line"),
+        pytest.param(b"", b".\r\n", id="empty"),
+    ],
+)
+def test_wire_chunks(data: bytes, expected: bytes) -> None:
+    assert wire(data) == expected
+    # Chunk boundaries anywhere (CR|LF split, dot after a boundary) change nothing.
+    for size in (1, 2, 3):
+        assert wire(data, size) == expected
+
+
+def unstuff(wire_bytes: bytes) -> bytes:
+    assert wire_bytes.endswith(b"\r\n.\r\n") or wire_bytes == b".\r\n"
+    body = wire_bytes[:-3]
+    lines = body.split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=200).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.lists(st.sampled_from([b"\n", b"\r\n", b".", b"..", b"x"]), max_size=30),
+    st.integers(min_value=1, max_value=7),
+)
+def test_wire_round_trip(base: bytes, parts: list[bytes], chunk: int) -> None:
+    data = base + b"".join(parts)
+    out = wire(data, chunk)
+    assert b"\n.\r\n" not in out[:-3] or out.count(b"\r\n.\r\n") == 1
+    assert out.count(b"\r\n.\r\n") + (out == b".\r\n") == 1  # exactly one terminator
+    assert b"\r" not in out.replace(b"\r\n", b"")  # no bare CR
+    assert b"\n" not in out.replace(b"\r\n", b"")  # no bare LF
+    normalised = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if normalised and not normalised.endswith(b"\r\n"):
+        normalised += b"\r\n"
+    assert unstuff(out) == normalised
+    assert message_size(data) == len(normalised) - (0 if data.endswith(b"\n") or not data else 2)
+
+
+def test_wire_chunks_large_message_is_streamed() -> None:
+    data = (b"x" * 998 + b"\n") * 20_000  # ~20 MB of bare-LF lines
+    sizes = [len(c) for c in wire_chunks(data)]
+    assert len(sizes) > 10  # written in chunks, not one 20 MB copy
+    assert max(sizes) <= (1 << 20) * 1.01 + 5
+    assert sum(sizes) == len(data) + 20_000 + 3
+
+
+def test_message_size_counts_crlf() -> None:
+    assert message_size(b"a\nb\n") == 6
+    assert message_size(b"a\r\nb\r\n") == 6
+    assert message_size(io.BytesIO(b"a\nb\r\n")) == 6
+
+
+# --- sessions against aiosmtpd ------------------------------------------------------
+
+
+def test_plain_send_delivers_and_reports(tmp_path: Path) -> None:
+    with smtp_server(data_size_limit=100_000) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            assert session.has_extension("size") and session.max_size == 100_000
+            result = session.send(
+                "a@example.com",
+                ["b@example.com", "c@example.com"],
+                b"Subject: hi\n\nline\n.\n..dots\nbare\rcr\n",
+            )
+        assert result.data_reply is not None and result.data_reply.code == 250
+        assert result.accepted == ["b@example.com", "c@example.com"]
+        assert session.closed
+    [msg] = server.handler.messages
+    assert msg.rcpt_tos == ["b@example.com", "c@example.com"]
+    # Server-side bytes (after aiosmtpd un-stuffs): CRLF everywhere, the lone dot intact.
+    assert msg.content == b"Subject: hi\r\n\r\nline\r\n.\r\n..dots\r\nbare\r\ncr\r\n"
+    assert any(opt.startswith("SIZE=") for opt in msg.mail_options)
+
+
+def test_rcpt_mixed_replies_and_no_data_when_none_accepted() -> None:
+    handler = RecordingHandler(
+        rcpt_replies={
+            "bad@example.com": "550 5.1.1 no such user",
+            "later@example.com": "450 4.2.1 mailbox busy",
+        }
+    )
+    with smtp_server(handler=handler) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            mixed = session.send(
+                "a@example.com",
+                ["ok@example.com", "bad@example.com", "later@example.com"],
+                b"Subject: x\n\nbody\n",
+            )
+            none = session.send(
+                "a@example.com", ["bad@example.com", "later@example.com"], b"Subject: y\n\nb\n"
+            )
+            assert not session.closed
+    assert mixed.rcpt_replies["bad@example.com"].permanent
+    assert mixed.rcpt_replies["bad@example.com"].enhanced == "5.1.1"
+    assert mixed.rcpt_replies["later@example.com"].temporary
+    assert mixed.accepted == ["ok@example.com"]
+    assert none.data_reply is None and none.accepted == []
+    assert len(handler.messages) == 1
+
+
+def test_mail_refused_is_a_result_and_session_goes_on() -> None:
+    handler = RecordingHandler(mail_reply="550 5.7.1 sender rejected")
+    with smtp_server(handler=handler) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send("a@example.com", ["b@example.com"], b"x\n")
+            assert result.mail_reply.code == 550 and result.data_reply is None
+            assert result.rcpt_replies == {}
+            assert not session.closed
+
+
+def test_data_refused_5xx() -> None:
+    handler = RecordingHandler(data_reply="554 5.6.0 content rejected")
+    with smtp_server(handler=handler) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send("a@example.com", ["b@example.com"], b"x\n")
+    assert result.data_reply is not None and result.data_reply.permanent
+    assert result.accepted == [] and not result.delivered
+
+
+def test_starttls_auth_plain(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
+    with smtp_server(starttls=server_ssl_context, auth=True, require_starttls=True) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        session = SmtpSession(entry, PASSWORD, local_hostname="client.test")
+        session.open()
+        try:
+            assert session.encrypted and session.tls is not None
+            assert session.tls.version in ("TLSv1.2", "TLSv1.3")
+            assert "127.0.0.1" in " ".join(session.tls.san)
+            assert session.auth_mechanism == "PLAIN"
+            assert [t.name for t in session.trace] == [
+                "resolve",
+                "connect",
+                "greeting",
+                "ehlo",
+                "tls",
+                "ehlo-tls",
+                "auth",
+            ]
+            result = session.send("a@example.com", ["b@example.com"], b"Subject: t\n\nx\n")
+            assert result.delivered
+        finally:
+            session.close()
+    assert server.handler.mechanisms_tried == ["PLAIN"]
+
+
+def test_implicit_tls_auth_login(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
+    with smtp_server(implicit_tls=server_ssl_context, auth=True, mechanisms=("LOGIN",)) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca_file), security=Security.SSL)
+        with SmtpSession(entry, PASSWORD, local_hostname="client.test") as session:
+            assert session.auth_mechanism == "LOGIN"
+            assert [t.name for t in session.trace][:4] == ["resolve", "connect", "tls", "greeting"]
+            assert session.send("a@example.com", ["b@example.com"], b"x\n").delivered
+    assert server.handler.mechanisms_tried == ["LOGIN"]
+
+
+def test_cram_md5_preferred(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
+    assert AUTH_PREFERENCE[0] == "CRAM-MD5"
+    with smtp_server(
+        starttls=server_ssl_context, auth=True, mechanisms=("PLAIN", "LOGIN", "CRAM-MD5")
+    ) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        with SmtpSession(entry, PASSWORD, local_hostname="client.test") as session:
+            assert session.auth_mechanism == "CRAM-MD5"
+    assert server.handler.mechanisms_tried == ["CRAM-MD5"]
+
+
+def test_wrong_password_535(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
+    with smtp_server(starttls=server_ssl_context, auth=True) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        session = SmtpSession(entry, "wrong", local_hostname="client.test")
+        with pytest.raises(SmtpAuthError) as info:
+            session.open()
+        assert session.closed
+    err = info.value
+    assert (err.code, err.phase, err.port) == (535, "auth", server.port)
+    assert "wrong" not in str(err) and "wrong" not in repr(session)
+    assert f"127.0.0.1]:{server.port}" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "enhanced"),
+    [
+        (
+            "535 5.7.139 Authentication unsuccessful, basic authentication is disabled",
+            535,
+            "5.7.139",
+        ),
+        ("534 5.7.9 Application-specific password required", 534, "5.7.9"),
+        ("535 5.7.30 Basic authentication is not supported", 535, "5.7.30"),
+    ],
+)
+def test_auth_policy_replies_keep_code(
+    ca_file: Path, server_ssl_context: ssl.SSLContext, reply: str, code: int, enhanced: str
+) -> None:
+    handler = RecordingHandler(refuse_auth_with=reply)
+    with smtp_server(starttls=server_ssl_context, auth=True, handler=handler) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        with pytest.raises(SmtpAuthError) as info:
+            SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
+    assert (info.value.code, info.value.enhanced) == (code, enhanced)
+
+
+def test_auth_required_530_without_credentials(
+    ca_file: Path, server_ssl_context: ssl.SSLContext
+) -> None:
+    with smtp_server(starttls=server_ssl_context, auth=True, auth_required=True) as server:
+        entry = entry_for(server.host, ca_file=str(ca_file))
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            assert session.encrypted  # opportunistic STARTTLS was used
+            result = session.send("a@example.com", ["b@example.com"], b"x\n")
+    assert result.mail_reply.code == 530 and result.data_reply is None
+
+
+def test_starttls_required_but_not_offered_never_sends_password() -> None:
+    # AUTH PLAIN offered in clear text: the password must still never reach it.
+    with smtp_server(auth=True, auth_require_tls=False) as server:
+        entry = entry_for(f"[127.0.0.1]:{server.port}", username=USER)
+        with pytest.raises(TlsFailedError) as info:
+            SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
+    assert info.value.reason == "starttls-missing" and info.value.phase == "tls"
+    assert isinstance(info.value, SmtpTLSError)
+    assert "password was not sent" in str(info.value)
+    assert server.handler.mechanisms_tried == []
+
+
+def test_starttls_454_aborts_before_auth() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("AUTH PLAIN", "STARTTLS")
+        conn.readline()
+        conn.send(b"454 4.7.0 TLS not available due to temporary reason\r\n")
+        conn.wait_closed()
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, username=USER)
+        with pytest.raises(TlsFailedError) as info:
+            SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
+        server.done.wait(5)
+    assert (info.value.code, info.value.reason) == (454, "starttls-refused")
+    assert "AUTH" not in server.text and "MAIL" not in server.text
+
+
+def test_starttls_response_injection_is_discarded(tls_ca: Any, tmp_path: Path) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ca = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca))
+
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("STARTTLS")
+        conn.readline()
+        # Injected: would answer our EHLO-after-TLS if it were read after the handshake.
+        conn.send(b"220 go ahead\r\n250-evil.test\r\n250 AUTH INJECTED\r\n")
+        conn.starttls(ctx)
+        conn.ehlo("AUTH PLAIN", "SIZE 1000")
+        conn.readline()  # AUTH
+        conn.send(b"235 2.7.0 ok\r\n")
+        conn.readline()  # QUIT
+        conn.send(b"221 bye\r\n")
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca))
+        with SmtpSession(entry, PASSWORD, local_hostname="client.test") as session:
+            assert session.encrypted
+            assert session.auth_mechanisms == ["PLAIN"]
+            assert session.max_size == 1000
+            assert session.starttls_discarded > 0
+        server.done.wait(5)
+    assert not server.errors
+
+
+def test_certificate_for_other_host(tls_ca: Any, ca_file: Path) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("mail.other.test").configure_cert(ctx)
+    with smtp_server(implicit_tls=ctx) as server:
+        entry = entry_for(server.host, security=Security.SSL, ca_file=str(ca_file))
+        with pytest.raises(TlsFailedError) as info:
+            SmtpSession(entry, None, local_hostname="client.test").open()
+    assert info.value.reason == "hostname"
+
+
+def test_self_signed_unknown_ca(server_ssl_context: ssl.SSLContext) -> None:
+    import trustme
+
+    other = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    other.issue_cert("127.0.0.1").configure_cert(ctx)
+    with smtp_server(starttls=ctx) as server:
+        entry = entry_for(server.host)
+        with pytest.raises(TlsFailedError) as info:
+            SmtpSession(entry, None, local_hostname="client.test").open()
+    assert info.value.reason == "untrusted" and info.value.phase == "tls"
+
+
+def test_expired_certificate(tls_ca: Any, ca_file: Path) -> None:
+    import datetime
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    tls_ca.issue_cert(
+        "127.0.0.1", not_before=past - datetime.timedelta(days=30), not_after=past
+    ).configure_cert(ctx)
+    with smtp_server(implicit_tls=ctx) as server:
+        entry = entry_for(server.host, security=Security.SSL, ca_file=str(ca_file))
+        with pytest.raises(TlsFailedError) as info:
+            SmtpSession(entry, None, local_hostname="client.test").open()
+    assert info.value.reason == "expired"
+
+
+def test_implicit_tls_on_plain_port_fails_fast() -> None:
+    with smtp_server() as server:
+        entry = entry_for(server.host, security=Security.SSL)
+        start = time.monotonic()
+        with pytest.raises(TlsFailedError) as info:
+            SmtpSession(entry, None, local_hostname="client.test").open()
+    assert info.value.reason == "not-tls"
+    assert time.monotonic() - start < 3
+
+
+def test_plain_on_tls_port_times_out_in_greeting(server_ssl_context: ssl.SSLContext) -> None:
+    with smtp_server(implicit_tls=server_ssl_context) as server:
+        entry = entry_for(server.host, security=Security.NONE, command_timeout=0.5)
+        with pytest.raises(SmtpTimeoutError) as info:
+            SmtpSession(entry, None, local_hostname="client.test").open()
+    assert info.value.phase == "greeting"
+
+
+def test_connection_refused() -> None:
+    port = closed_port()
+    entry = entry_for(f"[127.0.0.1]:{port}", security=Security.NONE)
+    with pytest.raises(ConnectFailedError) as info:
+        SmtpSession(entry, None).open()
+    assert info.value.reason == "refused" and info.value.phase == "connect"
+    assert isinstance(info.value, SmtpConnectError)
+    assert f"[127.0.0.1]:{port}" in str(info.value)
+
+
+def test_hung_server_times_out_in_greeting() -> None:
+    with ScriptServer(hang) as server:
+        entry = entry_for(server.host, security=Security.NONE, command_timeout=0.3)
+        start = time.monotonic()
+        session = SmtpSession(entry, None, local_hostname="client.test")
+        with pytest.raises(SmtpTimeoutError) as info:
+            session.open()
+        elapsed = time.monotonic() - start
+    assert info.value.phase == "greeting" and 0.25 < elapsed < 3
+    assert session.closed
+    assert session.trace[-1].name == "greeting" and not session.trace[-1].ok
+
+
+def test_session_timeout_cap() -> None:
+    with ScriptServer(hang) as server:
+        entry = entry_for(server.host, security=Security.NONE, command_timeout=300)
+        session = SmtpSession(entry, None, local_hostname="client.test", timeout=0.3)
+        with pytest.raises(SmtpTimeoutError):
+            session.open()
+
+
+def test_greeting_554_refused() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"554 5.7.1 no SMTP service for you\r\n")
+        conn.wait_closed()
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with pytest.raises(SmtpReplyError) as info:
+            SmtpSession(entry, None, local_hostname="client.test").open()
+    assert (info.value.code, info.value.phase) == (554, "greeting")
+
+
+def test_421_mid_session_raises_and_closes() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("8BITMIME")
+        conn.readline()  # MAIL
+        conn.send(b"250 ok\r\n")
+        conn.readline()  # RCPT
+        conn.send(b"421 4.3.2 shutting down\r\n")
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        session = SmtpSession(entry, None, local_hostname="client.test")
+        session.open()
+        with pytest.raises(SmtpReplyError) as info:
+            session.send("a@example.com", ["b@example.com"], b"x\n")
+    assert (info.value.code, info.value.phase) == (421, "rcpt")
+    assert session.closed
+
+
+def test_connection_dropped_after_final_dot_is_data_end() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING")
+        conn.readline()
+        conn.readline()
+        conn.readline()
+        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        # close without a reply
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        session = SmtpSession(entry, None, local_hostname="client.test")
+        session.open()
+        with pytest.raises(SmtpConnectError) as info:
+            session.send("a@example.com", ["b@example.com"], b"x\n")
+    assert info.value.phase == "data-end"
+    assert session.closed
+
+
+def test_pipelining_sends_one_write_and_raw_bytes_arrive() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING", "SIZE 5000", "8BITMIME")
+        conn.readline()
+        conn.readline()
+        conn.readline()
+        conn.readline()
+        conn.send(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n")
+        conn.read_data()
+        conn.send(b"250 2.0.0 queued as X\r\n")
+        conn.readline()
+        conn.send(b"221 bye\r\n")
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send(
+                "a@example.com",
+                ["b@example.com", "c@example.com"],
+                b"A: 1\n\n.\nbare\n",
+                eight_bit=True,
+            )
+        server.done.wait(5)
+    assert result.accepted == ["b@example.com"]
+    assert result.rcpt_replies["c@example.com"].code == 550
+    assert server.lines[1] == b"MAIL FROM:<a@example.com> SIZE=17 BODY=8BITMIME\r\n"
+    assert server.data == [b"A: 1\r\n\r\n..\r\nbare\r\n.\r\n"]
+
+
+def test_size_refused_by_server_is_a_result() -> None:
+    with smtp_server(data_size_limit=1000) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            assert session.max_size == 1000
+            result = session.send("a@example.com", ["b@example.com"], b"x" * 5000 + b"\n")
+    assert result.mail_reply.code == 552 and result.data_reply is None
+
+
+def test_smtputf8_not_offered_is_a_local_refusal() -> None:
+    with smtp_server(enable_SMTPUTF8=False) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send("ä@example.com", ["b@example.com"], b"x\n", smtputf8=True)
+    assert result.mail_reply.local and result.mail_reply.code == 553
+    assert server.handler.messages == []
+
+
+def test_address_injection_refused() -> None:
+    with smtp_server() as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with (
+            SmtpSession(entry, None, local_hostname="client.test") as session,
+            pytest.raises(MessageError),
+        ):
+            session.send("a@example.com", ["b@example.com>\r\nRSET"], b"x\n")
+
+
+def test_password_without_auth_offered_is_refused() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("SIZE 1000")
+        conn.wait_closed()
+
+    with ScriptServer(script) as server:
+        entry = entry_for(
+            server.host, username=USER, security=Security.NONE, allow_plaintext_auth=True
+        )
+        with pytest.raises(SmtpAuthError) as info:
+            SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
+        server.done.wait(5)
+    assert getattr(info.value, "reason", None) == "auth-not-offered"
+    assert "MAIL" not in server.text
+
+
+def test_plaintext_auth_only_when_allowed() -> None:
+    with smtp_server(auth=True, auth_require_tls=False) as server:
+        allowed = entry_for(
+            server.host, username=USER, security=Security.NONE, allow_plaintext_auth=True
+        )
+        with SmtpSession(allowed, PASSWORD, local_hostname="client.test") as session:
+            assert session.auth_mechanism in ("PLAIN", "LOGIN")
+        refused = entry_for(server.host, username=USER, security=Security.NONE)
+        with pytest.raises(SmtpPolicyError):
+            SmtpSession(refused, PASSWORD, local_hostname="client.test").open()
+    assert len(server.handler.mechanisms_tried) == 1
+
+
+def test_ipv6_literal() -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = free_port("::1")
+    handler = RecordingHandler()
+    controller = Controller(handler, hostname="::1", port=port)
+    controller.start()
+    try:
+        entry = entry_for(f"[::1]:{port}", security=Security.NONE)
+        with SmtpSession(entry, None) as session:
+            assert session.where == f"[::1]:{port}"
+            assert session.send("a@example.com", ["b@example.com"], b"x\n").delivered
+    finally:
+        controller.stop()
+
+
+def test_file_data_is_streamed() -> None:
+    with smtp_server(data_size_limit=10_000_000) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        body = b"Subject: big\n\n" + (b"y" * 70 + b"\n") * 40_000
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send("a@example.com", ["b@example.com"], io.BytesIO(body))
+    assert result.delivered
+    assert server.handler.messages[0].content == body.replace(b"\n", b"\r\n")
+
+
+def test_log_never_contains_password(
+    caplog: pytest.LogCaptureFixture, ca_file: Path, server_ssl_context: ssl.SSLContext
+) -> None:
+    caplog.set_level("DEBUG")
+    with smtp_server(starttls=server_ssl_context, auth=True, mechanisms=("LOGIN",)) as server:
+        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        with SmtpSession(entry, PASSWORD, local_hostname="client.test"):
+            pass
+    secret_forms = [
+        PASSWORD,
+        base64.b64encode(PASSWORD.encode()).decode(),
+        base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode(),
+    ]
+    assert "AUTH" in caplog.text
+    for form in secret_forms:
+        assert form not in caplog.text
+
+
+@pytest.mark.slow
+def test_fifty_megabytes(tmp_path: Path) -> None:
+    with smtp_server(data_size_limit=100_000_000) as server:
+        entry = entry_for(server.host, security=Security.NONE, data_timeout=60)
+        body = b"Subject: 50MB\n\n" + (b"z" * 76 + b"\n") * 650_000
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send("a@example.com", ["b@example.com"], body)
+    assert result.delivered
+    assert len(server.handler.messages[0].content) == len(body) + 650_000 + 2
+
+
+def answer_everything(conn: ScriptConn) -> None:
+    """A pipelining server that answers line by line, as a real one does."""
+    conn.send(b"220 hi ESMTP\r\n")
+    conn.ehlo("PIPELINING", "8BITMIME")
+    while True:
+        line = conn.readline().upper()
+        if line.startswith(b"DATA"):
+            conn.send(b"354 go\r\n")
+            conn.read_data()
+            conn.send(b"250 2.0.0 queued\r\n")
+        elif line.startswith(b"QUIT"):
+            conn.send(b"221 bye\r\n")
+            return
+        else:
+            conn.send(b"250 ok\r\n")
+
+
+def test_pipelining_many_recipients_in_windows() -> None:
+    recipients = [f"r{i}@example.com" for i in range(350)]
+    with ScriptServer(answer_everything) as server:
+        entry = entry_for(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            result = session.send("a@example.com", recipients, b"x\n")
+        server.done.wait(5)
+    assert result.accepted == recipients
+    assert sum(line.startswith(b"RCPT") for line in server.lines) == 350
