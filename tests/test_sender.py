@@ -1,0 +1,615 @@
+"""sender.py against real SMTP servers on 127.0.0.1 (the cxsmtp Sink, plain aiosmtpd).
+
+The helpers at the top are also imported by test_cli_send.py and test_crash.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carerix_smtp.config import Config, ServerEntry
+from carerix_smtp.errors import ExitCode, SecretError
+from carerix_smtp.sender import (
+    ACCEPTED,
+    DEFERRED,
+    FAILED,
+    CountGate,
+    ProgressEvent,
+    SendOptions,
+    classify,
+    plan_send,
+    run_send,
+)
+from carerix_smtp.sink import FailRule, PhaseRule, Sink, SinkConfig
+from carerix_smtp.spool import Spool
+from carerix_smtp.tls import Security
+from carerix_smtp.transport import Reply, SendResult
+
+# --- helpers (shared with test_cli_send.py and test_crash.py) -------------------------------
+
+FAST = {"connect_timeout": 5.0, "command_timeout": 5.0, "data_timeout": 5.0}
+
+
+def eml(n: int, *, sender: str = "a@x.example", to: str = "r{n}@y.example", **extra: str) -> bytes:
+    headers = [f"From: {sender}", f"To: {to.format(n=n)}", f"Message-ID: <{n}.test@x.example>"]
+    headers += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
+    headers += ["Date: Wed, 01 May 2024 12:00:00 +0000", f"Subject: message {n}"]
+    return ("\n".join(headers) + f"\n\nbody of {n}\n.\n").encode()
+
+
+def make_spool(root: Path, count: int = 0, **kw: Any) -> Path:
+    spool = root / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        (spool / f"m{n:05d}.eml").write_bytes(eml(n, **kw))
+    return spool
+
+
+def entry_for(sink: Sink | int, name: str = "local", **kw: Any) -> ServerEntry:
+    port = sink if isinstance(sink, int) else sink.port
+    options: dict[str, Any] = {"security": Security.NONE, **FAST, **kw}
+    return ServerEntry(name=name, host=f"[127.0.0.1]:{port}", **options)
+
+
+def config_for(root: Path, *entries: ServerEntry, users: dict[str, str] | None = None) -> Config:
+    config = Config(path=root / "config.toml", servers={e.name: e for e in entries})
+    config.users = dict(users or {})
+    if len(entries) > 1:
+        config.settings.default_server = entries[0].name
+    return config
+
+
+def message_ids(sink: Sink) -> list[str]:
+    out = []
+    for received in sink.messages:
+        match = re.search(rb"^Message-ID: (<[^>]+>)", received.data, re.MULTILINE | re.IGNORECASE)
+        out.append(match.group(1).decode() if match else "?")
+    return out
+
+
+def listing(spool: Path) -> dict[str, bytes]:
+    """Every file below SPOOL except the tool's own state: what a run may not touch."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(spool):
+        dirnames[:] = [d for d in dirnames if d != ".cxsmtp"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            out[str(path.relative_to(spool))] = path.read_bytes()
+    return out
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.eml"))
+
+
+def record(spool: Path, where: str) -> dict[str, Any]:
+    return json.loads((spool / f"{where}.json").read_text())
+
+
+class Clock:
+    """An injected wall clock: starts at the real time, moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def sink_factory() -> Iterator[Any]:
+    sinks: list[Sink] = []
+
+    def start(**kw: Any) -> Sink:
+        kw.setdefault("fsync", False)
+        sink = Sink(SinkConfig(**kw)).start()
+        sinks.append(sink)
+        return sink
+
+    yield start
+    for sink in sinks:
+        sink.stop()
+
+
+def send(spool: Path, config: Config, **kw: Any) -> Any:
+    options = kw.pop("options", SendOptions())
+    kw.setdefault("password_source", lambda entry: None)
+    return run_send(spool, config, options, **kw)
+
+
+# --- the basics ----------------------------------------------------------------------------
+
+
+def test_thousand_messages_delivered_exactly_once(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 1000)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.status, summary.sent, summary.failed, summary.deferred) == ("ok", 1000, 0, 0)
+    assert summary.exit_code == ExitCode.OK
+    assert summary.remaining == 0 and summary.bytes == sum(len(eml(n)) for n in range(1000))
+    received = Counter(message_ids(sink))
+    assert received == Counter(f"<{n}.test@x.example>" for n in range(1000))
+    assert sink.connections_total == 1  # one connection reused
+    assert names(spool) == [] and len(names(spool / "sent")) == 1000
+    assert Spool(spool).claims() == []
+    assert (spool / ".cxsmtp" / "journal").stat().st_size == 0
+    log_lines = (spool / ".cxsmtp" / "delivery.log").read_text().splitlines()
+    assert len(log_lines) == 1000
+    assert json.loads(log_lines[0])["outcome"] == "sent"
+
+
+def test_bcc_never_transmitted_but_delivered(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path)
+    (spool / "b.eml").write_bytes(
+        eml(1, to="r@y.example", Cc="c@y.example", Bcc="Hidden <secret@z.example>")
+    )
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert summary.sent == 1
+    (received,) = sink.messages
+    assert received.rcpt_tos == ("r@y.example", "c@y.example", "secret@z.example")
+    assert b"secret@z.example" not in received.data and b"Bcc" not in received.data
+    assert b"Cc: c@y.example" in received.data
+    # the spool keeps the original, with Bcc, for the record
+    assert b"Bcc:" in (spool / "sent" / "b.eml").read_bytes()
+
+
+def test_message_id_and_date_added_and_kept_in_the_file(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path)
+    (spool / "bare.eml").write_bytes(b"From: a@x.example\nTo: r@y.example\n\nhi\n")
+    send(spool, config_for(tmp_path, entry_for(sink)))
+    (received,) = sink.messages
+    (sent_id,) = message_ids(sink)
+    assert sent_id.endswith("@x.example>") and b"\r\nDate: " in received.data
+    assert sent_id.encode() in (spool / "sent" / "bare.eml").read_bytes()
+    assert record(spool, "sent/bare.eml")["message_id"] == sent_id
+
+
+# --- per-recipient outcomes ---------------------------------------------------------------
+
+
+def test_mixed_rcpt_replies_then_only_the_451_recipient_again(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory(
+        fail=[
+            FailRule("rcpt", 550, pattern="bad@*"),
+            FailRule("rcpt", 451, pattern="later@*", times=1),
+        ]
+    )
+    spool = make_spool(tmp_path)
+    (spool / "mix.eml").write_bytes(eml(1, to="ok@y.example, bad@y.example, later@y.example"))
+    clock = Clock()
+    config = config_for(tmp_path, entry_for(sink))
+
+    first = send(spool, config, clock=clock)
+    assert (first.status, first.deferred, first.exit_code) == ("deferred", 1, ExitCode.TEMPFAIL)
+    assert sink.messages[0].rcpt_tos == ("ok@y.example",)
+    state = record(spool, "deferred/mix.eml")
+    assert list(state["recipients"]["accepted"]) == ["ok@y.example"]
+    assert state["recipients"]["failed"]["bad@y.example"]["code"] == 550
+    assert state["recipients"]["pending"]["later@y.example"]["code"] == 451
+    assert (spool / "deferred" / "mix.eml").stat().st_mtime == pytest.approx(clock.now + 300)
+
+    assert send(spool, config, clock=clock).status == "nothing-to-do"  # not due yet
+    clock.advance(301)
+    second = send(spool, config, clock=clock)
+    assert second.sent == 1 and second.partial == 1
+    assert second.exit_code == ExitCode.DATAERR  # bad@ failed permanently
+    assert [m.rcpt_tos for m in sink.messages] == [("ok@y.example",), ("later@y.example",)]
+    final = record(spool, "sent/mix.eml")
+    assert final["attempts"] == 2 and final["status"] == "sent"
+    assert sorted(final["recipients"]["accepted"]) == ["later@y.example", "ok@y.example"]
+    assert list(final["recipients"]["failed"]) == ["bad@y.example"]
+    assert names(spool / "deferred") == [] and not (spool / "deferred" / "mix.eml.json").exists()
+
+
+def test_all_recipients_refused_goes_to_failed(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(fail=[FailRule("rcpt", 550)])
+    spool = make_spool(tmp_path, 1)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.failed, summary.exit_code) == (1, ExitCode.DATAERR)
+    assert "r0@y.example" in summary.failures[0] and "550" in summary.failures[0]
+    assert record(spool, "failed/m00000.eml")["recipients"]["failed"]["r0@y.example"]["code"] == 550
+
+
+def test_5xx_at_end_of_data_fails_with_record(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(fail=[FailRule("eod", 554, times=1)])
+    spool = make_spool(tmp_path, 2)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.sent, summary.failed, summary.status) == (1, 1, "failed")
+    assert names(spool / "failed") == ["m00000.eml"]
+    failed = record(spool, "failed/m00000.eml")
+    assert failed["recipients"]["failed"]["r0@y.example"]["code"] == 554
+    assert failed["reason"].startswith("failed: 554")
+
+
+def test_message_too_large_for_size_fails_before_mail(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(size=2000)
+    spool = make_spool(tmp_path)
+    (spool / "big.eml").write_bytes(eml(1) + b"x" * 5000 + b"\n")
+    (spool / "small.eml").write_bytes(eml(2))
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.sent, summary.failed) == (1, 1)
+    reply = record(spool, "failed/big.eml")["recipients"]["failed"]["r1@y.example"]
+    assert reply["code"] == 552 and "SIZE 2000" in reply["text"]
+    assert [m.rcpt_tos for m in sink.messages] == [("r2@y.example",)]  # only small.eml
+
+
+# --- temporary failures ----------------------------------------------------------------------
+
+
+def test_451_after_n_messages_defers_then_leaves_the_server_alone(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory(fail=[FailRule("eod", 451, after_n=5, times=5)])
+    spool = make_spool(tmp_path, 20)
+    clock = Clock()
+    config = config_for(tmp_path, entry_for(sink))
+    first = send(spool, config, clock=clock)
+    assert (first.sent, first.deferred, first.remaining) == (5, 5, 10)
+    assert (first.status, first.exit_code) == ("deferred", ExitCode.TEMPFAIL)
+    assert "5 messages in a row deferred" in first.errors[0]
+    assert len(names(spool)) == 10 and len(names(spool / "deferred")) == 5
+    clock.advance(300)
+    second = send(spool, config, clock=clock)
+    assert (second.sent, second.status) == (15, "ok")
+    assert Counter(message_ids(sink)) == Counter(f"<{n}.test@x.example>" for n in range(20))
+
+
+def test_421_mid_session_reconnects(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(fail=[FailRule("mail", 421, after_n=3, times=1)])
+    spool = make_spool(tmp_path, 8)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.sent, summary.deferred) == (7, 1)
+    assert sink.connections_total == 2
+    assert names(spool / "deferred") == ["m00003.eml"]
+    pending = record(spool, "deferred/m00003.eml")["recipients"]["pending"]
+    assert pending["r3@y.example"]["code"] == 421
+
+
+def test_reconnects_are_bounded(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(fail=[FailRule("mail", 421)])
+    spool = make_spool(tmp_path, 10)
+    options = SendOptions(max_reconnects=2, stop_after_deferrals=0)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)), options=options)
+    assert sink.connections_total == 3  # the first connection and 2 reconnects
+    assert (summary.deferred, summary.remaining, summary.status) == (3, 7, "deferred")
+    assert any("connection lost 3 times" in e for e in summary.errors)
+
+
+def test_connection_dropped_after_final_dot(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(drop=[PhaseRule("eod", times=1)])
+    spool = make_spool(tmp_path, 3)
+    clock = Clock()
+    config = config_for(tmp_path, entry_for(sink))
+    first = send(spool, config, clock=clock)
+    assert (first.sent, first.deferred) == (2, 1)
+    log = [json.loads(line) for line in (spool / ".cxsmtp/delivery.log").read_text().splitlines()]
+    assert log[0]["possible_duplicate"] is True and log[0]["outcome"] == "deferred"
+    clock.advance(300)
+    assert send(spool, config, clock=clock).sent == 1
+    assert sorted(message_ids(sink)) == sorted(f"<{n}.test@x.example>" for n in range(3))
+
+
+def test_hung_server_times_out_and_defers(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(hang=[PhaseRule("eod", times=1)])
+    spool = make_spool(tmp_path, 2)
+    entry = entry_for(sink, command_timeout=0.3, data_timeout=0.3)
+    start = time.monotonic()
+    summary = send(spool, config_for(tmp_path, entry))
+    assert time.monotonic() - start < 5
+    assert (summary.deferred, summary.sent) == (1, 1)
+    text = record(spool, "deferred/m00000.eml")["recipients"]["pending"]["r0@y.example"]["text"]
+    assert "0.3 s" in text
+
+
+def test_unreachable_server_touches_nothing(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    spool = make_spool(tmp_path, 3)
+    before = listing(spool)
+    summary = send(spool, config_for(tmp_path, entry_for(free_port())))
+    assert (summary.status, summary.exit_code) == ("deferred", ExitCode.TEMPFAIL)
+    assert summary.remaining == 3 and "refused" in summary.errors[0].lower()
+    assert listing(spool) == before
+
+
+def test_too_old_message_fails_instead_of_deferring(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(fail=[FailRule("rcpt", 451)])
+    spool = make_spool(tmp_path, 1)
+    six_days_ago = time.time() - 6 * 86400
+    os.utime(spool / "m00000.eml", (six_days_ago, six_days_ago))
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.failed, summary.deferred) == (0 + 1, 0)
+    state = record(spool, "failed/m00000.eml")
+    assert state["reason"].startswith("too old") and "451" in state["reason"]
+
+
+# --- authentication and passwords --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_user", [False, True], ids=["one-server", "per-user-choice"])
+def test_wrong_password_touches_nothing_exit_77(
+    tmp_path: Path, sink_factory: Any, per_user: bool
+) -> None:
+    from conftest import free_port
+
+    sink = sink_factory(auth=("user", "secret"), auth_required=True, auth_require_tls=False)
+    entry = entry_for(sink, username="user", allow_plaintext_auth=True)
+    if per_user:  # the server is known only once a message is read: claimed, then put back
+        unused_default = entry_for(free_port(), "unused")
+        config = config_for(tmp_path, unused_default, entry, users={"a@x.example": "local"})
+    else:
+        config = config_for(tmp_path, entry)
+    spool = make_spool(tmp_path, 3)
+    (spool / "deferred").mkdir()
+    before = listing(spool)
+    summary = send(spool, config, password_source=lambda e: "wrong")
+    assert (summary.status, summary.exit_code) == ("auth-failed", ExitCode.NOPERM)
+    assert "535" in summary.errors[0] and "wrong" not in summary.errors[0]
+    assert listing(spool) == before and sink.messages == []
+    ok = send(spool, config, password_source=lambda e: "secret")
+    assert ok.sent == 3 and sink.messages[0].auth_user == "user"
+
+
+def test_missing_password_is_a_config_error_never_an_unauthenticated_send(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 1)
+    config = config_for(tmp_path, entry_for(sink, username="user", allow_plaintext_auth=True))
+    before = listing(spool)
+    with pytest.raises(SecretError) as info:
+        run_send(spool, config)  # the real sources: env, command, keyring: none has it
+    assert info.value.exit_code == ExitCode.CONFIG
+    assert sink.connections_total == 0 and listing(spool) == before
+
+
+# --- bad files --------------------------------------------------------------------------------
+
+
+def test_bad_files_go_to_failed_and_the_run_continues(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path)
+    outside = tmp_path / "outside.eml"
+    outside.write_bytes(eml(99))
+    (spool / "prose.eml").write_bytes(b"Dear all,\nthis is not an RFC 5322 message.\n")
+    (spool / "norcpt.eml").write_bytes(b"From: a@x.example\nSubject: to nobody\n\nhi\n")
+    (spool / "garbage.eml").write_bytes(os.urandom(4096).replace(b"\n", b"\0"))
+    (spool / "empty.eml").write_bytes(b"")
+    (spool / "link.eml").symlink_to(outside)
+    (spool / "dir.eml").mkdir()
+    (spool / "good.eml").write_bytes(eml(1))
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.sent, summary.failed, summary.exit_code) == (1, 6, ExitCode.DATAERR)
+    assert message_ids(sink) == ["<1.test@x.example>"]
+    failed = spool / "failed"
+    assert sorted(p.name for p in failed.iterdir() if not p.name.endswith(".json")) == [
+        "dir.eml", "empty.eml", "garbage.eml", "link.eml", "norcpt.eml", "prose.eml"
+    ]  # fmt: skip
+    assert (failed / "link.eml").is_symlink() and (failed / "dir.eml").is_dir()
+    assert outside.read_bytes() == eml(99)  # the target was never touched
+    reasons = {name: record(spool, f"failed/{name}")["reason"] for name in os.listdir(failed)
+               if name.endswith(".eml")}  # fmt: skip
+    assert "symlink" in reasons["link.eml"] and "directory" in reasons["dir.eml"]
+    assert "0 bytes" in reasons["empty.eml"] and "no recipients" in reasons["norcpt.eml"]
+    assert "not an RFC 5322" in reasons["prose.eml"]
+    assert "not an RFC 5322" in reasons["garbage.eml"]
+
+
+@pytest.mark.parametrize(
+    ("missing", "needy", "rcpt", "code"),
+    [
+        pytest.param("SMTPUTF8", eml(1, to="jösé@exämple.com"), "jösé@exämple.com", 553,
+                     id="smtputf8"),
+        pytest.param("8BITMIME", eml(1) + "café\n".encode(), "r1@y.example", 554, id="8bitmime"),
+    ],
+)  # fmt: skip
+def test_needed_extension_not_offered_fails_clearly(
+    tmp_path: Path, missing: str, needy: bytes, rcpt: str, code: int
+) -> None:
+    from aiosmtpd.controller import Controller
+    from conftest import free_port
+
+    class Handler:
+        def __init__(self) -> None:
+            self.received: list[Any] = []
+
+        async def handle_EHLO(
+            self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+        ) -> list[str]:
+            session.host_name = hostname
+            return [r for r in responses if missing not in r]
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            self.received.append(envelope)
+            return "250 2.0.0 OK"
+
+    port = free_port()
+    handler = Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        spool = make_spool(tmp_path)
+        (spool / "needy.eml").write_bytes(needy)
+        (spool / "ascii.eml").write_bytes(eml(2))
+        summary = send(spool, config_for(tmp_path, entry_for(port)))
+    finally:
+        controller.stop()
+    assert (summary.sent, summary.failed) == (1, 1)
+    assert [e.rcpt_tos for e in handler.received] == [["r2@y.example"]]
+    reply = record(spool, "failed/needy.eml")["recipients"]["failed"][rcpt]
+    assert reply["code"] == code and missing in reply["text"]
+
+
+# --- run control: gate, deadline, stop, lock, servers ---------------------------------------------
+
+
+class RecordingGate(CountGate):
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.confirmed_ids: list[str] = []
+        self.closed = False
+
+    def confirm(self, message_id: str, size: int) -> None:
+        super().confirm(message_id, size)
+        self.confirmed_ids.append(message_id)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_batch_gate_seam(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(fail=[FailRule("rcpt", 550, pattern="r1@*")])
+    spool = make_spool(tmp_path, 6)
+    gate = RecordingGate(3)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)), gate_factory=lambda e: gate)
+    assert (summary.sent, summary.failed, summary.remaining) == (2, 1, 3)
+    assert gate.admitted == 3 and gate.closed
+    assert gate.confirmed_ids == ["<0.test@x.example>", "<2.test@x.example>"]  # r1 refused
+    assert names(spool) == ["m00003.eml", "m00004.eml", "m00005.eml"]  # untouched, queued
+
+
+def test_max_messages(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 5)
+    options = SendOptions(max_messages=2)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)), options=options)
+    assert (summary.sent, summary.remaining, summary.status) == (2, 3, "limit")
+    assert summary.exit_code == ExitCode.OK
+
+
+def test_deadline_stops_between_messages(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 5)
+    ticks = iter(range(100))
+    summary = send(
+        spool,
+        config_for(tmp_path, entry_for(sink)),
+        options=SendOptions(deadline=3.5),
+        monotonic=lambda: float(next(ticks)),
+    )
+    assert summary.status == "limit" and summary.sent + summary.remaining == 5
+    assert 1 <= summary.sent < 5
+    assert len(names(spool)) == summary.remaining and Spool(spool).claims() == []
+
+
+def test_stop_event_finishes_in_flight_message_and_exits_75(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 10)
+    stop = threading.Event()
+
+    def progress(event: ProgressEvent) -> None:
+        if event.kind == "message" and event.done == 3:
+            stop.set()
+
+    summary = send(spool, config_for(tmp_path, entry_for(sink)), stop=stop, progress=progress)
+    assert (summary.status, summary.exit_code) == ("interrupted", ExitCode.TEMPFAIL)
+    assert (summary.sent, summary.remaining) == (3, 7)
+    assert Spool(spool).claims() == [] and len(names(spool)) == 7
+    with Spool(spool).lock() as free:
+        assert free
+
+
+def test_second_run_while_locked_does_nothing(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 2)
+    with Spool(spool).lock():
+        summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.status, summary.exit_code, summary.lock_holder) == (
+        "locked",
+        ExitCode.OK,
+        os.getpid(),
+    )
+    assert sink.connections_total == 0 and len(names(spool)) == 2
+
+
+def test_server_chosen_per_sender(tmp_path: Path, sink_factory: Any) -> None:
+    default, alices = sink_factory(), sink_factory()
+    config = config_for(
+        tmp_path,
+        entry_for(default, "main"),
+        entry_for(alices, "alices"),
+        users={"alice@x.example": "alices"},
+    )
+    spool = make_spool(tmp_path, 2)
+    (spool / "alice.eml").write_bytes(eml(7, sender="Alice <alice@X.EXAMPLE>"))
+    summary = send(spool, config)
+    assert summary.sent == 3
+    assert message_ids(alices) == ["<7.test@x.example>"]
+    assert sorted(message_ids(default)) == ["<0.test@x.example>", "<1.test@x.example>"]
+    assert record(spool, "sent/alice.eml")["server"] == "alices"
+    forced = make_spool(tmp_path / "other", 0)
+    (forced / "alice.eml").write_bytes(eml(8, sender="alice@x.example"))
+    send(forced, config, options=SendOptions(server="main"))
+    assert "<8.test@x.example>" in message_ids(default)
+
+
+def test_dry_run_plans_and_changes_nothing(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 3)
+    (spool / "bad.eml").write_bytes(b"junk\n")
+    before = listing(spool)
+    plan = plan_send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (plan.messages, plan.bytes) == (3, sum(len(eml(n)) for n in range(3)))
+    assert list(plan.servers) == ["local"] and plan.servers["local"].messages == 3
+    assert [name for name, _ in plan.invalid] == ["bad.eml"]
+    assert listing(spool) == before and sink.connections_total == 0
+
+
+# --- the pure classification ---------------------------------------------------------------
+
+
+def R(code: int) -> Reply:
+    return Reply(code, f"{code // 100}.0.0", "text")
+
+
+@pytest.mark.parametrize(
+    ("mail", "rcpts", "data", "expected"),
+    [
+        pytest.param(250, {"a": 250, "b": 250}, 250, {"a": ACCEPTED, "b": ACCEPTED}, id="all-ok"),
+        pytest.param(250, {"a": 250, "b": 550, "c": 451}, 250,
+                     {"a": ACCEPTED, "b": FAILED, "c": DEFERRED}, id="mixed-rcpt"),
+        pytest.param(451, {}, None, {"a": DEFERRED, "b": DEFERRED}, id="mail-451"),
+        pytest.param(553, {}, None, {"a": FAILED, "b": FAILED}, id="mail-553"),
+        pytest.param(250, {"a": 250, "b": 550}, 451, {"a": DEFERRED, "b": FAILED}, id="data-451"),
+        pytest.param(250, {"a": 250, "b": 451}, 554, {"a": FAILED, "b": DEFERRED}, id="data-554"),
+        pytest.param(250, {"a": 550, "b": 550}, None, {"a": FAILED, "b": FAILED}, id="none-ok"),
+    ],
+)  # fmt: skip
+def test_classify(
+    mail: int, rcpts: dict[str, int], data: int | None, expected: dict[str, str]
+) -> None:
+    result = SendResult(
+        R(mail), {r: R(c) for r, c in rcpts.items()}, R(data) if data is not None else None
+    )
+    attempt = classify(result, ["a", "b", *(["c"] if "c" in rcpts else [])], now=0.0)
+    assert {r: outcome for r, (outcome, _) in attempt.results.items()} == expected
+
+
+@pytest.mark.slow
+def test_fifty_megabyte_message_is_streamed(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(keep_data=False)
+    spool = make_spool(tmp_path)
+    body = (b"0123456789" * 99 + b"\n") * 50_000  # 50 MB of 1000-byte lines
+    (spool / "big.eml").write_bytes(eml(1) + body)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert summary.sent == 1
+    assert sink.messages[0].size >= len(body)

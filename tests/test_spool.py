@@ -1,0 +1,389 @@
+"""spool.py: layout, listing order, lock, claims, journal, recovery, status, retry, enqueue."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from carerix_smtp.errors import ExitCode, InputError, MessageError, SpoolError
+from carerix_smtp.spool import (
+    MessageState,
+    RecipientResult,
+    Spool,
+    backoff,
+)
+
+T0 = 1_700_000_000.0
+
+
+def eml(n: int, *, to: str = "r@y.example") -> bytes:
+    return (
+        f"From: a@x.example\nTo: {to}\nMessage-ID: <{n}@test>\nDate: x\nSubject: {n}\n\nbody {n}\n"
+    ).encode()
+
+
+def put(directory: Path, name: str, data: bytes, mtime: float) -> Path:
+    path = directory / name
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    path = tmp_path / "spool"
+    path.mkdir()
+    s = Spool(path, clock=lambda: T0)
+    s.prepare()
+    return s
+
+
+def sent_state(name: str, rcpt: str = "r@y.example") -> MessageState:
+    return MessageState(
+        name=name, accepted={rcpt: RecipientResult(250, "2.0.0", "ok", T0)}, queued_at=T0
+    )
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def test_missing_spool_is_exit_78_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(SpoolError) as info, Spool(missing).lock():
+        pass
+    assert info.value.exit_code == ExitCode.CONFIG
+    assert str(missing) in str(info.value) and "no such directory" in str(info.value)
+    assert not missing.exists()
+
+
+def test_spool_that_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(SpoolError, match="not a directory"):
+        Spool(path).check()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_spool_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ro"
+    path.mkdir()
+    put(path, "a.eml", eml(1), T0)
+    path.chmod(0o555)
+    try:
+        with pytest.raises(SpoolError, match="not writable"):
+            Spool(path).prepare()
+        assert sorted(os.listdir(path)) == ["a.eml"]
+    finally:
+        path.chmod(0o755)
+
+
+def test_prepare_creates_the_layout(spool: Spool) -> None:
+    for sub in ("deferred", "sent", "failed", "tmp", ".cxsmtp/claims/queued"):
+        assert (spool.path / sub).is_dir()
+
+
+# --- listing ------------------------------------------------------------------------
+
+
+def test_candidates_order_and_what_is_ignored(spool: Spool) -> None:
+    top = spool.path
+    put(top, "b.eml", eml(1), T0 - 100)
+    put(top, "a.eml", eml(2), T0 - 100)  # same mtime: by name
+    put(top, "old.eml", eml(3), T0 - 500)
+    put(top, "producer-writing.eml.tmp", eml(4), T0 - 900)  # not *.eml
+    put(top, ".hidden.eml", eml(5), T0 - 900)  # dot-file, like a shell glob
+    put(top / "tmp", "x.eml", eml(6), T0 - 900)  # producers' scratch
+    put(spool.dir("deferred"), "due.eml", eml(7), T0 - 1)  # mtime = next attempt
+    put(spool.dir("deferred"), "later.eml", eml(8), T0 + 60)
+    names = [(c.kind, c.name) for c in spool.candidates()]
+    assert names == [
+        ("deferred", "due.eml"),
+        ("queued", "old.eml"),
+        ("queued", "a.eml"),
+        ("queued", "b.eml"),
+    ]
+
+
+def test_candidates_report_file_types_without_following(spool: Spool, tmp_path: Path) -> None:
+    target = put(tmp_path, "outside.eml", eml(1), T0)
+    (spool.path / "link.eml").symlink_to(target)
+    (spool.path / "dir.eml").mkdir()
+    types = {c.name: c.file_type for c in spool.candidates()}
+    assert types == {"link.eml": "symlink", "dir.eml": "directory"}
+
+
+# --- lock ---------------------------------------------------------------------------
+
+
+def test_lock_is_exclusive_and_released(spool: Spool) -> None:
+    other = Spool(spool.path)
+    with spool.lock() as first:
+        assert first
+        assert other.holder_pid() == os.getpid()
+        with other.lock() as second:
+            assert not second
+    assert other.holder_pid() is None
+    with other.lock() as again:
+        assert again
+
+
+# --- claims and outcomes ----------------------------------------------------------------
+
+
+def test_claim_then_sent_writes_record_beside_message(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    (candidate,) = spool.candidates()
+    claim = spool.claim(candidate)
+    assert claim is not None
+    assert not (spool.path / "m.eml").exists()
+    assert claim.path.parent == spool.claims_dir / "queued"
+    dest = spool.record_outcome(claim, sent_state("m.eml"))
+    assert dest == spool.dir("sent") / "m.eml"
+    assert dest.read_bytes() == eml(1)
+    record = json.loads((spool.dir("sent") / "m.eml.json").read_text())
+    assert record["status"] == "sent"
+    assert record["recipients"]["accepted"]["r@y.example"]["code"] == 250
+    assert spool.claims() == []
+
+
+def test_claim_of_vanished_file_is_none(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0)
+    (candidate,) = spool.candidates()
+    (spool.path / "m.eml").unlink()
+    assert spool.claim(candidate) is None
+
+
+def test_deferred_message_gets_next_attempt_as_mtime_and_sidecar(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    state = MessageState(
+        name="m.eml",
+        attempts=1,
+        next_attempt=T0 + 300,
+        pending={"r@y.example": RecipientResult(451, "4.3.0", "later", T0)},
+    )
+    dest = spool.record_outcome(claim, state)
+    assert dest == spool.dir("deferred") / "m.eml"
+    assert dest.stat().st_mtime == T0 + 300
+    assert spool.candidates(now=T0) == []
+    assert [c.name for c in spool.candidates(now=T0 + 300)] == ["m.eml"]
+    again = spool.claim(spool.candidates(now=T0 + 300)[0])
+    assert again is not None and again.state is not None
+    assert again.state.attempts == 1 and list(again.state.pending) == ["r@y.example"]
+    # all done now: the deferred sidecar goes away with the message
+    spool.record_outcome(again, sent_state("m.eml"))
+    assert sorted(os.listdir(spool.dir("deferred"))) == []
+    assert (spool.dir("sent") / "m.eml.json").exists()
+
+
+def test_outcome_never_overwrites_an_existing_message(spool: Spool) -> None:
+    put(spool.dir("sent"), "m.eml", b"an older message", T0)
+    put(spool.path, "m.eml", eml(1), T0)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    dest = spool.record_outcome(claim, sent_state("m.eml"))
+    assert dest.name != "m.eml" and dest.name.endswith(".eml")
+    assert (spool.dir("sent") / "m.eml").read_bytes() == b"an older message"
+    assert dest.read_bytes() == eml(1)
+
+
+def test_requeue_to_top_level_never_replaces_a_new_file(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    put(spool.path, "m.eml", eml(2), T0)  # a producer reused the name meanwhile
+    back = spool.requeue(claim)
+    assert back != spool.path / "m.eml"
+    assert (spool.path / "m.eml").read_bytes() == eml(2)
+    assert back.read_bytes() == eml(1)
+
+
+# --- recovery ---------------------------------------------------------------------------
+
+
+def test_recover_requeues_claim_without_outcome(spool: Spool, caplog) -> None:
+    put(spool.path, "m.eml", eml(7), T0 - 10)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    # the run "dies" here; a new one recovers
+    fresh = Spool(spool.path, clock=lambda: T0)
+    report = fresh.recover()
+    assert report.requeued == ["m.eml"]
+    assert (spool.path / "m.eml").read_bytes() == eml(7)
+    assert (spool.path / "m.eml").stat().st_mtime == T0 - 10  # keeps its place in line
+    assert fresh.claims() == []
+    assert "possible duplicate" in caplog.text and "<7@test>" in caplog.text
+    log = (spool.state_dir / "delivery.log").read_text()
+    assert '"outcome":"requeued"' in log
+
+
+def test_recover_applies_journaled_outcome_without_sending(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(spool.path, "m.eml", eml(1), T0)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("killed right after the journal fsync")
+
+    with monkeypatch.context() as m:
+        m.setattr(Spool, "_write_file", crash)
+        with pytest.raises(KeyboardInterrupt):
+            spool.record_outcome(claim, sent_state("m.eml"))
+    assert claim.path.exists()  # still claimed
+    report = Spool(spool.path).recover()
+    assert report.completed == ["sent/m.eml"]
+    assert (spool.dir("sent") / "m.eml").read_bytes() == eml(1)
+    assert json.loads((spool.dir("sent") / "m.eml.json").read_text())["status"] == "sent"
+    assert spool.journal_path.stat().st_size == 0
+
+
+def test_recover_puts_deferred_claim_back_with_its_state(spool: Spool) -> None:
+    put(spool.dir("deferred"), "d.eml", eml(1), T0 - 5)
+    state = MessageState(name="d.eml", attempts=2, pending={"r@y.example": None})
+    (spool.dir("deferred") / "d.eml.json").write_text(json.dumps(state.to_json()))
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None and claim.state is not None and claim.state.attempts == 2
+    report = Spool(spool.path).recover()
+    assert report.requeued == ["deferred/d.eml"]
+    assert (spool.dir("deferred") / "d.eml").exists()
+    assert json.loads((spool.dir("deferred") / "d.eml.json").read_text())["attempts"] == 2
+
+
+def test_recover_removes_temp_files_and_orphan_sidecars_ignores_torn_journal(
+    spool: Spool,
+) -> None:
+    (spool.claims_dir / "queued" / ".abc~m.eml.tmp").write_bytes(b"half")
+    (spool.dir("deferred") / "gone.eml.json").write_text("{}")
+    (spool.dir("sent") / ".cxsmtp-1234.tmp").write_text("half a record")
+    spool.journal_path.write_text('{"claim": "queued/zz~m.eml", "dest": "sent", "sta')
+    report = Spool(spool.path).recover()
+    assert sorted(report.removed) == [
+        ".cxsmtp/claims/queued/.abc~m.eml.tmp",
+        "deferred/gone.eml.json",
+        "sent/.cxsmtp-1234.tmp",
+    ]
+    assert os.listdir(spool.dir("deferred")) == []
+    assert spool.journal_path.read_text() == ""
+
+
+def test_rewrite_head_keeps_body_and_mtime(spool: Spool) -> None:
+    put(spool.path, "m.eml", b"From: a@x.example\nTo: r@y.example\n\nbody\n", T0 - 50)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    spool.rewrite_head(claim, b"From: a@x.example\nTo: r@y.example\nMessage-ID: <n@x>\n", 34)
+    assert claim.path.read_bytes() == (
+        b"From: a@x.example\nTo: r@y.example\nMessage-ID: <n@x>\n\nbody\n"
+    )
+    assert claim.path.stat().st_mtime == T0 - 50
+    assert claim.size == len(claim.path.read_bytes())
+
+
+# --- status, retry, enqueue ----------------------------------------------------------------
+
+
+def test_status_counts_and_failed_recipients(spool: Spool) -> None:
+    put(spool.path, "q1.eml", eml(1), T0 - 200)
+    put(spool.path, "q2.eml", eml(2), T0 - 100)
+    put(spool.dir("deferred"), "d.eml", eml(3), T0 + 600)
+    deferred = MessageState(
+        name="d.eml", pending={"later@y.example": RecipientResult(451, "4.7.1", "slow", T0)}
+    )
+    (spool.dir("deferred") / "d.eml.json").write_text(json.dumps(deferred.to_json()))
+    put(spool.dir("sent"), "s.eml", eml(4), T0)
+    partial = sent_state("s.eml")
+    partial.failed["bad@y.example"] = RecipientResult(550, "5.1.1", "no such user", T0)
+    (spool.dir("sent") / "s.eml.json").write_text(json.dumps(partial.to_json()))
+    put(spool.dir("failed"), "f.eml", b"junk", T0)
+    failed = MessageState(name="f.eml", status="failed", reason="not an RFC 5322 message")
+    (spool.dir("failed") / "f.eml.json").write_text(json.dumps(failed.to_json()))
+    put(spool.dir("tmp"), "stale.part", b"x", T0 - 2 * 86400)
+    put(spool.dir("tmp"), "fresh.part", b"x", T0 - 60)
+
+    status = spool.status()
+    assert (status.queued.count, status.queued.bytes) == (2, len(eml(1)) + len(eml(2)))
+    assert status.queued.oldest == T0 - 200
+    assert (status.deferred.count, status.due_now, status.next_retry) == (1, 0, T0 + 600)
+    assert (status.sent.count, status.failed.count, status.in_flight) == (1, 1, 0)
+    assert status.running_pid is None
+    assert status.stale_tmp == ["tmp/stale.part"]
+    assert [(m.message, m.reason) for m in status.failed_messages] == [
+        ("failed/f.eml", "not an RFC 5322 message")
+    ]
+    rows = {(r.message, r.recipient, r.status, r.reply) for r in status.failed_recipients}
+    assert rows == {
+        ("deferred/d.eml", "later@y.example", "pending", "451 4.7.1 slow"),
+        ("sent/s.eml", "bad@y.example", "failed", "550 5.1.1 no such user"),
+    }
+    assert json.loads(json.dumps(status.to_json()))["queued"]["count"] == 2
+
+
+def test_retry_moves_failed_back_and_makes_deferred_due(spool: Spool) -> None:
+    put(spool.dir("failed"), "f.eml", eml(1), T0 - 1000)
+    (spool.dir("failed") / "f.eml.json").write_text("{}")
+    put(spool.dir("deferred"), "d.eml", eml(2), T0 + 3000)
+    with pytest.raises(InputError, match=r"no message 'zz\.eml'"):
+        spool.retry(["zz.eml"])
+    assert spool.retry(everything=True) == ["deferred/d.eml", "f.eml"]
+    assert (spool.path / "f.eml").read_bytes() == eml(1)
+    assert not (spool.dir("failed") / "f.eml.json").exists()
+    assert [c.name for c in spool.candidates()] == ["d.eml", "f.eml"]
+
+
+def test_enqueue_completes_headers_and_renames_from_tmp(spool: Spool) -> None:
+    from carerix_smtp.message import complete_headers, parse_message
+
+    data = complete_headers(b"From: a@x.example\nTo: r@y.example\n\nhello\n")
+    path = spool.enqueue(data, hint="/some/where/report 2024.eml")
+    assert path.parent == spool.path and path.name.endswith("-report_2024.eml")
+    assert parse_message(path.read_bytes()).complete
+    assert os.listdir(spool.dir("tmp")) == []
+    with pytest.raises(MessageError):
+        complete_headers(b"not a message")
+
+
+# --- pure helpers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(0, 0), (1, 300), (2, 600), (3, 1200), (4, 2400), (5, 4000), (50, 4000)],
+    ids=lambda v: str(v),
+)
+def test_backoff_postfix_defaults(attempts: int, expected: float) -> None:
+    assert backoff(attempts, 300, 4000) == expected
+
+
+def test_state_json_round_trip() -> None:
+    state = MessageState(
+        name="m.eml",
+        status="deferred",
+        message_id="<1@x>",
+        size=12,
+        queued_at=T0,
+        attempts=3,
+        next_attempt=T0 + 600,
+        accepted={"a@x": RecipientResult(250, "2.0.0", "ok", T0)},
+        failed={"b@x": RecipientResult(550, None, "no", T0)},
+        pending={"c@x": None, "d@x": RecipientResult(None, None, "timeout", T0)},
+    )
+    assert MessageState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+@pytest.mark.slow
+def test_listing_100000_files_is_fast(spool: Spool) -> None:
+    data = eml(1)
+    for i in range(100_000):
+        (spool.path / f"{i:06d}.eml").write_bytes(data)
+    start = time.perf_counter()
+    candidates = spool.candidates()
+    claim = spool.claim(candidates[0])
+    elapsed = time.perf_counter() - start
+    assert len(candidates) == 100_000 and claim is not None
+    assert elapsed < 2.0, elapsed
