@@ -18,11 +18,13 @@ class ExitCode(IntEnum):
     USAGE = 64  # EX_USAGE: bad command line
     DATAERR = 65  # EX_DATAERR: some messages failed permanently
     NOINPUT = 66  # EX_NOINPUT: input file missing or unreadable
-    UNAVAILABLE = 69  # EX_UNAVAILABLE: a test did not pass
+    NOHOST = 68  # EX_NOHOST: the server's name does not resolve
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: server unreachable, a test did not pass
     SOFTWARE = 70  # EX_SOFTWARE: internal error (a bug)
     CANTCREAT = 73  # EX_CANTCREAT: cannot write an output file
     IOERR = 74  # EX_IOERR
     TEMPFAIL = 75  # EX_TEMPFAIL: deferred, server unreachable, interrupted
+    PROTOCOL = 76  # EX_PROTOCOL: TLS could not be set up
     NOPERM = 77  # EX_NOPERM: authentication refused
     CONFIG = 78  # EX_CONFIG: configuration error
 
@@ -74,6 +76,36 @@ class KeyringUnavailableError(SecretError):
 
 class SpoolError(ConfigError):
     """The spool directory is missing, not a directory, or not writable."""
+
+
+class SpoolBusyError(CxsmtpError):
+    """The spool is being changed by another run right now (exit 75)."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+class StateError(CxsmtpError):
+    """The state dir (rate ledger) cannot be opened, read or written (exit 73)."""
+
+    exit_code = ExitCode.CANTCREAT
+
+
+class LedgerBusyError(StateError):
+    """Other processes held the ledger longer than the busy timeout (exit 75)."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+class GrantExceededError(StateError):
+    """More messages were confirmed than a batch grant allowed (a bug in the caller)."""
+
+    exit_code = ExitCode.SOFTWARE
+
+
+class SinkStartError(CxsmtpError):
+    """``cxsmtp sink`` cannot listen, or cannot create its output directory or files."""
+
+    exit_code = ExitCode.UNAVAILABLE
 
 
 class InputError(CxsmtpError):

@@ -85,7 +85,7 @@ from enum import Enum
 from pathlib import Path
 from types import TracebackType
 
-from carerix_smtp.errors import CxsmtpError, ExitCode
+from carerix_smtp.errors import GrantExceededError, LedgerBusyError, StateError
 from carerix_smtp.limits import (
     BatchSize,
     Limits,
@@ -162,22 +162,7 @@ CREATE TABLE IF NOT EXISTS timing (
 """
 
 
-class LedgerError(CxsmtpError):
-    """The rate ledger cannot be opened, read or written (exit 73)."""
-
-    exit_code = ExitCode.CANTCREAT
-
-
-class LedgerBusyError(LedgerError):
-    """Other processes held the ledger longer than the busy timeout (exit 75)."""
-
-    exit_code = ExitCode.TEMPFAIL
-
-
-class GrantExceededError(LedgerError):
-    """More messages were confirmed than the grant allowed (a bug in the caller)."""
-
-    exit_code = ExitCode.SOFTWARE
+LedgerError = StateError  # the ledger's errors live in errors.py
 
 
 # --- owners ---------------------------------------------------------------

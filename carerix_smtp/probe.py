@@ -76,8 +76,8 @@ DEFAULT_TIMEOUT = 30.0  # per phase, like swaks; `--timeout` changes it
 SNIFF_TIMEOUT = 5.0
 
 # Exit codes of `cxsmtp test` (sysexits).  68 and 76 are not (yet) in ExitCode.
-EXIT_NOHOST = 68  # EX_NOHOST: the name does not resolve
-EXIT_PROTOCOL = 76  # EX_PROTOCOL: TLS could not be set up
+EXIT_NOHOST = ExitCode.NOHOST
+EXIT_PROTOCOL = ExitCode.PROTOCOL
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 

@@ -102,7 +102,7 @@ from typing import Any, AnyStr, Literal, get_args
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from carerix_smtp.errors import CxsmtpError, ExitCode, UsageError
+from carerix_smtp.errors import SinkStartError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,6 @@ ENVELOPE_FROM = b"X-Cxsmtp-Envelope-From"
 ENVELOPE_TO = b"X-Cxsmtp-Envelope-To"
 STOP_GRACE = 0.2  # seconds open connections get to close after the 421 at stop(); TLS
 # ones wait for the client's close_notify, so they are aborted after it
-
-
-class SinkStartError(CxsmtpError):
-    """The sink cannot listen on its address or cannot create its output directory."""
-
-    exit_code = ExitCode.UNAVAILABLE
 
 
 # --------------------------------------------------------------------------- rules
