@@ -1,15 +1,32 @@
-"""One run of ``cxsmtp send SPOOL``: one pass through the queue, then exit.
+"""``cxsmtp send SPOOL``: one batch per server within the sending limits, or ``--loop``.
 
 The shape is django-mailer's ``send_all`` (lock, one pass, reuse the connection,
-stop at limits, defer known failures, one summary), with per-recipient outcomes
-and a crash-safe spool (see spool.py):
+stop at limits, defer known failures, one summary), with per-recipient outcomes,
+a crash-safe spool (see spool.py) and the rate ledger (ledger.py, limits.py):
 
 1. take the spool lock (another run holds it -> status "locked", exit 0);
 2. recover what a killed run left behind;
-3. for each due message, oldest first: claim it, read its header block, pick
-   the server (``--server``, else the From's per-user choice, else the default),
-   ask that server's batch gate, send on that server's connection, journal the
-   per-recipient result and move the message to sent/, deferred/ or failed/.
+3. one pass: for each due message, oldest first, pick the server (``--server``,
+   else the From's per-user choice, else the default), ask that server's batch
+   gate, claim the message, send it on that server's connection, journal the
+   per-recipient result and move it to sent/, deferred/ or failed/;
+4. without ``--loop``: exit.  With it: close the connections, sleep (on the
+   stop event, so SIGTERM ends the sleep at once) until the next window opens,
+   and make another pass, until nothing is due.
+
+Limits (SPEC §3, issue 5).  With a :class:`~carerix_smtp.ledger.Ledger` every
+server gets one :class:`LedgerGate` per pass: the ledger's grant for one batch,
+sized from that server's queue head (count, bytes, and the time the last
+batches took, so that it ends within the batch deadline), taken on the server's
+first message (for a single-server run: before connecting, so a run that may
+send nothing does not connect).  A message counts when the server accepted its
+data -- and also when the connection was lost after the final "." (it may have
+been delivered, RFC 1047).  The grant admits no message after its deadline;
+the rest stays queued and the summary says the deadline cut the batch short.
+When nothing is allowed yet the summary says when the next window opens and
+why.  ``--max-messages N`` is an extra cap on the whole run.  Without a ledger
+(library use, tests) only the gates of ``gate_factory`` and ``max_messages``
+apply.
 
 Per recipient (SPEC §3): 2xx to RCPT and to the data -> accepted, never sent
 again; 5xx -> failed; 4xx -> retried later alone.  A 4xx to MAIL or the data, a
@@ -20,24 +37,27 @@ changed (exit 77).  Servers that cannot be reached leave their messages where
 they are (exit 75); a connection lost mid-run is reopened at most
 ``max_reconnects`` times.
 
-Seams for later work:
+Seams:
 
-- ``BatchGate``: the limits issue plugs the rate ledger and batch sizing in here
-  (``admit`` before each message, ``confirm`` after each accepted data, ``close``).
+- ``BatchGate``: per-server admission (``admit`` before each message,
+  ``confirm`` after each accepted data, ``release`` for an admitted message that
+  was not accepted, ``close``); :class:`LedgerGate` is the real one.
 - ``Connection`` owns one ``SmtpSession`` and turns one message into a pure
   ``Attempt`` (per-recipient outcomes); the spool bookkeeping happens outside it,
   so several connections per server (a worker each) need no rewrite.
 - ``deadline`` / ``stop``: the run ends cleanly between messages; the rest stays queued.
+- ``clock`` / ``sleep``: injected (the loop's sleeps and the ledger's clock).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -53,8 +73,18 @@ from carerix_smtp.errors import (
     SmtpPolicyError,
     SmtpReplyError,
 )
+from carerix_smtp.ledger import BatchGrant, Ledger, Usage, Wait
+from carerix_smtp.limits import (
+    RESERVATION_POLL,
+    Limits,
+    Schedule,
+    ServerQueue,
+    WaitKind,
+    format_duration,
+    simulate_schedule,
+)
 from carerix_smtp.message import Message, read_message
-from carerix_smtp.spool import Candidate, Claim, MessageState, RecipientResult, Spool, backoff
+from carerix_smtp.spool import Candidate, Claim, MessageState, RecipientResult, Spool, backoff, iso
 
 if TYPE_CHECKING:
     from carerix_smtp.config import Config, ServerEntry
@@ -72,14 +102,16 @@ DEFAULT_STOP_AFTER_DEFERRALS = 5
 
 
 class BatchGate(Protocol):
-    """Per-server admission control for one run (limits.py provides the real one).
+    """Per-server admission control for one pass (:class:`LedgerGate` is the real one).
 
     ``admit(size)`` before each message: False ends this server's batch and leaves
     the message (and the rest) queued.  ``confirm(message_id, size)`` after the
-    server accepted the data.  ``close()`` at the end of the run, also after an
-    error.  An admitted message may get no ``confirm`` (refused, deferred, server
-    unusable, run stopped): a gate that reserves budget in ``admit`` releases the
-    unconfirmed part in ``close``.  ``size`` is the file's size in bytes.
+    server accepted the data (or the connection was lost after the final ".").
+    ``close()`` at the end of the pass, also after an error.  An admitted message
+    may get no ``confirm`` (refused, deferred, server unusable, run stopped): the
+    sender then calls ``release(size)`` if the gate has it, and a gate that
+    reserves budget in ``admit`` releases the unconfirmed rest in ``close``.
+    ``size`` is the file's size in bytes.
     """
 
     def admit(self, size: int) -> bool: ...
@@ -90,10 +122,7 @@ class BatchGate(Protocol):
 
 
 class CountGate:
-    """``--max-messages N``: at most N messages admitted in this run (None: no cap).
-
-    One instance is shared by every server, so N is for the whole run.
-    """
+    """At most N messages admitted (None: no cap); share one instance to cap a whole run."""
 
     def __init__(self, max_messages: int | None = None) -> None:
         self.max_messages = max_messages
@@ -113,9 +142,135 @@ class CountGate:
         return None
 
 
+def _release(gate: BatchGate, size: int) -> None:
+    release = getattr(gate, "release", None)
+    if release is not None:
+        release(size)
+
+
+class LedgerGate:
+    """One batch of one server from the rate ledger (ledger.py's sender loop).
+
+    The grant is asked for on the first :meth:`admit` (or by :meth:`prepare`),
+    sized from the server's queue head (``queued_sizes(n)``: the sizes of its
+    next ``n`` due messages, in sending order).  A wait shorter than the batch
+    deadline is slept through (``pause``, which raises when the run is being
+    stopped); a longer one ends the batch before it began (:attr:`wait`).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        entry: ServerEntry,
+        limits: Limits,
+        queued_sizes: Callable[[int], list[int]],
+        pause: Callable[[float], None],
+    ) -> None:
+        self.ledger = ledger
+        self.entry = entry
+        self.limits = limits
+        self.queued_sizes = queued_sizes
+        self.pause = pause
+        self.grant: BatchGrant | None = None
+        self.wait: Wait | None = None
+        self.refused = False  # a message was turned away: the batch is over, messages left
+        self.stop_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<LedgerGate {self.entry.name} {self.grant or self.wait}>"
+
+    def prepare(self) -> bool:
+        """Open the batch now if the limits allow it; False: not now (see :attr:`wait`)."""
+        if self.grant is not None:
+            return not self.grant.closed
+        if self.wait is not None:
+            return False
+        result = self.ledger.acquire(
+            self.entry.name,
+            self.limits,
+            self.queued_sizes(self.limits.batch_count_cap + 1),
+            sleep=self.pause,
+            # One connection per server today: at most one message in flight.
+            connections=1,
+        )
+        if isinstance(result, Wait):
+            log.info("server %s: no batch now: %s", self.entry.name, result.reason)
+            self.wait = result
+            self.stop_reason = result.kind.value
+            return False
+        self.grant = result
+        return True
+
+    def admit(self, size: int) -> bool:
+        if not self.prepare():
+            self.refused = True
+            return False
+        assert self.grant is not None
+        if self.grant.admit(size):
+            return True
+        self.refused = True
+        self.stop_reason = self.grant.stop_reason
+        return False
+
+    def confirm(self, message_id: str, size: int) -> None:
+        if self.grant is not None:
+            self.grant.confirm(message_id, size)
+
+    def release(self, size: int) -> None:
+        if self.grant is not None:
+            self.grant.release(size)
+
+    def close(self) -> None:
+        if self.grant is not None:
+            self.grant.close()
+
+    def report(self, pending: bool) -> BatchReport:
+        """What this batch did; ``pending``: the server still has due messages."""
+        grant = self.grant
+        report = BatchReport(self.entry.name)
+        if grant is not None:
+            report.started_at = grant.opened_at
+            report.sent = grant.sent
+            report.bytes = grant.sent_bytes
+            report.max_messages = grant.max_messages
+            report.planned = grant.planned.count
+            report.planned_by = grant.planned.limited_by
+            report.deadline_cut = grant.cut_by_deadline
+        if not pending and not self.refused:
+            return report
+        if self.wait is not None:
+            report.limited_by = self.wait.kind.value
+            report.next_window_at = self.wait.until
+            report.reason = self.wait.reason
+            return report
+        usage = self.ledger.usage(self.entry.name, self.limits)
+        report.next_window_at = usage.next_batch_at
+        report.reason = usage.reason
+        reason = self.stop_reason or "count"
+        if grant is not None and reason == "count":
+            if grant.max_messages < grant.planned.count:  # the rolling windows cut it
+                reason = _window_kind(usage).value
+            elif grant.planned.limited_by != "queue":
+                reason = grant.planned.limited_by
+        report.limited_by = reason
+        if reason == "deadline" and not report.reason:
+            report.reason = f"batch deadline {format_duration(self.limits.batch_deadline)}"
+        return report
+
+
+def _window_kind(usage: Usage) -> WaitKind:
+    if usage.waiting_for in (WaitKind.RATE, WaitKind.SEND_LIMIT):
+        return usage.waiting_for
+    limits = usage.limits
+    if usage.sent_day_all + usage.reserved_all >= limits.email_send_limit:
+        return WaitKind.SEND_LIMIT
+    return WaitKind.RATE
+
+
 GateFactory = Callable[["ServerEntry"], BatchGate]
 SessionFactory = Callable[["ServerEntry", "str | None"], "SmtpSession"]
 PasswordSource = Callable[["ServerEntry"], "str | None"]
+LedgerSource = Ledger | Callable[[], Ledger]
 
 
 # --- options, results -----------------------------------------------------------------
@@ -124,8 +279,9 @@ PasswordSource = Callable[["ServerEntry"], "str | None"]
 @dataclass
 class SendOptions:
     server: str | None = None  # --server: every message through this one
-    max_messages: int | None = None
+    max_messages: int | None = None  # for the whole run (every pass of --loop)
     dry_run: bool = False
+    loop: bool = False  # --loop: batch after batch until nothing is due
     deadline: float | None = None  # seconds after the start; the rest stays queued
     max_reconnects: int = DEFAULT_MAX_RECONNECTS
     stop_after_deferrals: int = DEFAULT_STOP_AFTER_DEFERRALS
@@ -134,12 +290,14 @@ class SendOptions:
 
 @dataclass
 class ProgressEvent:
-    kind: str  # "start" | "message" | "end"
+    kind: str  # "start" | "message" | "wait" | "end"
     total: int = 0
     done: int = 0
     name: str = ""
     outcome: str = ""  # sent | deferred | failed | skipped
     size: int = 0
+    until: float | None = None  # "wait": sleeping until then (epoch seconds)
+    reason: str = ""  # "wait": why
 
 
 # status -> exit code (SPEC §3; the README lists them).  "locked", "nothing-to-do",
@@ -151,6 +309,44 @@ STATUS_EXIT = {
     "failed": ExitCode.DATAERR,
     "deferred": ExitCode.TEMPFAIL,
 }
+
+
+@dataclass
+class BatchReport:
+    """One server's batch in one pass.  ``limited_by``: why it ended with messages left
+    ("count", "bytes", "deadline" -- the batch's own limits; "rate", "send-limit",
+    "interval", "reserved" -- the windows; None: the server's queue was done)."""
+
+    server: str
+    started_at: float | None = None  # None: no batch was granted
+    sent: int = 0  # counted in the ledger (accepted, or possibly delivered)
+    bytes: int = 0
+    max_messages: int = 0  # the grant
+    planned: int = 0  # what the batch sizing made of the queue
+    planned_by: str = ""  # count | bytes | deadline | queue
+    deadline_cut: bool = False
+    limited_by: str | None = None
+    next_window_at: float | None = None  # math.inf: never (email-send-limit 0)
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "started_at": iso(self.started_at),
+            "sent": self.sent,
+            "bytes": self.bytes,
+            "max_messages": self.max_messages,
+            "planned": self.planned,
+            "planned_by": self.planned_by,
+            "deadline_cut": self.deadline_cut,
+            "limited_by": self.limited_by,
+            "next_window_at": _iso_finite(self.next_window_at),
+            "reason": self.reason,
+        }
+
+
+def _iso_finite(ts: float | None) -> str | None:
+    return None if ts is None or math.isinf(ts) else iso(ts)
 
 
 @dataclass
@@ -170,6 +366,12 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)  # "NAME: reason" per failed message
     next_retry: float | None = None
     lock_holder: int | None = None
+    # limits: the batches of every pass; what held back the messages still queued
+    batches: list[BatchReport] = field(default_factory=list)
+    deadline_cut: bool = False  # a batch deadline cut a batch short
+    limited_by: str | None = None  # see BatchReport, or "max-messages"
+    limit_reason: str = ""
+    next_window_at: float | None = None  # math.inf: never
 
     @property
     def exit_code(self) -> ExitCode:
@@ -190,9 +392,22 @@ class RunSummary:
         else:
             self.status = "ok"
 
-    def to_json(self) -> dict[str, Any]:
-        from carerix_smtp.spool import iso
+    def note_limits(self, reports: Sequence[BatchReport], max_hit: int | None) -> None:
+        """What held back the rest after a pass: the earliest next window wins."""
+        self.limited_by, self.limit_reason, self.next_window_at = None, "", None
+        if max_hit is not None:
+            self.limited_by, self.limit_reason = "max-messages", f"--max-messages {max_hit}"
+            return
+        limited = [r for r in reports if r.limited_by is not None]
+        if not limited:
+            return
+        first = min(
+            limited, key=lambda r: math.inf if r.next_window_at is None else r.next_window_at
+        )
+        self.limited_by, self.limit_reason = first.limited_by, first.reason
+        self.next_window_at = first.next_window_at
 
+    def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "sent": self.sent,
@@ -206,6 +421,27 @@ class RunSummary:
             "errors": self.errors,
             "failures": self.failures,
             "next_retry": iso(self.next_retry),
+            "deadline_cut": self.deadline_cut,
+            "limited_by": self.limited_by,
+            "limit_reason": self.limit_reason,
+            "next_window_at": _iso_finite(self.next_window_at),
+            "batches": [b.to_json() for b in self.batches],
+        }
+
+
+@dataclass
+class PlannedBatchInfo:
+    start: float
+    count: int
+    bytes: int
+    last_at: float  # expected time of its last message
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": iso(self.start),
+            "messages": self.count,
+            "bytes": self.bytes,
+            "last_at": iso(self.last_at),
         }
 
 
@@ -215,11 +451,26 @@ class PlanEntry:
     host: str
     messages: int = 0
     bytes: int = 0
+    sizes: list[int] = field(default_factory=list, repr=False)  # in sending order
+    batches: list[PlannedBatchInfo] = field(default_factory=list)
+    last_at: float | None = None  # when the last message should go (inf: never)
+    blocked: str = ""  # why not (inf): e.g. email-send-limit 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "host": self.host,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "batches": [b.to_json() for b in self.batches],
+            "last_at": _iso_finite(self.last_at),
+            "blocked": self.blocked or None,
+        }
 
 
 @dataclass
 class Plan:
-    """``--dry-run``: what a run would do now (nothing is changed)."""
+    """``--dry-run``: what runs would do at current limits (nothing is changed)."""
 
     messages: int = 0
     bytes: int = 0
@@ -227,14 +478,16 @@ class Plan:
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     waiting: int = 0  # deferred, not due yet
     next_retry: float | None = None
+    at: float = 0.0  # when the plan was made
+    last_at: float | None = None  # the last message of all (inf: never)
 
     def to_json(self) -> dict[str, Any]:
-        from carerix_smtp.spool import iso
-
         return {
             "messages": self.messages,
             "bytes": self.bytes,
-            "servers": [vars(e) for e in self.servers.values()],
+            "at": iso(self.at),
+            "last_at": _iso_finite(self.last_at),
+            "servers": [e.to_json() for e in self.servers.values()],
             "invalid": [{"file": f, "reason": r} for f, r in self.invalid],
             "waiting": self.waiting,
             "next_retry": iso(self.next_retry),
@@ -502,7 +755,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 class _Stopping(Exception):
-    """A stop was asked for before a network phase began: do not begin it."""
+    """A stop was asked for before a network phase (or during a sleep): do not go on."""
 
 
 class _Stop(Exception):
@@ -518,39 +771,63 @@ def _stop_for(error: SmtpAuthError | SmtpPolicyError) -> _Stop:
     return _Stop("auth-failed" if isinstance(error, SmtpAuthError) else "config-error", error)
 
 
+@dataclass
+class _Totals:
+    """What lives across the passes of one run."""
+
+    admitted: int = 0  # messages let through to the wire (--max-messages counts these)
+    passwords: dict[str, str | None] = field(default_factory=dict)
+
+
 class _Run:
+    """One pass through the due messages: at most one batch per server."""
+
     def __init__(
         self,
         spool: Spool,
         config: Config,
         options: SendOptions,
         *,
-        gate_factory: GateFactory,
+        gate_factory: GateFactory | None,
+        ledger: Ledger | None,
         session_factory: SessionFactory,
         password_source: PasswordSource,
         clock: Callable[[], float],
         monotonic: Callable[[], float],
+        sleep: Callable[[float], None],
         stop: threading.Event,
         progress: Callable[[ProgressEvent], None] | None,
         summary: RunSummary,
+        totals: _Totals,
+        deadline: float | None,
     ) -> None:
         self.spool = spool
         self.config = config
         self.options = options
         self.gate_factory = gate_factory
+        self.ledger = ledger
         self.session_factory = session_factory
         self.password_source = password_source
         self.clock = clock
         self.monotonic = monotonic
+        self.sleep = sleep
         self.stop = stop
         self.progress = progress
         self.summary = summary
+        self.totals = totals
+        self.deadline = deadline  # monotonic; the rest stays queued after it
         self.connections: dict[str, Connection] = {}
         self.gates: dict[str, BatchGate] = {}
-        self.deadline = monotonic() + options.deadline if options.deadline is not None else None
+        self.over: set[str] = set()  # servers whose batch is over for this pass
+        self.candidates: Sequence[Candidate] = []
+        self.pos = 0
+        self.routes: dict[tuple[str, str], str | None] = {}
         self.done = 0
         self.total = 0
         self.unreachable = False
+        self.max_hit = False
+        self._fixed: ServerEntry | None = None
+        self._fixed_known = False
 
     # -- servers --
 
@@ -561,22 +838,95 @@ class _Run:
 
     def fixed_server(self) -> ServerEntry | None:
         """The server every message goes to, when known without reading any."""
-        if self.options.server:
-            return self.config.server(self.options.server)
-        if len(self.config.servers) == 1:  # [users] can only name this one
-            return next(iter(self.config.servers.values()))
-        return None
+        if not self._fixed_known:
+            self._fixed_known = True
+            if self.options.server:
+                self._fixed = self.config.server(self.options.server)
+            elif len(self.config.servers) == 1 or not self.config.users:
+                # [users] can only name this one / no per-user choice: the default
+                with contextlib.suppress(ConfigError):
+                    self._fixed = self.config.default()
+        return self._fixed
+
+    def possible_servers(self) -> set[str]:
+        """Every server a message of this pass can go to."""
+        fixed = self.fixed_server()
+        if fixed is not None:
+            return {fixed.name}
+        names = {n for n in self.config.users.values() if n in self.config.servers}
+        with contextlib.suppress(ConfigError):
+            names.add(self.config.default().name)
+        return names or set(self.config.servers)
+
+    def route(self, candidate: Candidate) -> str | None:
+        """The server ``candidate`` goes to, reading its header if need be (cached);
+        None when that cannot be told (the claim will fail it with the reason)."""
+        fixed = self.fixed_server()
+        if fixed is not None:
+            return fixed.name
+        key = (candidate.kind, candidate.name)
+        if key not in self.routes:
+            name: str | None = None
+            if candidate.file_type == "file" and candidate.size > 0:
+                directory = self.spool.dir("deferred") if candidate.kind == "deferred" else None
+                try:
+                    message = read_message((directory or self.spool.path) / candidate.name)
+                    name = self.server_for(message).name
+                except (MessageError, ConfigError):
+                    name = None
+            self.routes[key] = name
+        return self.routes[key]
+
+    def queued_sizes(self, server: str, count: int) -> list[int]:
+        """Sizes of the next ``count`` due messages of ``server``, from the current one on."""
+        if self.options.max_messages is not None:
+            count = min(count, max(1, self.options.max_messages - self.totals.admitted))
+        sizes: list[int] = []
+        # A slice: the spool's CandidateList holds a bounded window of the queue; the
+        # look-ahead sees what it holds (thousands; a batch needs at most 501).
+        for offset, candidate in enumerate(self.candidates[self.pos :]):
+            if len(sizes) >= count:
+                break
+            # The current message (maybe claimed already) is the one the gate is asked about.
+            if offset == 0 or self.route(candidate) == server:
+                sizes.append(candidate.size)
+        return sizes
 
     def connection(self, entry: ServerEntry) -> Connection:
         conn = self.connections.get(entry.name)
         if conn is None:
-            password = self.password_source(entry)  # SecretError: exit 78
+            if entry.name not in self.totals.passwords:
+                self.totals.passwords[entry.name] = self.password_source(entry)  # SecretError
             conn = Connection(
-                entry, password, self.session_factory, max_reconnects=self.options.max_reconnects
+                entry,
+                self.totals.passwords[entry.name],
+                self.session_factory,
+                max_reconnects=self.options.max_reconnects,
             )
             self.connections[entry.name] = conn
-            self.gates[entry.name] = self.gate_factory(entry)
+            self.gates[entry.name] = self.make_gate(entry)
         return conn
+
+    def make_gate(self, entry: ServerEntry) -> BatchGate:
+        if self.gate_factory is not None:
+            return self.gate_factory(entry)
+        if self.ledger is not None:
+            limits = Limits.from_entry(entry, self.config.settings)
+            return LedgerGate(
+                self.ledger,
+                entry,
+                limits,
+                lambda count: self.queued_sizes(entry.name, count),
+                self.pause,
+            )
+        return CountGate()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep (the injected ``sleep``); raise _Stopping when the run is being stopped."""
+        if seconds > 0 and not self.stop.is_set():
+            self.sleep(seconds)
+        if self.stop.is_set():
+            raise _Stopping
 
     def open(self, conn: Connection, claim: Claim | None = None) -> bool:
         """Open ``conn``; False (and an error noted) if the server is unusable.
@@ -625,31 +975,58 @@ class _Run:
             log.info("%s", reason)
         self.unreachable = True
 
+    def server_done(self, name: str) -> bool:
+        conn = self.connections.get(name)
+        return name in self.over or (conn is not None and conn.unusable is not None)
+
     def all_servers_done(self) -> bool:
-        names = [self.options.server] if self.options.server else list(self.config.servers) or [""]
-        return all(
-            n in self.connections and self.connections[n].unusable is not None for n in names
-        )
+        return all(self.server_done(name) for name in self.possible_servers())
 
-    # -- the loop --
+    def prepare(self, entry: ServerEntry) -> bool:
+        """Open ``entry``'s batch before connecting (LedgerGate); False: no batch now."""
+        gate = self.gates[entry.name]
+        if not isinstance(gate, LedgerGate):
+            return True
+        try:
+            ready = gate.prepare()
+        except _Stopping:
+            return False
+        if not ready:
+            self.over.add(entry.name)
+        return ready
 
-    def run(self, candidates: list[Candidate]) -> None:
+    # -- the pass --
+
+    def run(self, candidates: Sequence[Candidate]) -> None:
+        self.candidates = candidates
         self.total = len(candidates)
-        self.emit(ProgressEvent("start", total=self.total))
         fixed = self.fixed_server()
-        # Open before claiming anything: a refused password or an unreachable
-        # server then leaves every message exactly as it was.
-        if fixed is not None and candidates and not self.open(self.connection(fixed)):
+        if fixed is not None and candidates:
+            # Ask for the batch, then connect, before claiming anything: a run the
+            # limits hold back does not connect, and a refused password or an
+            # unreachable server leaves every message exactly as it was.
+            conn = self.connection(fixed)
+            gate = self.gates[fixed.name]
+            if isinstance(gate, LedgerGate) and self.prepare(fixed) and gate.grant is not None:
+                self.total = min(self.total, gate.grant.max_messages)
+            self.emit(ProgressEvent("start", total=self.total))
+            if fixed.name in self.over or not self.open(conn):
+                if self.stop.is_set():
+                    self.summary.status = "interrupted"
+                return
+        else:
+            self.emit(ProgressEvent("start", total=self.total))
+        for index, candidate in enumerate(candidates):
+            self.pos = index
             if self.stop.is_set():
-                self.summary.status = "interrupted"
-            return
-        for candidate in candidates:
-            if self.stop.is_set():
-                self.summary.status = "interrupted"
                 break
             if self.deadline is not None and self.monotonic() >= self.deadline:
                 self.summary.status = "limit"
                 log.info("deadline reached; the rest stays queued")
+                break
+            limit = self.options.max_messages
+            if limit is not None and self.totals.admitted >= limit:
+                self.max_hit = True
                 break
             if self.all_servers_done():
                 break
@@ -658,6 +1035,11 @@ class _Run:
             self.summary.status = "interrupted"
 
     def one(self, candidate: Candidate) -> None:
+        if self.over or self.unreachable:
+            # Some server is done for this pass: leave its messages untouched.
+            server = self.route(candidate)
+            if server is not None and self.server_done(server):
+                return
         claim = self.spool.claim(candidate)
         if claim is None:
             return  # gone meanwhile (a producer took it back)
@@ -684,17 +1066,32 @@ class _Run:
         except ConfigError:
             self.spool.requeue(claim)
             raise
-        if conn.unusable is not None:
+        if self.server_done(entry.name):
             self.spool.requeue(claim)
             return
         gate = self.gates[entry.name]
-        if not gate.admit(message.size):
+        try:
+            admitted = gate.admit(message.size)
+        except _Stopping:
             self.spool.requeue(claim)
-            conn.unusable = f"server {entry.name}: batch limit reached"
+            return
+        except BaseException:
+            self.spool.requeue(claim)
+            raise
+        if not admitted:
+            self.spool.requeue(claim)
+            self.over.add(entry.name)
             if self.summary.status == "ok":
                 self.summary.status = "limit"
             return
-        if not self.open(conn, claim):
+        self.totals.admitted += 1
+        try:
+            opened = self.open(conn, claim)
+        except BaseException:
+            _release(gate, message.size)
+            raise
+        if not opened:
+            _release(gate, message.size)
             return
         self.deliver(claim, message, entry, conn, gate)
 
@@ -709,31 +1106,38 @@ class _Run:
         state = self.state_for(claim, message)
         recipients = list(state.pending)
         start = self.clock()
+        counted = False  # the data may have been accepted: the limits count it
         try:
-            with self.network():
-                attempt = conn.deliver(message, recipients, self.clock)
-        except _Stopping:
-            self.spool.requeue(claim)
-            return
-        except (SmtpAuthError, SmtpPolicyError) as exc:  # on a reconnect
-            self.spool.requeue(claim)
-            raise _stop_for(exc) from None
-        except ServerUnusable as exc:
-            self.spool.requeue(claim)
-            self.note_unusable(conn, str(exc))
-            return
-        except Interrupted:
-            conn.abandon()
-            back = self.spool.requeue(claim)
-            self.summary.possible_duplicates.append(back.name)
-            raise
-        self.apply(claim, message, state, entry, attempt, start)
-        accepted = attempt.recipients(ACCEPTED)
-        if accepted:
-            gate.confirm(message.message_id or claim.name, message.size)
+            try:
+                with self.network():
+                    attempt = conn.deliver(message, recipients, self.clock)
+            except _Stopping:
+                self.spool.requeue(claim)
+                return
+            except (SmtpAuthError, SmtpPolicyError) as exc:  # on a reconnect
+                self.spool.requeue(claim)
+                raise _stop_for(exc) from None
+            except ServerUnusable as exc:
+                self.spool.requeue(claim)
+                self.note_unusable(conn, str(exc))
+                return
+            except Interrupted:
+                counted = True  # stopped somewhere in the transaction: maybe delivered
+                conn.abandon()
+                back = self.spool.requeue(claim)
+                self.summary.possible_duplicates.append(back.name)
+                raise
+            # Accepted by someone, or lost after the final ".": possibly delivered.
+            counted = bool(attempt.recipients(ACCEPTED)) or attempt.unknown
+            self.apply(claim, message, state, entry, attempt, start)
+        finally:
+            if counted:
+                gate.confirm(message.message_id or claim.name, message.size)
+            else:
+                _release(gate, message.size)
         if attempt.connection_lost:
             log.warning("%s: %s", entry.name, attempt.error)
-        if accepted or attempt.recipients(FAILED):
+        if attempt.recipients(ACCEPTED) or attempt.recipients(FAILED):
             conn.consecutive_deferrals = 0
         else:
             conn.consecutive_deferrals += 1
@@ -886,35 +1290,54 @@ def _last_reply(attempt: Attempt) -> str:
     return attempt.error or "no reply"
 
 
+def _open_ledger(source: LedgerSource | None) -> tuple[Ledger | None, bool]:
+    """(ledger, ours): a factory is called (and its ledger closed by us), an instance used."""
+    if source is None or isinstance(source, Ledger):
+        return source, False
+    return source(), True
+
+
 def run_send(
     spool_path: Path,
     config: Config,
     options: SendOptions | None = None,
     *,
+    ledger: LedgerSource | None = None,
     gate_factory: GateFactory | None = None,
     session_factory: SessionFactory | None = None,
     password_source: PasswordSource | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
     stop: threading.Event | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     durable: bool = True,
 ) -> RunSummary:
-    """One pass through the spool.  Raises ConfigError/SpoolError (exit 78) for
-    setup problems; everything about messages and servers is in the summary."""
+    """One run: a pass (one batch per server), or with ``options.loop`` passes until
+    nothing is due.  Raises ConfigError/SpoolError (exit 78) for setup problems;
+    everything about messages and servers is in the summary.
+
+    ``ledger``: the rate ledger (an instance, or a factory called once the spool
+    lock is held; its ledger is then closed at the end) -- the limits apply only
+    with one.  ``gate_factory`` replaces the ledger's gates (tests).  ``clock``
+    must be the ledger's clock; ``sleep`` (default: wait on ``stop``) is used for
+    the loop's waits and must return early when ``stop`` is set.
+    """
     options = options or SendOptions()
     started = monotonic()
+    stop = stop or threading.Event()
+    stop_event = stop
+    if sleep is None:
+
+        def sleep(seconds: float) -> None:
+            stop_event.wait(seconds)
+
     spool = Spool(spool_path, clock=clock, durable=durable)
     spool.check(writable=True)
     if options.server:
         config.server(options.server)  # an unknown --server is exit 78, before anything
     summary = RunSummary()
-    if gate_factory is None:
-        shared = CountGate(options.max_messages)
-
-        def gate_factory(entry: ServerEntry) -> BatchGate:
-            return shared
-
+    deadline = started + options.deadline if options.deadline is not None else None
     with spool.lock() as locked:
         if not locked:
             summary.status = "locked"
@@ -926,43 +1349,212 @@ def run_send(
         candidates = spool.candidates()
         if not candidates:
             summary.status = "nothing-to-do"
-        elif not config.servers:
+            summary.next_retry = spool.next_retry()
+            summary.elapsed_s = monotonic() - started
+            return summary
+        if not config.servers:
             raise ConfigError(
                 f"no server configured in {config.path}; add one with 'cxsmtp server add NAME HOST'"
             )
-        run = _Run(
-            spool,
-            config,
-            options,
-            gate_factory=gate_factory,
-            session_factory=session_factory
-            or default_session_factory(config, local_hostname=options.local_hostname),
-            password_source=password_source or default_password_source,
-            clock=clock,
-            monotonic=monotonic,
-            stop=stop or threading.Event(),
-            progress=progress,
-            summary=summary,
-        )
+        the_ledger, ours = _open_ledger(ledger)
+        totals = _Totals()
+        unreachable = False
         try:
-            if candidates:
-                run.run(candidates)
-        except _Stop as exc:
-            summary.status = exc.status
-            summary.errors.append(str(exc.error))
-        except Interrupted as exc:
-            summary.status = "interrupted"
-            summary.errors.append(str(exc))
+            while True:
+                run = _Run(
+                    spool,
+                    config,
+                    options,
+                    gate_factory=gate_factory,
+                    ledger=the_ledger,
+                    session_factory=session_factory
+                    or default_session_factory(config, local_hostname=options.local_hostname),
+                    password_source=password_source or default_password_source,
+                    clock=clock,
+                    monotonic=monotonic,
+                    sleep=sleep,
+                    stop=stop,
+                    progress=progress,
+                    summary=summary,
+                    totals=totals,
+                    deadline=deadline,
+                )
+                ended = False
+                try:
+                    run.run(candidates)
+                except _Stop as exc:
+                    summary.status = exc.status
+                    summary.errors.append(str(exc.error))
+                    ended = True
+                except Interrupted as exc:
+                    summary.status = "interrupted"
+                    summary.errors.append(str(exc))
+                    ended = True
+                finally:
+                    run.close()
+                    spool.finish()
+                unreachable = unreachable or run.unreachable
+                summary.remaining = max(0, len(candidates) - run.done)
+                reports = _reports(run)
+                summary.batches.extend(reports)
+                summary.deadline_cut = summary.deadline_cut or any(r.deadline_cut for r in reports)
+                summary.note_limits(reports, options.max_messages if run.max_hit else None)
+                if not summary.remaining:
+                    summary.limited_by, summary.limit_reason = None, ""
+                    summary.next_window_at = None
+                if stop.is_set() and summary.status not in ("auth-failed", "config-error"):
+                    summary.status = "interrupted"  # SPEC §3: SIGTERM/SIGINT exit 75
+                if (
+                    ended
+                    or not options.loop
+                    or stop.is_set()
+                    or run.unreachable
+                    or run.max_hit
+                    or summary.status in ("interrupted", "auth-failed", "config-error")
+                ):
+                    break
+                wake = _next_wake(summary, run, clock())
+                if wake is _DONE:
+                    candidates = spool.candidates()
+                    if not candidates:
+                        summary.remaining = 0
+                        break
+                    if run.done == 0:
+                        break  # nothing happened and nothing holds it back: do not spin
+                    continue
+                if wake is None:
+                    break  # never (email-send-limit 0)
+                assert isinstance(wake, float)
+                delay = wake - clock()
+                if deadline is not None and monotonic() + delay >= deadline:
+                    log.info("the next window opens after the run's deadline; stopping")
+                    break
+                log.info(
+                    "waiting %.1f s for the next window (%s)", max(0.0, delay), summary.limit_reason
+                )
+                run.emit(ProgressEvent("wait", until=wake, reason=summary.limit_reason))
+                try:
+                    run.pause(delay)
+                except _Stopping:
+                    summary.status = "interrupted"
+                    break
+                candidates = spool.candidates()
+                if not candidates:
+                    summary.remaining = 0
+                    summary.limited_by, summary.limit_reason = None, ""
+                    summary.next_window_at = None
+                    break
         finally:
-            run.close()
-            spool.finish()
-        summary.remaining = max(
-            0, len(candidates) - summary.sent - summary.deferred - summary.failed
-        )
-        summary.settle(unreachable=run.unreachable)
+            if ours and the_ledger is not None:
+                the_ledger.close()
+        summary.settle(unreachable=unreachable)
         summary.next_retry = spool.next_retry()
     summary.elapsed_s = monotonic() - started
     return summary
+
+
+_DONE = object()  # _next_wake: no limit held anything back
+
+
+def _next_wake(summary: RunSummary, run: _Run, now: float) -> float | object | None:
+    """When the loop's next pass should start: a float, None (never), or _DONE."""
+    if summary.limited_by is None:
+        return _DONE
+    wake = summary.next_window_at
+    if wake is None or math.isinf(wake):
+        return None
+    if wake <= now and run.done == 0:
+        wake = now + RESERVATION_POLL  # held back, yet "now": never spin
+    return max(wake, now)
+
+
+def _reports(run: _Run) -> list[BatchReport]:
+    """The batches of a pass (after ``run.close()``), for the servers with a ledger gate."""
+    reports: list[BatchReport] = []
+    for gate in run.gates.values():
+        if isinstance(gate, LedgerGate) and (gate.grant is not None or gate.wait is not None):
+            reports.append(gate.report(gate.refused or gate.wait is not None))
+    return reports
+
+
+# --- the plan (--dry-run) and the limits part of status ---------------------------------
+
+
+def _route_candidates(
+    spool: Spool,
+    config: Config,
+    candidates: Sequence[Candidate],
+    server: str | None,
+    plan: Plan,
+    limit: int | None = None,
+    *,
+    read_all: bool = True,
+) -> None:
+    """Sort due messages by server into ``plan`` (sizes in sending order), noting the
+    unusable ones.  ``read_all`` False: read a message's header only when its server
+    depends on it (then unparseable files are not noticed)."""
+    fixed: ServerEntry | None = None
+    if server:
+        fixed = config.server(server)
+    elif len(config.servers) == 1 or not config.users:
+        with contextlib.suppress(ConfigError):
+            fixed = config.default()
+    for candidate in candidates:
+        if limit is not None and plan.messages >= limit:
+            break
+        directory = spool.dir("deferred") if candidate.kind == "deferred" else spool.path
+        if candidate.file_type != "file":
+            plan.invalid.append((candidate.name, f"{candidate.file_type}: not followed"))
+            continue
+        size = candidate.size
+        entry = fixed
+        if entry is None or read_all:
+            try:
+                message = read_message(directory / candidate.name)
+            except MessageError as exc:
+                plan.invalid.append((candidate.name, str(exc)))
+                continue
+            size = message.size
+            entry = entry or config.server_for_sender(message.from_address)
+        item = plan.servers.setdefault(entry.name, PlanEntry(entry.name, entry.host))
+        item.messages += 1
+        item.bytes += size
+        item.sizes.append(size)
+        plan.messages += 1
+        plan.bytes += size
+
+
+def _schedule(
+    config: Config, queues: Mapping[str, Sequence[int]], ledger: Ledger | None, now: float
+) -> tuple[Schedule, dict[str, Limits]]:
+    """The batches that would send ``queues`` at current limits (nothing is changed)."""
+    limits = {name: Limits.from_entry(config.server(name), config.settings) for name in queues}
+    if ledger is not None:
+        return ledger.plan({n: (limits[n], sizes) for n, sizes in queues.items()}), limits
+    server_queues = {n: ServerQueue(limits[n], sizes) for n, sizes in queues.items()}
+    return simulate_schedule(server_queues, [], now), limits
+
+
+def _fill_plan(plan: Plan, config: Config, ledger: Ledger | None, now: float) -> None:
+    queues = {name: entry.sizes for name, entry in plan.servers.items() if entry.sizes}
+    if not queues:
+        return
+    schedule, limits = _schedule(config, queues, ledger, now)
+    plan.last_at = schedule.last_at
+    for name, entry in plan.servers.items():
+        batches = schedule.for_server(name)
+        entry.batches = [PlannedBatchInfo(b.start, b.count, b.bytes, b.last_at) for b in batches]
+        planned = sum(b.count for b in batches)
+        if planned < entry.messages:
+            entry.last_at = math.inf
+            lim = limits[name]
+            entry.blocked = (
+                "email-send-limit is 0: sending is switched off"
+                if lim.email_send_limit == 0
+                else "the limits never allow the rest"
+            )
+        else:
+            entry.last_at = max((b.last_at for b in batches), default=None)
 
 
 def plan_send(
@@ -970,54 +1562,157 @@ def plan_send(
     config: Config,
     options: SendOptions | None = None,
     *,
+    ledger: LedgerSource | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Plan:
-    """``--dry-run``: read (never claim) the due messages and say where each would go."""
+    """``--dry-run``: read (never claim) the due messages, say where each would go and,
+    per server, the batches that would send them at current limits (from the ledger
+    when given, else as if nothing had been sent) and when the last one would go."""
     options = options or SendOptions()
     spool = Spool(spool_path, clock=clock)
     spool.check(writable=False)
     if options.server:
         config.server(options.server)
-    plan = Plan()
     now = clock()
-    limit = options.max_messages
-    for candidate in spool.candidates(now):
-        if limit is not None and plan.messages >= limit:
-            break
-        directory = spool.dir("deferred") if candidate.kind == "deferred" else spool.path
-        if candidate.file_type != "file":
-            plan.invalid.append((candidate.name, f"{candidate.file_type}: not followed"))
-            continue
-        try:
-            message = read_message(directory / candidate.name)
-        except MessageError as exc:
-            plan.invalid.append((candidate.name, str(exc)))
-            continue
-        if options.server:
-            entry = config.server(options.server)
-        else:
-            entry = config.server_for_sender(message.from_address)
-        item = plan.servers.setdefault(entry.name, PlanEntry(entry.name, entry.host))
-        item.messages += 1
-        item.bytes += message.size
-        plan.messages += 1
-        plan.bytes += message.size
+    plan = Plan(at=now)
+    candidates = spool.candidates(now)
+    _route_candidates(spool, config, candidates, options.server, plan, options.max_messages)
+    the_ledger, ours = _open_ledger(ledger)
+    try:
+        _fill_plan(plan, config, the_ledger, now)
+    finally:
+        if ours and the_ledger is not None:
+            the_ledger.close()
     deferred = [c for c in spool.scan("deferred") if c.mtime > now]
     plan.waiting = len(deferred)
     plan.next_retry = min((c.mtime for c in deferred), default=None)
     return plan
 
 
+@dataclass
+class ServerLimits:
+    """``cxsmtp status``: one server's use of its limits and the ETA of its queue."""
+
+    server: str
+    host: str
+    limits: Limits
+    queued: int = 0  # due messages that go through this server
+    queued_bytes: int = 0
+    sent_hour: int = 0  # "hour": the rate window; "day": the send-limit window
+    bytes_hour: int = 0
+    sent_day: int = 0
+    bytes_day: int = 0
+    sent_day_all: int = 0  # all servers: what email-send-limit counts
+    reserved: int = 0  # slots held by batches running now (other runs)
+    window_allows: int = 0  # messages the windows allow right now
+    next_window_at: float | None = None  # the next batch may start (now: <= at; inf: never)
+    reason: str = ""  # why not now
+    eta: float | None = None  # the last queued message (inf: never)
+    batches_left: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        lim = self.limits
+        return {
+            "server": self.server,
+            "host": self.host,
+            "limits": {
+                "rate": lim.rate_per_hour,
+                "rate_window_s": lim.rate_window,
+                "batch_messages": lim.batch_count_cap,
+                "batch_bytes": lim.batch_max_bytes,
+                "batch_interval_s": lim.batch_interval,
+                "batch_deadline_s": lim.batch_deadline,
+                "email_send_limit": lim.email_send_limit,
+                "send_limit_window_s": lim.send_limit_window,
+            },
+            "queued": self.queued,
+            "queued_bytes": self.queued_bytes,
+            "sent_hour": self.sent_hour,
+            "bytes_hour": self.bytes_hour,
+            "sent_day": self.sent_day,
+            "bytes_day": self.bytes_day,
+            "sent_day_all_servers": self.sent_day_all,
+            "running_batch_slots": self.reserved,
+            "window_allows": self.window_allows,
+            "next_window_at": _iso_finite(self.next_window_at),
+            "reason": self.reason or None,
+            "eta": _iso_finite(self.eta),
+            "batches_left": self.batches_left,
+        }
+
+
+def limits_status(
+    spool_path: Path,
+    config: Config,
+    *,
+    ledger: LedgerSource | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[ServerLimits]:
+    """Per server with due messages or recent sends: usage, what the window allows
+    now, the next window and the ETA of its queue.  Without a ledger (none yet):
+    nothing was sent.  Reads the spool (headers only when the server depends on
+    them); changes nothing."""
+    spool = Spool(spool_path, clock=clock)
+    spool.check(writable=False)
+    now = clock()
+    plan = Plan(at=now)
+    _route_candidates(spool, config, spool.candidates(now), None, plan, read_all=False)
+    the_ledger, ours = _open_ledger(ledger)
+    try:
+        out: list[ServerLimits] = []
+        queues = {name: entry.sizes for name, entry in plan.servers.items() if entry.sizes}
+        schedule, _ = _schedule(config, queues, the_ledger, now)
+        for name, entry in config.servers.items():
+            lim = Limits.from_entry(entry, config.settings)
+            item = ServerLimits(name, entry.host, lim)
+            queued = plan.servers.get(name)
+            if queued is not None:
+                item.queued, item.queued_bytes = queued.messages, queued.bytes
+            if the_ledger is not None:
+                usage = the_ledger.usage(name, lim)
+                item.sent_hour, item.bytes_hour = usage.sent_hour, usage.bytes_hour
+                item.sent_day, item.bytes_day = usage.sent_day, usage.bytes_day
+                item.sent_day_all = usage.sent_day_all
+                item.reserved = usage.reserved
+                item.window_allows = usage.window_allows
+                item.next_window_at = usage.next_batch_at
+                item.reason = usage.reason
+            else:
+                item.window_allows = min(lim.rate_per_hour, lim.email_send_limit)
+                item.next_window_at = now if lim.email_send_limit > 0 else math.inf
+            if not (item.queued or item.sent_day or item.reserved):
+                continue  # nothing queued for it, nothing sent through it lately
+            batches = schedule.for_server(name)
+            item.batches_left = len(batches)
+            if item.queued:
+                planned = sum(b.count for b in batches)
+                item.eta = (
+                    math.inf
+                    if planned < item.queued
+                    else max((b.last_at for b in batches), default=None)
+                )
+            out.append(item)
+        return out
+    finally:
+        if ours and the_ledger is not None:
+            the_ledger.close()
+
+
 __all__ = [
     "Attempt",
     "BatchGate",
+    "BatchReport",
     "Connection",
     "CountGate",
+    "LedgerGate",
     "Plan",
+    "PlanEntry",
     "ProgressEvent",
     "RunSummary",
     "SendOptions",
+    "ServerLimits",
     "classify",
+    "limits_status",
     "plan_send",
     "run_send",
     "stop_on_signals",

@@ -160,7 +160,8 @@ def test_dry_run_prints_the_plan(tmp_path: Path, configured: Any, cxsmtp: Any) -
     assert result.returncode == 0
     out = lines(result.stdout)
     assert out[0].startswith("dry run: 2 message(s), ") and str(spool) in out[0]
-    assert "through local ([127.0.0.1]:" in out[1]
+    assert out[1].startswith("  local ([127.0.0.1]:") and "2 message(s)" in out[1]
+    assert "1 batch(es); last message at " in out[1]
     assert listing(spool) == before and sink.connections_total == 0
     data = json.loads(cxsmtp("send", str(spool), "--dry-run", "--json").stdout)
     assert data["messages"] == 2 and data["servers"][0]["server"] == "local"

@@ -38,6 +38,14 @@ from carerix_smtp.transport import Reply, SendResult
 # --- helpers (shared with test_cli_send.py and test_crash.py) -------------------------------
 
 FAST = {"connect_timeout": 5.0, "command_timeout": 5.0, "data_timeout": 5.0}
+# The sending limits (issue 5) lifted: `cxsmtp send` applies them through the ledger,
+# and these tests are about delivery, not pacing (test_limits_e2e.py sets its own).
+NO_LIMITS = {
+    "rate_per_hour": 1_000_000,
+    "batch_max_messages": 1_000_000,
+    "batch_interval": 0.0,
+    "batch_deadline": 3600.0,
+}
 
 
 def eml(n: int, *, sender: str = "a@x.example", to: str = "r{n}@y.example", **extra: str) -> bytes:
@@ -57,7 +65,7 @@ def make_spool(root: Path, count: int = 0, **kw: Any) -> Path:
 
 def entry_for(sink: Sink | int, name: str = "local", **kw: Any) -> ServerEntry:
     port = sink if isinstance(sink, int) else sink.port
-    options: dict[str, Any] = {"security": Security.NONE, **FAST, **kw}
+    options: dict[str, Any] = {"security": Security.NONE, **FAST, **NO_LIMITS, **kw}
     return ServerEntry(name=name, host=f"[127.0.0.1]:{port}", **options)
 
 
