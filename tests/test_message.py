@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from carerix_smtp import message as message_module
 from carerix_smtp.errors import MessageError
 from carerix_smtp.message import (
     complete_headers,
@@ -224,6 +228,19 @@ def test_read_message_streams_the_body(tmp_path: Path) -> None:
     assert data == b"From: a@x.example\nTo: r@y.example\n\n" + body
 
 
+def test_small_file_is_read_once_and_sent_from_memory(tmp_path: Path) -> None:
+    path = tmp_path / "small.eml"
+    raw = msg("From: a@x.example", "To: r@y.example", "Bcc: b@y.example", body="café\n")
+    path.write_bytes(raw)
+    message = read_message(path)
+    assert message.raw == raw and message.path == path and message.size == len(raw)
+    assert message.needs_8bitmime and message.recipients == ("r@y.example", "b@y.example")
+    path.unlink()  # nothing is read from the file any more
+    assert message.transmitted() == raw.replace(b"Bcc: b@y.example\n", b"")
+    with message.open_data() as stream:
+        assert stream.read() == message.transmitted()
+
+
 def test_read_message_finds_8bit_bytes_far_in_the_body(tmp_path: Path) -> None:
     path = tmp_path / "late8bit.eml"
     path.write_bytes(msg("From: a@x.example", "To: r@y.example", body="a" * (2 << 20) + "é"))
@@ -235,3 +252,225 @@ def test_read_message_without_end_of_header(tmp_path: Path) -> None:
     path.write_bytes(b"X-Junk: " + b"y" * (9 << 20))
     with pytest.raises(MessageError, match="no end of the header block"):
         read_message(path)
+
+
+# --- the fast header path agrees with email.headerregistry ----------------------------------
+#
+# read_message parses plain address lists with its own strict grammar and hands
+# everything else to email.headerregistry (policy.default), one field at a time.
+# The oracle below is the previous implementation: the whole header block through
+# BytesHeaderParser(policy=policy.default).
+
+
+def _oracle_addresses(parsed: Any, field: str) -> list[str]:
+    from email.errors import InvalidHeaderDefect
+
+    out: list[str] = []
+    for value in parsed.get_all(field, []):
+        addresses = getattr(value, "addresses", ())
+        for item in addresses:
+            spec = item.addr_spec
+            if spec and spec != "<>":
+                out.append(
+                    message_module._check_address(
+                        message_module._unescape(spec, "m", field), "m", field
+                    )
+                )
+        if str(value).strip() and not addresses and ":" not in str(value):
+            raise MessageError(f"m: {field}: no address in {str(value)!r}")
+        invalid = [d for d in getattr(value, "defects", ()) if isinstance(d, InvalidHeaderDefect)]
+        if invalid:
+            raise MessageError(f"m: {field}: {invalid[0]} in {str(value)!r}")
+    return out
+
+
+def _oracle(block: bytes) -> tuple[Any, ...]:
+    from email.parser import BytesHeaderParser
+    from email.utils import getaddresses
+
+    parsed = BytesHeaderParser(policy=policy.default).parsebytes(block)
+    from_list = _oracle_addresses(parsed, "From")
+    from_address = from_list[0] if from_list else None
+    mail_from: str | None = None
+    return_path = parsed.get("Return-Path")
+    if return_path is not None:
+        text = message_module._unescape(str(return_path), "m", "Return-Path").strip()
+        if text.replace(" ", "") == "<>":
+            mail_from = ""
+        else:
+            pairs = getaddresses([text])
+            if pairs and pairs[0][1]:
+                mail_from = message_module._check_address(pairs[0][1], "m", "Return-Path")
+    if mail_from is None:
+        sender = _oracle_addresses(parsed, "Sender")
+        mail_from = sender[0] if sender else from_address
+    if mail_from is None:
+        raise MessageError("m: no sender: no Return-Path, Sender or From address")
+    seen: set[str] = set()
+    recipients: list[str] = []
+    for field in ("To", "Cc", "Bcc"):
+        for address in _oracle_addresses(parsed, field):
+            if recipient_key(address) not in seen:
+                seen.add(recipient_key(address))
+                recipients.append(address)
+    if not recipients:
+        raise MessageError("m: no recipients: no address in To, Cc or Bcc")
+    mid = parsed.get("Message-ID")
+    message_id = (str(mid).strip() or None) if mid is not None else None
+    return (mail_from, tuple(recipients), from_address, message_id, parsed.get("Date") is not None)
+
+
+def _outcome(func: Any, block: bytes) -> tuple[Any, ...]:
+    try:
+        return ("ok", func(block))
+    except MessageError as exc:
+        return ("error", str(exc))
+    except Exception as exc:  # the email package's parser crashes on some garbage
+        return ("crash", type(exc).__name__)
+
+
+def _new(block: bytes) -> tuple[Any, ...]:
+    m = parse_message(block + b"\n", name="m")
+    return (m.mail_from, m.recipients, m.from_address, m.message_id, m.has_date)
+
+
+TOKENS = [
+    "a@x.example", "b.c@y.example", "Ann", "Ann B.", '"Ann, B"', '"a\\"b"', "<a@x.example>",
+    "<b@y.example>", "=?utf-8?q?Jos=C3=A9?=", "=?utf-8?b?Sm9zw6k=?=", "=?utf-8?q?a,b?=",
+    "=?utf-8?q?x?=@y.example", "(comment)", "(a (nested) c)", ",", ", ", ";", ":", "team:",
+    "<", ">", "@", " ", "\t", "\n ", "\r\n\t", "josé@exämple.com", "<josé@exämple.com>",
+    '"john doe"@x.example', "a..b@c.example", "a@c.", "a@[192.0.2.1]", "<a@[IPv6:::1]>",
+    "x@y", "r@bad domain", "<>", "\\", "é", "\x01", "a@b.example (x)", "a(b)@c.example",
+    "<a@b.example", "a@b.example>", '"', "(", ")", "[", "]", ".", "=?", "?=",
+    "Ann <a@x.example>", "undisclosed-recipients:;", "a @ b.example", "<a@b.example >",
+]  # fmt: skip
+MESSAGE_IDS = ["<1@x>", "<a.b@[192.0.2.1]>", " <x@y> ", "<x@y> (c)", "abc", "<x y@z>", "<é@x>", ""]
+ADDRESS_FIELDS = ["From", "To", "Cc", "Bcc", "Sender", "Return-Path"]
+
+
+@st.composite
+def header_blocks(draw: st.DrawFn) -> bytes:
+    lines = []
+    for field in ADDRESS_FIELDS:
+        if draw(st.booleans()) or field in ("From", "To"):
+            tokens = draw(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=6))
+            lines.append(f"{field}: {''.join(tokens)}")
+    if draw(st.booleans()):
+        lines.append(f"Message-ID: {draw(st.sampled_from(MESSAGE_IDS))}")
+    if draw(st.booleans()):
+        lines.append("Date: x")
+    block = ("\n".join(lines) + "\n").encode()
+    if draw(st.integers(0, 9)) == 0:
+        block = block.replace("é".encode(), b"\xe9")  # not UTF-8
+    return block
+
+
+@settings(max_examples=400, deadline=None)
+@given(header_blocks())
+def test_fast_path_agrees_with_the_header_registry(block: bytes) -> None:
+    old, new = _outcome(_oracle, block), _outcome(_new, block)
+    assert new[0] != "crash", (block, new)
+    if old[0] == "crash":
+        # the old parser raised IndexError/AttributeError (a poison message that
+        # stopped every run); now such a file is refused like any unusable one
+        assert new[0] == "error"
+    elif old[0] == "error" and "encoded" in old[1]:
+        # the one deliberate difference: an RFC 2047 word in a display name with no
+        # white space before "<" ("=?utf-8?q?Jos=C3=A9?=<j@x>") is accepted, since the
+        # address is unambiguous and the display name is not used
+        pass
+    else:
+        assert new == old, block
+
+
+@pytest.mark.parametrize(
+    ("to", "recipients"),
+    [
+        pytest.param("=?utf-8?q?Jos=C3=A9_Doe?= <j@x.example>", ("j@x.example",), id="2047-q"),
+        pytest.param("=?utf-8?b?RG9lLCBKb2hu?= <j@x.example>", ("j@x.example",), id="2047-b"),
+        pytest.param(
+            "=?utf-8?q?Doe,_John?= <j@x.example>, k@x.example",
+            ("j@x.example", "k@x.example"),
+            id="2047-with-comma",
+        ),
+        pytest.param("j@x.example (Jo, the boss)", ("j@x.example",), id="trailing-comment"),
+        pytest.param('"Doe, John" <j@x.example>', ("j@x.example",), id="quoted-comma"),
+        pytest.param("John Q. Public <j@x.example>", ("j@x.example",), id="obs-phrase"),
+        pytest.param(
+            "team: a@x.example, Bee <b@x.example>;, c@x.example",
+            ("a@x.example", "b@x.example", "c@x.example"),
+            id="group",
+        ),
+        pytest.param('"john doe"@x.example', ('"john doe"@x.example',), id="quoted-local"),
+        pytest.param("<a@[192.0.2.1]>", ("a@[192.0.2.1]",), id="address-literal"),
+        pytest.param("Jürgen <jürgen@bücher.example>", ("jürgen@bücher.example",), id="utf8"),
+        pytest.param("a@x.example,\n  b@x.example", ("a@x.example", "b@x.example"), id="folded"),
+    ],
+)
+def test_address_forms(to: str, recipients: tuple[str, ...]) -> None:
+    message = parse_message(msg("From: s@x.example", f"To: {to}"))
+    assert message.recipients == recipients
+    assert message.needs_smtputf8 == (not all(r.isascii() for r in recipients))
+
+
+def test_plain_fields_never_reach_the_slow_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("email.headerregistry used for a plain field")
+
+    monkeypatch.setattr(message_module, "_registry_header", refuse)
+    raw = msg(
+        "Return-Path: <bounce@x.example>",
+        "From: =?utf-8?q?Jos=C3=A9?= <j@x.example>",
+        'To: "Doe, J." <j@y.example>, k@y.example (K), Ann B. <a@y.example>',
+        "Cc: josé@exämple.com",
+        "Message-ID: <1.2@x.example>",
+    )
+    message = parse_message(raw)
+    assert message.recipients == ("j@y.example", "k@y.example", "a@y.example", "josé@exämple.com")
+    assert (message.mail_from, message.message_id) == ("bounce@x.example", "<1.2@x.example>")
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "=?utf-8?q?r=0D=0ARCPT_TO:x?=@y.example",  # the registry decodes it, then refuses
+        "<=?utf-8?q?r=0ARCPT_TO:x?=@y.example>",
+    ],
+)
+def test_crlf_never_gets_into_an_address(to: str) -> None:
+    # before: the registry's ValueError ("cannot contain CR or LF") stopped the run
+    with pytest.raises(MessageError, match=r"^x\.eml: "):
+        parse_message(msg("From: a@x.example", f"To: {to}"), name="x.eml")
+
+
+def test_address_field_that_crashes_the_email_package_is_a_message_error() -> None:
+    # email.headerregistry raises AttributeError here ('Group' has no local_part)
+    raw = msg("From: undisclosed-recipients:;<a@x.example>", "To: r@y.example")
+    with pytest.raises(MessageError, match=r"^x\.eml: From: cannot parse"):
+        parse_message(raw, name="x.eml")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                *(b"To: a@x", b"X-A : b", b" cont", b"\tcont", b"", b"no colon", b"Bad\x00: x"),
+                *(b"S: \r", b"S: a\rb", b"S: \xc3\xa9", b":x", b"A:"),
+            ]
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_field_split_fast_path_agrees_with_line_by_line(lines: list[bytes], eol: bytes) -> None:
+    block = eol.join(lines) + eol
+
+    def outcome(split: Any) -> Any:
+        try:
+            return [(f.name, f.raw) for f in split(block, "m")]
+        except MessageError as exc:
+            return str(exc)
+
+    assert outcome(message_module._split_fields) == outcome(message_module._split_lines)

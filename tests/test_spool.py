@@ -116,6 +116,94 @@ def test_candidates_report_file_types_without_following(spool: Spool, tmp_path: 
     assert types == {"link.eml": "symlink", "dir.eml": "directory"}
 
 
+def _mixed_spool(spool: Spool) -> list[tuple[str, str]]:
+    """Queued and deferred messages with ties on mtime; returns the expected order."""
+    for i in range(12):
+        put(spool.path, f"q{i % 5}{i:02d}.eml", eml(i), T0 - 1000 + (i % 4) * 10)
+    for i in range(5):
+        put(spool.dir("deferred"), f"d{i}.eml", eml(100 + i), T0 - 50 + (i % 2))
+    put(spool.dir("deferred"), "later.eml", eml(200), T0 + 60)  # not due
+    everything = spool.candidates(limit=None)
+    assert len(everything) == 17 and list.__len__(everything) == 17
+    return [(c.kind, c.name) for c in everything]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 16, 17, 100])
+def test_bounded_listing_streams_in_exact_order(spool: Spool, limit: int) -> None:
+    expected = _mixed_spool(spool)
+    assert expected[:5] == [("deferred", f"d{i}.eml") for i in (0, 2, 4, 1, 3)]
+    candidates = spool.candidates(limit=limit)
+    assert len(candidates) == 17 and bool(candidates)
+    assert list.__len__(candidates) == min(limit, 17)  # held now
+    seen: list[tuple[str, str]] = []
+    for position, candidate in enumerate(candidates):
+        assert list.__len__(candidates) <= limit  # never more than ``limit`` held
+        assert candidates[position] is candidate  # indexes count in the whole order
+        ahead = candidates[position:]
+        assert ahead[0] is candidate and len(ahead) <= limit
+        seen.append((candidate.kind, candidate.name))
+    assert seen == expected
+
+
+def test_bounded_listing_skips_what_was_handed_out_and_put_back(spool: Spool) -> None:
+    expected = _mixed_spool(spool)
+    handed: list[str] = []
+    for candidate in spool.candidates(limit=4):
+        claim = spool.claim(candidate)
+        assert claim is not None
+        handed.append(candidate.name)
+        if candidate.kind == "deferred":  # deferred again: its mtime is in the future
+            state = MessageState(name=candidate.name, attempts=1, next_attempt=T0 + 300)
+            state.pending = {"r@y.example": None}
+            spool.record_outcome(claim, state)
+        elif len(handed) % 3:
+            spool.requeue(claim)  # back in the queue with its old mtime: not again
+        else:
+            spool.record_outcome(claim, sent_state(candidate.name))
+    assert handed == [name for _, name in expected]  # each exactly once, in order
+
+
+def test_bounded_listing_hands_out_no_more_than_it_counted(spool: Spool) -> None:
+    for i in range(6):
+        put(spool.path, f"m{i}.eml", eml(i), T0 - 100 + i)
+    candidates = spool.candidates(limit=2)
+    names = []
+    for candidate in candidates:
+        names.append(candidate.name)
+        if candidate.name == "m1.eml":  # a producer drops more while we send
+            put(spool.path, "new1.eml", eml(10), T0 - 1)
+            put(spool.path, "new2.eml", eml(11), T0)
+    assert len(candidates) == 6
+    assert names == [f"m{i}.eml" for i in range(6)]  # the new ones wait for the next run
+
+
+def test_bounded_listing_memory_does_not_grow_with_the_spool(spool: Spool) -> None:
+    import tracemalloc
+
+    for i in range(3000):
+        (spool.path / f"{i:05d}-with-a-longish-name.eml").write_bytes(b"x")
+
+    def peak(limit: int | None) -> int:
+        tracemalloc.start()
+        try:
+            candidates = spool.candidates(limit=limit)
+            assert len(candidates) == 3000
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    unbounded, bounded = peak(None), peak(20)
+    assert bounded * 10 < unbounded, (bounded, unbounded)
+
+
+def test_next_retry_is_the_earliest_deferred_time(spool: Spool) -> None:
+    assert spool.next_retry() is None
+    put(spool.dir("deferred"), "a.eml", eml(1), T0 + 500)
+    put(spool.dir("deferred"), "b.eml", eml(2), T0 + 200)
+    put(spool.dir("deferred"), "b.eml.json", b"{}", T0 + 1)  # sidecars are not messages
+    assert spool.next_retry() == T0 + 200
+
+
 # --- lock ---------------------------------------------------------------------------
 
 
@@ -254,6 +342,183 @@ def test_recover_puts_deferred_claim_back_with_its_state(spool: Spool) -> None:
     assert report.requeued == ["deferred/d.eml"]
     assert (spool.dir("deferred") / "d.eml").exists()
     assert json.loads((spool.dir("deferred") / "d.eml.json").read_text())["attempts"] == 2
+
+
+# --- durability: one fsync per message; what a power failure may lose is redone ------------
+#
+# A power failure can lose any rename or write that was not fsynced.  These tests
+# make the spool look like such a crash left it, then run recovery.
+
+
+def _sent_without_checkpoint(spool: Spool, name: str = "m.eml") -> tuple[Path, Path]:
+    """Claim and send ``name``; no checkpoint (the journal keeps the line)."""
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None and claim.name == name
+    dest = spool.record_outcome(claim, sent_state(name))
+    assert spool.journal_path.stat().st_size > 0
+    return claim.path, dest
+
+
+def test_per_message_bookkeeping_has_one_fsync(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import carerix_smtp.spool as spool_module
+
+    calls: list[str] = []
+    real_fdatasync = spool_module._fdatasync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    monkeypatch.setattr(spool_module, "_fdatasync", lambda fd: calls.append("fdatasync"))
+    for i in range(3):
+        put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
+    for candidate in spool.candidates():
+        claim = spool.claim(candidate)
+        assert claim is not None
+        spool.record_outcome(claim, sent_state(candidate.name))
+        spool.log_delivery({"file": candidate.name, "outcome": "sent"})
+    assert calls == ["fdatasync"] * 3  # the journal line, nothing else
+    line = json.loads(spool.journal_path.read_bytes().splitlines()[-1])
+    assert line["dest"] == "sent" and line["name"] == "m2.eml"
+    st = os.lstat(spool.dir("sent") / "m2.eml")
+    # which file it is, wherever it is
+    assert line["file"] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime]
+    assert b"\n " not in spool.journal_path.read_bytes()  # compact lines
+    spool.finish()  # the checkpoint: 3 records, 6 directories, the truncation
+    assert calls[3:] == ["fsync"] * (3 + 6 + 1)
+    assert spool.journal_path.stat().st_size == 0
+    assert real_fdatasync is not None
+
+
+def test_checkpoint_every_so_many_outcomes_bounds_the_journal(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import carerix_smtp.spool as spool_module
+
+    synced: list[int] = []
+    real = Spool._sync_unsynced
+    monkeypatch.setattr(spool_module, "CHECKPOINT_LINES", 3)
+    monkeypatch.setattr(
+        Spool, "_sync_unsynced", lambda self: synced.append(len(self._unsynced)) or real(self)
+    )
+    for i in range(7):
+        put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
+    for candidate in spool.candidates():
+        claim = spool.claim(candidate)
+        assert claim is not None
+        spool.record_outcome(claim, sent_state(candidate.name))
+    assert synced == [3, 3]  # the records of the three outcomes before each
+    lines = spool.journal_path.read_bytes().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["m6.eml"]
+
+
+def test_redo_rewrites_a_record_lost_to_a_power_failure(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    _, dest = _sent_without_checkpoint(spool)
+    record = dest.with_name("m.eml.json")
+    record.write_bytes(b"")  # renamed, but its data never reached the disk
+    report = Spool(spool.path).recover()
+    assert report.requeued == [] and report.completed == []
+    assert json.loads(record.read_text())["recipients"]["accepted"]["r@y.example"]["code"] == 250
+    assert spool.journal_path.stat().st_size == 0
+
+
+def test_redo_finishes_a_move_lost_to_a_power_failure(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    claimed, dest = _sent_without_checkpoint(spool)
+    os.rename(dest, claimed)  # the move to sent/ was lost, and the record with it
+    dest.with_name("m.eml.json").unlink()
+    report = Spool(spool.path).recover()
+    assert report.completed == ["sent/m.eml"] and report.requeued == []
+    assert json.loads(dest.with_name("m.eml.json").read_text())["status"] == "sent"
+
+
+def test_redo_when_the_claim_rename_was_lost_does_not_send_again(spool: Spool, caplog) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    _, dest = _sent_without_checkpoint(spool)
+    os.rename(dest, spool.path / "m.eml")  # claim rename and move both lost
+    dest.with_name("m.eml.json").unlink()
+    report = Spool(spool.path).recover()
+    assert report.completed == ["sent/m.eml"] and report.requeued == []
+    assert [c.name for c in spool.candidates()] == []  # not queued: not sent again
+    assert dest.read_bytes() == eml(1)
+    assert "possible duplicate" not in caplog.text
+
+
+def test_redo_leaves_a_different_file_with_the_same_name_alone(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    _, dest = _sent_without_checkpoint(spool)
+    dest.unlink()  # gone (say, cleaned up) ...
+    dest.with_name("m.eml.json").unlink()
+    put(spool.path, "m.eml", eml(2), T0)  # ... and a producer drops a new m.eml
+    report = Spool(spool.path).recover()
+    assert report.completed == [] and report.requeued == []
+    assert [c.name for c in spool.candidates()] == ["m.eml"]  # still queued
+    assert (spool.path / "m.eml").read_bytes() == eml(2)
+
+
+def test_redo_does_not_take_a_reused_inode_for_the_old_file(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    _, dest = _sent_without_checkpoint(spool)
+    dest.with_name("m.eml.json").unlink()
+    os.rename(dest, spool.path / "m.eml")
+    # same inode, new content: what a new file that got the old inode number looks like
+    put(spool.path, "m.eml", eml(22), T0 - 10)
+    report = Spool(spool.path).recover()
+    assert report.completed == []
+    assert [c.name for c in spool.candidates()] == ["m.eml"]  # queued: it will be sent
+
+
+def test_redo_restores_a_deferred_sidecar_so_no_recipient_gets_it_twice(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1, to="a@y.example, b@y.example"), T0 - 10)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    state = MessageState(
+        name="m.eml",
+        attempts=1,
+        next_attempt=T0 + 300,
+        accepted={"a@y.example": RecipientResult(250, "2.0.0", "ok", T0)},
+        pending={"b@y.example": RecipientResult(451, "4.3.0", "later", T0)},
+    )
+    dest = spool.record_outcome(claim, state)
+    sidecar = dest.with_name("m.eml.json")
+    sidecar.unlink()  # lost: without it, a@ would get the message again
+    os.utime(dest, (T0 - 10, T0 - 10))  # and the next-attempt mtime too
+    Spool(spool.path).recover()
+    again = MessageState.from_json(json.loads(sidecar.read_text()))
+    assert list(again.accepted) == ["a@y.example"] and list(again.pending) == ["b@y.example"]
+    assert dest.stat().st_mtime == T0 + 300
+
+
+def test_newest_line_of_a_file_wins_on_redo(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    first = MessageState(name="m.eml", attempts=1, next_attempt=T0 - 5)
+    first.pending = {"r@y.example": RecipientResult(451, None, "later", T0)}
+    spool.record_outcome(claim, first)
+    claim = spool.claim(spool.candidates()[0])  # due again (mtime T0 - 5)
+    assert claim is not None and claim.kind == "deferred"
+    dest = spool.record_outcome(claim, sent_state("m.eml"))
+    dest.with_name("m.eml.json").unlink()
+    report = Spool(spool.path).recover()
+    assert report.completed == []
+    assert json.loads(dest.with_name("m.eml.json").read_text())["status"] == "sent"
+    assert os.listdir(spool.dir("deferred")) == []
+
+
+def test_journal_line_with_undecodable_header_bytes_reads_back(spool: Spool) -> None:
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    claim = spool.claim(spool.candidates()[0])
+    assert claim is not None
+    state = sent_state("m.eml")
+    state.message_id = "<caf\udce9@x>"  # a Latin-1 byte, as the email parser leaves it
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Spool, "_write_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            spool.record_outcome(claim, state)
+    report = Spool(spool.path).recover()
+    assert report.completed == ["sent/m.eml"]
+    record = json.loads((spool.dir("sent") / "m.eml.json").read_text())
+    assert record["message_id"] == "<caf\udce9@x>"
 
 
 def test_recover_removes_temp_files_and_orphan_sidecars_ignores_torn_journal(
