@@ -37,6 +37,15 @@ changed (exit 77).  Servers that cannot be reached leave their messages where
 they are (exit 75); a connection lost mid-run is reopened at most
 ``max_reconnects`` times.
 
+Speed (SPEC "Non-functional targets").  On one connection the messages are
+pipelined (RFC 2920): the next message's MAIL/RCPT/DATA go out in the same write
+as the current one's data, and the one after that is claimed and read while the
+server works on the current one -- one round trip and no idle CPU per message.
+A server entry with ``connections`` = N > 1 gets N connections, each driven by a
+thread (``_Pool``), fed in order by the run's thread.  Either way a message's
+data goes out only after the outcome of the one before it on that connection is
+journaled: a crash leaves at most one possible duplicate per connection.
+
 Seams:
 
 - ``BatchGate``: per-server admission (``admit`` before each message,
@@ -44,16 +53,18 @@ Seams:
   was not accepted, ``close``); :class:`LedgerGate` is the real one.
 - ``Connection`` owns one ``SmtpSession`` and turns one message into a pure
   ``Attempt`` (per-recipient outcomes); the spool bookkeeping happens outside it,
-  so several connections per server (a worker each) need no rewrite.
+  in the connection's thread (the spool's journal and log take turns).
 - ``deadline`` / ``stop``: the run ends cleanly between messages; the rest stays queued.
 - ``clock`` / ``sleep``: injected (the loop's sleeps and the ledger's clock).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
+import queue
 import signal
 import threading
 import time
@@ -84,11 +95,20 @@ from carerix_smtp.limits import (
     simulate_schedule,
 )
 from carerix_smtp.message import Message, read_message
-from carerix_smtp.spool import Candidate, Claim, MessageState, RecipientResult, Spool, backoff, iso
+from carerix_smtp.spool import (
+    DEFAULT_CANDIDATE_LIMIT,
+    Candidate,
+    Claim,
+    MessageState,
+    RecipientResult,
+    Spool,
+    backoff,
+    iso,
+)
 
 if TYPE_CHECKING:
     from carerix_smtp.config import Config, ServerEntry
-    from carerix_smtp.transport import Reply, SendResult, SmtpSession
+    from carerix_smtp.transport import Reply, SendResult, SmtpSession, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +148,7 @@ class CountGate:
         self.max_messages = max_messages
         self.admitted = 0
         self.confirmed = 0
+        self._lock = threading.Lock()  # confirm() comes from the connections' threads
 
     def admit(self, size: int) -> bool:
         if self.max_messages is not None and self.admitted >= self.max_messages:
@@ -136,7 +157,8 @@ class CountGate:
         return True
 
     def confirm(self, message_id: str, size: int) -> None:
-        self.confirmed += 1
+        with self._lock:
+            self.confirmed += 1
 
     def close(self) -> None:
         return None
@@ -165,8 +187,10 @@ class LedgerGate:
         limits: Limits,
         queued_sizes: Callable[[int], list[int]],
         pause: Callable[[float], None],
+        finishing: Callable[[], int] = lambda: 0,
     ) -> None:
         self.ledger = ledger
+        self.finishing = finishing  # admitted messages whose data is out already
         self.entry = entry
         self.limits = limits
         self.queued_sizes = queued_sizes
@@ -175,6 +199,10 @@ class LedgerGate:
         self.wait: Wait | None = None
         self.refused = False  # a message was turned away: the batch is over, messages left
         self.stop_reason: str | None = None
+        # Admitted, neither confirmed nor released: in flight, or read ahead and held
+        # (the sender admits a message or two before the one on the wire is done).
+        self.pending = 0
+        self._lock = threading.Lock()  # pending: confirm/release come from any thread
 
     def __repr__(self) -> str:
         return f"<LedgerGate {self.entry.name} {self.grant or self.wait}>"
@@ -190,8 +218,10 @@ class LedgerGate:
             self.limits,
             self.queued_sizes(self.limits.batch_count_cap + 1),
             sleep=self.pause,
-            # One connection per server today: at most one message in flight.
-            connections=1,
+            # At most one message in flight per connection (what a crash can leave
+            # unrecorded).  admit/prepare/report run in the dispatching thread only;
+            # confirm/release come from the connections' threads (BatchGrant locks).
+            connections=max(1, self.entry.connections),
         )
         if isinstance(result, Wait):
             log.info("server %s: no batch now: %s", self.entry.name, result.reason)
@@ -205,18 +235,45 @@ class LedgerGate:
         if not self.prepare():
             self.refused = True
             return False
-        assert self.grant is not None
-        if self.grant.admit(size):
+        grant = self.grant
+        assert grant is not None
+        if self._too_late(grant, size):
+            # The grant checks one message against its deadline; this one goes only
+            # after those admitted before it, on as many connections as there are.
+            self.refused = True
+            self.stop_reason = grant.stop_reason = "deadline"
+            grant.cut_by_deadline = True
+            return False
+        if grant.admit(size):
+            with self._lock:
+                self.pending += 1
             return True
         self.refused = True
-        self.stop_reason = self.grant.stop_reason
+        self.stop_reason = grant.stop_reason
         return False
 
+    def _too_late(self, grant: BatchGrant, size: int) -> bool:
+        with self._lock:
+            ahead = self.pending
+        if not ahead or grant.timing.empty:
+            return False
+        # messages to go through before this one is done, per connection: those ahead
+        # (less one whose data is out, answered any moment now), and this one
+        waiting = max(1, ahead + 1 - self.finishing())
+        rounds = math.ceil(waiting / max(1, self.entry.connections))
+        return self.ledger.clock() + rounds * grant.timing.predict(size) > grant.deadline_at
+
+    def _done(self) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending - 1)
+
     def confirm(self, message_id: str, size: int) -> None:
+        self._done()
         if self.grant is not None:
             self.grant.confirm(message_id, size)
 
     def release(self, size: int) -> None:
+        self._done()
         if self.grant is not None:
             self.grant.release(size)
 
@@ -582,6 +639,10 @@ class Connection:
         self.opened = 0
         self.unusable: str | None = None  # why this server is done for this run
         self.consecutive_deferrals = 0
+        # The next message's commands, written behind the last one's data (RFC 2920):
+        # the session is in the middle of that transaction until it is delivered.
+        self.chained: Transaction | None = None
+        self.chained_for: Message | None = None
 
     def __repr__(self) -> str:  # never the password
         return f"<Connection {self.entry.name} opened={self.opened}>"
@@ -612,36 +673,113 @@ class Connection:
         self.session = session
         return session
 
-    def deliver(
-        self, message: Message, recipients: Sequence[str], now: Callable[[], float]
-    ) -> Attempt:
-        """Send ``message`` to ``recipients`` on the open session."""
-        session = self.ensure_open()
+    def refusal(
+        self, session: SmtpSession, message: Message, recipients: Sequence[str], now: float
+    ) -> Attempt | None:
+        """What this server cannot take, told before MAIL (SIZE, SMTPUTF8, 8BITMIME)."""
         limit = session.max_size
         if limit and message.size > limit:
             reason = (
                 f"the message ({message.size} bytes) is larger than {session.where} "
                 f"accepts (SIZE {limit}, RFC 1870)"
             )
-            return _everyone(recipients, FAILED, RecipientResult(552, "5.3.4", reason, now()))
+            return _everyone(recipients, FAILED, RecipientResult(552, "5.3.4", reason, now))
         if message.needs_smtputf8 and not session.has_extension("SMTPUTF8"):
             reason = f"a non-ASCII address needs SMTPUTF8 (RFC 6531); {session.where} lacks it"
-            return _everyone(recipients, FAILED, RecipientResult(553, "5.6.7", reason, now()))
+            return _everyone(recipients, FAILED, RecipientResult(553, "5.6.7", reason, now))
         if message.needs_8bitmime and not session.has_extension("8BITMIME"):
             reason = f"8-bit content needs 8BITMIME (RFC 6152); {session.where} lacks it"
-            return _everyone(recipients, FAILED, RecipientResult(554, "5.6.3", reason, now()))
+            return _everyone(recipients, FAILED, RecipientResult(554, "5.6.3", reason, now))
+        return None
+
+    def _transaction(
+        self, session: SmtpSession, message: Message, recipients: Sequence[str], data: Any
+    ) -> Transaction | SendResult:
         smtputf8 = message.needs_smtputf8 or (
             message.header_utf8 and session.has_extension("SMTPUTF8")
         )
+        return session.transaction(
+            message.mail_from,
+            recipients,
+            data,
+            smtputf8=smtputf8,
+            eight_bit=message.needs_8bitmime,
+        )
+
+    def _next(
+        self, session: SmtpSession, then: tuple[Message, Sequence[str]] | None, now: float
+    ) -> Transaction | None:
+        """The next message's transaction, to be written behind this one's data, if
+        this server can take it.  A big message's file is opened now and stays open
+        while the transaction waits (closed by ``_close_data``)."""
+        from carerix_smtp.transport import Transaction
+
+        if then is None:
+            return None
+        message, recipients = then
+        if self.refusal(session, message, recipients, now) is not None:
+            return None
+        data = message.transmitted() if message.raw is not None else message.open_data()
         try:
-            with message.open_data() as data:
-                result = session.send(
-                    message.mail_from,
-                    recipients,
-                    data,
-                    smtputf8=smtputf8,
-                    eight_bit=message.needs_8bitmime,
-                )
+            tx = self._transaction(session, message, recipients, data)
+        except (MessageError, OSError):
+            tx = None
+        if isinstance(tx, Transaction):
+            return tx
+        if not isinstance(data, bytes):
+            data.close()
+        return None
+
+    def deliver(
+        self,
+        message: Message,
+        recipients: Sequence[str],
+        now: Callable[[], float],
+        then: tuple[Message, Sequence[str]] | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> Attempt:
+        """Send ``message`` to ``recipients`` on the open session; with ``then`` (the
+        next message for this connection and its recipients) that one's commands go
+        out behind this one's data (see SmtpSession.run)."""
+        from carerix_smtp.transport import SendResult, Transaction
+
+        if self.chained is not None and self.chained_for is not message:
+            self.abandon()  # chained for another message: the session is mid-transaction
+        session = self.ensure_open()
+        chained, self.chained, self.chained_for = self.chained, None, None
+        if chained is not None and chained.session is not session:
+            _close_data(chained)  # written on a session that is gone: start afresh
+            chained = None
+        refusal = self.refusal(session, message, recipients, now())
+        if refusal is not None:
+            if chained is not None:
+                _close_data(chained)
+                self._drop()  # its commands are on the wire: the session is mid-transaction
+            return refusal
+        try:
+            if chained is not None:
+                tx: Transaction | SendResult = chained
+            else:
+                # A small message is in memory already (message.SMALL_FILE); a big
+                # one is streamed from its file.
+                data = message.transmitted() if message.raw is not None else message.open_data()
+                tx = self._transaction(session, message, recipients, data)
+            following: Transaction | None = None
+            kept = False
+            try:
+                if isinstance(tx, SendResult):
+                    result = tx
+                else:
+                    following = self._next(session, then, now())
+                    result = session.run(tx, then=following, meanwhile=meanwhile)
+                    if following is not None and following.session is session and then:
+                        self.chained, self.chained_for = following, then[0]
+                        kept = True
+            finally:
+                if isinstance(tx, Transaction):
+                    _close_data(tx)
+                if following is not None and not kept:
+                    _close_data(following)
         except MessageError as exc:
             return _everyone(recipients, FAILED, RecipientResult(None, None, str(exc), now()))
         except SmtpReplyError as exc:  # 421 and the like: the session is over
@@ -663,21 +801,44 @@ class Connection:
             )
         return classify(result, recipients, now())
 
+    def unchain(self, message: Message) -> None:
+        """``message`` was chained but will not be sent now: the session is in the
+        middle of its transaction, so it is dropped without QUIT."""
+        if self.chained_for is message:
+            self.abandon()
+
+    def _discard_chain(self) -> Transaction | None:
+        chained, self.chained, self.chained_for = self.chained, None, None
+        if chained is not None:
+            _close_data(chained)
+        return chained
+
     def abandon(self) -> None:
         """Drop the socket without QUIT (interrupted mid-transaction: a QUIT now would
         be taken as message content)."""
         session, self.session = self.session, None
+        self._discard_chain()
         if session is not None:
-            session._abort()  # no public abort() in the transport yet
+            session.abort()
 
     def _drop(self) -> None:
-        if self.session is not None:
-            self.session.close()
-        self.session = None
+        session, self.session = self.session, None
+        chained = self._discard_chain()
+        if session is not None:
+            if chained is not None and chained.session is session:
+                session.abort()  # mid-transaction: a QUIT would be taken as its data
+            else:
+                session.close()
 
     def close(self) -> None:
         """QUIT; errors are swallowed (data already accepted stays accepted)."""
         self._drop()
+
+
+def _close_data(tx: Transaction) -> None:
+    """Close a transaction's message file (a big message is streamed from it)."""
+    if not isinstance(tx.data, bytes | bytearray | memoryview):
+        tx.data.close()
 
 
 def default_session_factory(config: Config, *, local_hostname: str | None = None) -> SessionFactory:
@@ -700,7 +861,11 @@ def default_password_source(entry: ServerEntry) -> str | None:
 
 # --- signals ----------------------------------------------------------------------------
 
-_in_network = threading.Event()  # set while a message is on the wire (main thread)
+# Set while the run's own thread may be interrupted by a second signal: on the wire
+# itself (one connection), or waiting for the connections' threads (several).
+_in_network = threading.Event()
+# A second signal came while that was not so: the dispatcher raises on its next wait.
+_abort_requested: list[str] = []  # the signal's name
 
 
 @contextlib.contextmanager
@@ -726,6 +891,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
         nonlocal logging_notice, abort_pending
         name = signal.Signals(signum).name
         if stop.is_set():
+            if not _abort_requested:
+                _abort_requested.append(name)
             if not _in_network.is_set():
                 return  # between messages: the run is stopping anyway
             if logging_notice:
@@ -743,15 +910,39 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
         if abort_pending and _in_network.is_set():
             raise abort(name)
 
+    _abort_requested.clear()
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        _abort_requested.clear()
 
 
 # --- the run -----------------------------------------------------------------------------
+
+
+class _Network:
+    """``_Run.network()`` (a class: a few times per message, cheaper than a generator)."""
+
+    __slots__ = ("mine", "run")
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.mine = threading.get_ident() == run._dispatcher  # not a connection's thread
+
+    def __enter__(self) -> None:
+        if self.mine:
+            _in_network.set()
+        if self.run.stop.is_set() or self.run.halt.is_set():
+            if self.mine:
+                _in_network.clear()
+            raise _Stopping
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mine:
+            _in_network.clear()
 
 
 class _Stopping(Exception):
@@ -828,6 +1019,13 @@ class _Run:
         self.max_hit = False
         self._fixed: ServerEntry | None = None
         self._fixed_known = False
+        # Servers with ``connections`` > 1: a worker thread per connection.
+        self.pools: dict[str, _Pool] = {}
+        self._lock = threading.RLock()  # the summary and counters, from any thread
+        self.halt = threading.Event()  # a connection's thread failed: start nothing new
+        self.aborting = threading.Event()  # stopped mid-transaction (second signal)
+        self._dispatcher = threading.get_ident()
+        self.finishing = 0  # 1 while reading ahead during a message's final reply
 
     # -- servers --
 
@@ -907,6 +1105,15 @@ class _Run:
             self.gates[entry.name] = self.make_gate(entry)
         return conn
 
+    def new_connection(self, entry: ServerEntry) -> Connection:
+        """Another connection to ``entry`` (a pool's second, third...); not open yet."""
+        return Connection(
+            entry,
+            self.totals.passwords[entry.name],
+            self.session_factory,
+            max_reconnects=self.options.max_reconnects,
+        )
+
     def make_gate(self, entry: ServerEntry) -> BatchGate:
         if self.gate_factory is not None:
             return self.gate_factory(entry)
@@ -918,6 +1125,7 @@ class _Run:
                 limits,
                 lambda count: self.queued_sizes(entry.name, count),
                 self.pause,
+                lambda: self.finishing,
             )
         return CountGate()
 
@@ -956,28 +1164,48 @@ class _Run:
             raise
         return True
 
-    @contextlib.contextmanager
-    def network(self) -> Iterator[None]:
+    def network(self) -> _Network:
         """Mark a network phase (a second signal aborts it).  Once a stop was asked
         for, no new one starts: marked first, checked second, so no signal slips
         between the check and the start."""
+        return _Network(self)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """The dispatcher waits for the connections' threads: a second signal may
+        interrupt the wait (then they are cut, see run()).  Marked first, checked
+        second, like ``network``."""
         _in_network.set()
         try:
-            if self.stop.is_set():
-                raise _Stopping
+            if _abort_requested:
+                raise Interrupted(
+                    f"{_abort_requested[0]} received twice: stopped in the middle of a message"
+                )
             yield
         finally:
             _in_network.clear()
 
     def note_unusable(self, conn: Connection, reason: str) -> None:
-        if reason not in self.summary.errors:
-            self.summary.errors.append(reason)
-            log.info("%s", reason)
-        self.unreachable = True
+        pool = self.pools.get(conn.entry.name)
+        if pool is not None and not pool.exhausted():
+            # One of several connections: the others go on (a server that limits
+            # connections per client refuses the extra ones, for instance).
+            log.warning("%s; the other connection(s) go on", reason)
+            return
+        with self._lock:
+            if reason not in self.summary.errors:
+                self.summary.errors.append(reason)
+                log.info("%s", reason)
+            self.unreachable = True
 
     def server_done(self, name: str) -> bool:
+        if name in self.over:
+            return True
+        pool = self.pools.get(name)
+        if pool is not None:
+            return pool.exhausted()
         conn = self.connections.get(name)
-        return name in self.over or (conn is not None and conn.unusable is not None)
+        return conn is not None and conn.unusable is not None
 
     def all_servers_done(self) -> bool:
         return all(self.server_done(name) for name in self.possible_servers())
@@ -1016,39 +1244,158 @@ class _Run:
                 return
         else:
             self.emit(ProgressEvent("start", total=self.total))
-        for index, candidate in enumerate(candidates):
-            self.pos = index
-            if self.stop.is_set():
-                break
-            if self.deadline is not None and self.monotonic() >= self.deadline:
-                self.summary.status = "limit"
-                log.info("deadline reached; the rest stays queued")
-                break
-            limit = self.options.max_messages
-            if limit is not None and self.totals.admitted >= limit:
-                self.max_hit = True
-                break
-            if self.all_servers_done():
-                break
-            self.one(candidate)
+        # One-connection servers: messages are held (claimed, read, admitted) a little
+        # ahead: the next one's commands follow the current one's data on the wire
+        # (SmtpSession.run), and the one after that is read while the server works
+        # on the current one (``meanwhile``).  Held messages that will not go are
+        # given back.
+        self.cut = False
+        jobs = self._jobs(candidates)
+        held: collections.deque[_Job] = collections.deque()
+        exhausted = False
+        failures: list[BaseException] = []
+
+        def pull() -> None:
+            nonlocal exhausted
+            if not exhausted:
+                job = next(jobs, None)
+                if job is None:
+                    exhausted = True
+                else:
+                    held.append(job)
+
+        def meanwhile() -> None:
+            if exhausted or len(held) >= 2 or failures:
+                return
+            _in_network.clear()  # not on the wire now: a second signal is only noted
+            self.finishing = 1  # the message on the wire has its data out (LedgerGate)
+            try:
+                pull()
+            except BaseException as exc:  # raised after the send, never into it
+                failures.append(exc)
+            finally:
+                self.finishing = 0
+                _in_network.set()
+            if _abort_requested and self.stop.is_set():
+                raise Interrupted(
+                    f"{_abort_requested[0]} received twice: stopped in the middle of a message"
+                )
+
+        try:
+            pull()
+            while held:
+                if len(held) < 2:
+                    pull()
+                if self.cut or self.stop.is_set():
+                    break
+                current = held.popleft()  # if it fails, deliver() put it back already
+                self.send(current, then=held[0] if held else None, meanwhile=meanwhile)
+                if failures:
+                    raise failures[0]
+            while held:  # the pass was cut short (stop, deadline): back to the queue
+                self.give_back(held.popleft())
+            for pool in self.pools.values():
+                with self.waiting():
+                    pool.drain()  # the messages in flight finish (or fail) first
+            self.check_pools()
+        except Interrupted:
+            # A second signal: cut what is on the wire; each connection puts its
+            # message back to the queue (a possible duplicate), as one connection does.
+            while held:
+                self.give_back(held.popleft())
+            self.aborting.set()
+            for pool in self.pools.values():
+                pool.abort()
+            raise
+        except BaseException:
+            # A failed connection thread (_Stop: authentication refused on a
+            # reconnect...), a configuration error, a bug: start nothing new, let
+            # what is in flight finish.
+            while held:
+                self.give_back(held.popleft())
+            self.halt.set()
+            for pool in self.pools.values():
+                pool.drain()
+            raise
         if self.stop.is_set():
             self.summary.status = "interrupted"
 
-    def one(self, candidate: Candidate) -> None:
+    def _jobs(self, candidates: Sequence[Candidate]) -> Iterator[_Job]:
+        """The due messages, oldest first, as jobs for one-connection servers (others
+        go to their connections' threads in ``one``), until the pass must end."""
+        for index, candidate in enumerate(candidates):
+            self.pos = index
+            if self.stop.is_set():
+                self.cut = True
+                return
+            if self.deadline is not None and self.monotonic() >= self.deadline:
+                self.summary.status = "limit"
+                log.info("deadline reached; the rest stays queued")
+                self.cut = True
+                return
+            limit = self.options.max_messages
+            if limit is not None and self.totals.admitted >= limit:
+                self.max_hit = True
+                return  # the held ones were admitted: they go
+            self.check_pools()
+            if self.all_servers_done():
+                return  # a held message was admitted: it goes (or meets its error)
+            job = self.one(candidate)
+            if job is not None:
+                yield job
+
+    def check_pools(self) -> None:
+        """Raise what a connection's thread failed with (_Stop: auth refused...)."""
+        for pool in self.pools.values():
+            if pool.failure is not None:
+                raise pool.failure
+
+    def pool(self, entry: ServerEntry, conn: Connection, gate: BatchGate) -> _Pool:
+        pool = self.pools.get(entry.name)
+        if pool is None:
+            pool = self.pools[entry.name] = _Pool(self, entry, conn, gate)
+        return pool
+
+    def execute(self, worker: _Worker, job: _Job) -> None:
+        """One message on a worker's connection (in the worker's thread).  When this
+        connection cannot be opened, another one takes the message."""
+        pool, conn = worker.pool, worker.conn
+        try:
+            with self.network():
+                conn.ensure_open()
+        except _Stopping:
+            pool.give_back(job)
+            return
+        except (SmtpAuthError, SmtpPolicyError) as exc:
+            pool.give_back(job)
+            raise _stop_for(exc) from None
+        except ServerUnusable as exc:
+            self.note_unusable(conn, str(exc))
+            pool.orphan(job)
+            return
+        except BaseException:
+            pool.give_back(job)
+            raise
+        self.deliver(job.claim, job.message, pool.entry, conn, pool.gate)
+
+    def one(self, candidate: Candidate) -> _Job | None:
+        """Claim, read, route and admit ``candidate``: a job for a one-connection
+        server (the caller sends it), None when it was dealt with here (failed,
+        put back, or handed to a server's connections)."""
         if self.over or self.unreachable:
             # Some server is done for this pass: leave its messages untouched.
             server = self.route(candidate)
             if server is not None and self.server_done(server):
-                return
+                return None
         claim = self.spool.claim(candidate)
         if claim is None:
-            return  # gone meanwhile (a producer took it back)
+            return None  # gone meanwhile (a producer took it back)
         if claim.file_type != "file":
             self.fail_file(claim, f"{claim.file_type} named *.eml: not followed, not sent")
-            return
+            return None
         if claim.size == 0:
             self.fail_file(claim, "the file is empty (0 bytes)")
-            return
+            return None
         try:
             message = read_message(claim.path, name=claim.name)
             head = message.completed_head(now=None)
@@ -1059,7 +1406,7 @@ class _Run:
                 message = read_message(claim.path, name=claim.name)
         except MessageError as exc:
             self.fail_file(claim, str(exc))
-            return
+            return None
         try:
             entry = self.server_for(message)
             conn = self.connection(entry)
@@ -1068,13 +1415,13 @@ class _Run:
             raise
         if self.server_done(entry.name):
             self.spool.requeue(claim)
-            return
+            return None
         gate = self.gates[entry.name]
         try:
             admitted = gate.admit(message.size)
         except _Stopping:
             self.spool.requeue(claim)
-            return
+            return None
         except BaseException:
             self.spool.requeue(claim)
             raise
@@ -1083,17 +1430,42 @@ class _Run:
             self.over.add(entry.name)
             if self.summary.status == "ok":
                 self.summary.status = "limit"
-            return
+            return None
         self.totals.admitted += 1
+        job = _Job(claim, message, entry, conn, gate)
+        if entry.connections > 1:
+            pool = self.pool(entry, conn, gate)
+            pool.add(job)  # pending: an abort gives it back
+            with self.waiting():
+                pool.dispatch()
+            self.check_pools()
+            return None
+        return job
+
+    def send(
+        self, job: _Job, then: _Job | None, meanwhile: Callable[[], None] | None = None
+    ) -> None:
+        """Deliver ``job`` on its (single) connection; ``then``, the message after it,
+        has its commands written behind ``job``'s data when it goes there too."""
         try:
-            opened = self.open(conn, claim)
+            opened = self.open(job.conn, job.claim)
         except BaseException:
-            _release(gate, message.size)
+            _release(job.gate, job.message.size)
             raise
         if not opened:
-            _release(gate, message.size)
+            _release(job.gate, job.message.size)
+            job.conn.unchain(job.message)
             return
-        self.deliver(claim, message, entry, conn, gate)
+        chain = then if then is not None and then.conn is job.conn else None
+        self.deliver(
+            job.claim, job.message, job.entry, job.conn, job.gate, then=chain, meanwhile=meanwhile
+        )
+
+    def give_back(self, job: _Job) -> None:
+        """A held message that will not go in this pass: back to the queue, unchanged."""
+        _release(job.gate, job.message.size)
+        self.spool.requeue(job.claim)
+        job.conn.unchain(job.message)
 
     def deliver(
         self,
@@ -1102,17 +1474,23 @@ class _Run:
         entry: ServerEntry,
         conn: Connection,
         gate: BatchGate,
+        then: _Job | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> None:
         state = self.state_for(claim, message)
         recipients = list(state.pending)
+        following = None
+        if then is not None:
+            following = (then.message, list(self.state_for(then.claim, then.message).pending))
         start = self.clock()
         counted = False  # the data may have been accepted: the limits count it
         try:
             try:
                 with self.network():
-                    attempt = conn.deliver(message, recipients, self.clock)
+                    attempt = conn.deliver(message, recipients, self.clock, following, meanwhile)
             except _Stopping:
                 self.spool.requeue(claim)
+                conn.unchain(message)
                 return
             except (SmtpAuthError, SmtpPolicyError) as exc:  # on a reconnect
                 self.spool.requeue(claim)
@@ -1127,6 +1505,13 @@ class _Run:
                 back = self.spool.requeue(claim)
                 self.summary.possible_duplicates.append(back.name)
                 raise
+            if attempt.connection_lost and self.aborting.is_set():
+                # Our own abort cut it (another thread was interrupted): back to the
+                # queue unchanged, as the one-connection run does.
+                counted = True
+                back = self.spool.requeue(claim)
+                self.summary.possible_duplicates.append(back.name)
+                return
             # Accepted by someone, or lost after the final ".": possibly delivered.
             counted = bool(attempt.recipients(ACCEPTED)) or attempt.unknown
             self.apply(claim, message, state, entry, attempt, start)
@@ -1234,19 +1619,26 @@ class _Run:
                 **({"possible_duplicate": True} if attempt.unknown else {}),
             }
         )
-        if state.status == "failed" or (state.status == "sent" and state.failed):
-            refused = ", ".join(f"{r}: {res.describe()}" for r, res in state.failed.items())
-            if state.reason.startswith("too old"):
-                refused = state.reason
-            elif state.status == "sent":
-                refused = f"sent, but refused for {refused}"
-            self.summary.failures.append(f"{claim.name}: {refused}")
-        self.count(state.status, message.size, partial=bool(state.accepted and state.failed))
-        self.emit(
-            ProgressEvent("message", self.total, self.done, claim.name, state.status, message.size)
-        )
+        with self._lock:
+            if state.status == "failed" or (state.status == "sent" and state.failed):
+                refused = ", ".join(f"{r}: {res.describe()}" for r, res in state.failed.items())
+                if state.reason.startswith("too old"):
+                    refused = state.reason
+                elif state.status == "sent":
+                    refused = f"sent, but refused for {refused}"
+                self.summary.failures.append(f"{claim.name}: {refused}")
+            self.count(state.status, message.size, partial=bool(state.accepted and state.failed))
+            self.emit(
+                ProgressEvent(
+                    "message", self.total, self.done, claim.name, state.status, message.size
+                )
+            )
 
     def count(self, outcome: str, size: int, *, partial: bool = False) -> None:
+        with self._lock:
+            self._count(outcome, size, partial)
+
+    def _count(self, outcome: str, size: int, partial: bool) -> None:
         self.done += 1
         if outcome == "sent":
             self.summary.sent += 1
@@ -1275,19 +1667,185 @@ class _Run:
 
     def emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:
-            self.progress(event)
+            with self._lock:
+                self.progress(event)
 
     def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown()  # the threads end; their connections QUIT below
+        for pool in self.pools.values():
+            for worker in pool.workers:
+                if worker.conn is not self.connections.get(pool.entry.name):
+                    worker.conn.close()
         for conn in self.connections.values():
             conn.close()
         for gate in self.gates.values():
             gate.close()
 
 
+@dataclass
+class _Job:
+    """A claimed, read and admitted message, waiting for its connection."""
+
+    claim: Claim
+    message: Message
+    entry: ServerEntry
+    conn: Connection
+    gate: BatchGate
+
+
+class _Worker:
+    """One connection of a server and the thread that drives it, one message at a time."""
+
+    def __init__(self, pool: _Pool, conn: Connection, index: int) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self.loop, name=f"cxsmtp-{pool.entry.name}-{index}", daemon=True
+        )
+
+    def loop(self) -> None:
+        pool = self.pool
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                pool.run.execute(self, job)
+            except BaseException as exc:  # handed to the dispatching thread
+                with pool.cond:
+                    if pool.failure is None:
+                        pool.failure = exc
+                pool.run.halt.set()
+            finally:
+                with pool.cond:
+                    pool.busy -= 1
+                    if self.conn.unusable is None:
+                        pool.idle.append(self)
+                    pool.cond.notify_all()
+
+
+class _Pool:
+    """The connections of one server with ``connections`` > 1 (ServerEntry): a worker
+    thread each, each with its own SmtpSession and at most one message in flight,
+    so a crash can leave at most ``connections`` possible duplicates (SPEC §3).
+
+    The dispatching thread keeps the order: it claims, reads and admits messages
+    oldest first and hands each to an idle connection, waiting for one when all
+    are busy; another connection is opened only when all are busy.  A connection
+    that cannot be (re)opened drops out and its message goes to another one; the
+    others go on.  The server is done when every connection it may have has
+    dropped out; messages left then go back to the queue.
+    """
+
+    def __init__(self, run: _Run, entry: ServerEntry, first: Connection, gate: BatchGate) -> None:
+        self.run = run
+        self.entry = entry
+        self.gate = gate
+        self.size = max(1, entry.connections)
+        self.cond = threading.Condition()
+        self.workers: list[_Worker] = []
+        self.idle: list[_Worker] = []
+        self.pending: collections.deque[_Job] = collections.deque()  # no connection yet
+        self.busy = 0
+        self.failure: BaseException | None = None
+        self._first = first
+
+    def exhausted(self) -> bool:
+        with self.cond:
+            return self._exhausted()
+
+    def _exhausted(self) -> bool:
+        return len(self.workers) >= self.size and all(
+            w.conn.unusable is not None for w in self.workers
+        )
+
+    def _spawn(self) -> _Worker:
+        conn = self._first if not self.workers else self.run.new_connection(self.entry)
+        worker = _Worker(self, conn, len(self.workers))
+        self.workers.append(worker)
+        worker.thread.start()
+        return worker
+
+    def _pump(self, *, until_idle: bool) -> None:
+        """Hand pending jobs to connections (call with ``cond`` held); wait until none
+        is pending (``until_idle``: and none is in flight).  When no connection is
+        left, pending jobs go back to the queue."""
+        while True:
+            while self.pending and self.failure is None:
+                if self.idle:
+                    worker = self.idle.pop()
+                elif len(self.workers) < self.size:
+                    worker = self._spawn()
+                else:
+                    break
+                self.busy += 1
+                worker.jobs.put(self.pending.popleft())
+            if self.pending and (self.failure is not None or self._exhausted()):
+                while self.pending:
+                    self.give_back(self.pending.popleft())
+            if not self.pending and not (until_idle and self.busy):
+                return
+            self.cond.wait()
+
+    def add(self, job: _Job) -> None:
+        with self.cond:
+            self.pending.append(job)
+
+    def dispatch(self) -> None:
+        """Hand the pending jobs to idle connections, opening another one when all are
+        busy (up to ``size``), else wait for one."""
+        with self.cond:
+            self._pump(until_idle=False)
+
+    def orphan(self, job: _Job) -> None:
+        """From a worker whose connection dropped out: another one takes ``job``."""
+        with self.cond:
+            self.pending.appendleft(job)
+            self.cond.notify_all()
+
+    def give_back(self, job: _Job) -> None:
+        """``job`` will not be sent in this pass: back to the queue, unchanged."""
+        _release(self.gate, job.message.size)
+        self.run.spool.requeue(job.claim)
+
+    def drain(self) -> None:
+        """Wait until no message is pending or in flight."""
+        with self.cond:
+            self._pump(until_idle=True)
+
+    def abort(self) -> None:
+        """Cut every transaction on the wire (the caller set ``run.aborting``) and wait
+        for the threads to put their messages back."""
+        with self.cond:
+            while self.pending:
+                self.give_back(self.pending.popleft())
+        for worker in list(self.workers):
+            session = worker.conn.session
+            if session is not None:
+                session.interrupt()
+        self.drain()
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            worker.jobs.put(None)
+        for worker in self.workers:
+            worker.thread.join()
+
+
 def _last_reply(attempt: Attempt) -> str:
     for _, (_, result) in reversed(list(attempt.results.items())):
         return result.describe()
     return attempt.error or "no reply"
+
+
+def _listing_limit(options: SendOptions) -> int:
+    """How many queue entries a listing holds at a time (spool.CandidateList): no
+    more than ``--max-messages`` can use; the rest is listed again if needed."""
+    if options.max_messages is not None:
+        return max(1, min(options.max_messages, DEFAULT_CANDIDATE_LIMIT))
+    return DEFAULT_CANDIDATE_LIMIT
 
 
 def _open_ledger(source: LedgerSource | None) -> tuple[Ledger | None, bool]:
@@ -1346,7 +1904,7 @@ def run_send(
             return summary
         recovery = spool.recover()
         summary.possible_duplicates.extend(Path(p).name for p in recovery.requeued)
-        candidates = spool.candidates()
+        candidates = spool.candidates(limit=_listing_limit(options))
         if not candidates:
             summary.status = "nothing-to-do"
             summary.next_retry = spool.next_retry()
@@ -1415,7 +1973,7 @@ def run_send(
                     break
                 wake = _next_wake(summary, run, clock())
                 if wake is _DONE:
-                    candidates = spool.candidates()
+                    candidates = spool.candidates(limit=_listing_limit(options))
                     if not candidates:
                         summary.remaining = 0
                         break
@@ -1438,7 +1996,7 @@ def run_send(
                 except _Stopping:
                     summary.status = "interrupted"
                     break
-                candidates = spool.candidates()
+                candidates = spool.candidates(limit=_listing_limit(options))
                 if not candidates:
                     summary.remaining = 0
                     summary.limited_by, summary.limit_reason = None, ""
@@ -1575,7 +2133,7 @@ def plan_send(
         config.server(options.server)
     now = clock()
     plan = Plan(at=now)
-    candidates = spool.candidates(now)
+    candidates = spool.candidates(now, limit=_listing_limit(options))
     _route_candidates(spool, config, candidates, options.server, plan, options.max_messages)
     the_ledger, ours = _open_ledger(ledger)
     try:

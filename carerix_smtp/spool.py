@@ -12,7 +12,7 @@ Layout (SPEC §3)::
     SPOOL/sent/NAME.eml + .eml.json  delivered; the record lists any failed recipients
     SPOOL/failed/NAME.eml + .eml.json  permanent failure, unusable file, or too old
     SPOOL/.cxsmtp/lock               flock(2) target; the kernel drops it when we die
-    SPOOL/.cxsmtp/journal            JSON lines, fsynced: outcomes not yet applied
+    SPOOL/.cxsmtp/journal            JSON lines, fsynced: outcomes since the last checkpoint
     SPOOL/.cxsmtp/claims/queued/     messages in flight, by origin, named TOKEN~NAME
     SPOOL/.cxsmtp/claims/deferred/
     SPOOL/.cxsmtp/delivery.log       JSON lines, one per attempt (who got it, who not, why)
@@ -23,27 +23,32 @@ retry, and finding the due ones is one ``scandir`` with no file opened.
 
 Order: due deferred messages first (oldest next-attempt time first), then queued
 ones, oldest modification time first, then by name.  Listing is one ``scandir``
-per directory (no file is opened or parsed), so 100,000 files cost a sort of
-small tuples; messages are then claimed and read one at a time.
+per directory (no file is opened or parsed) keeping only the first N entries in a
+bounded heap (``candidates(limit=N)``, see CandidateList): 100,000 files cost what
+N cost; messages are then claimed and read one at a time.
 
 A message's life, and why a crash at any point loses nothing:
 
 1. claim: ``rename(SPOOL/NAME.eml, claims/queued/TOKEN~NAME)``; the token is
    unique per claim, so a journal line can never be mistaken for a later claim
-   of a file with the same name; the claims directory is fsynced.
+   of a file with the same name.
 2. the sender talks SMTP.  Then ``record_outcome`` appends the resulting state
-   (who accepted, who refused, where the message goes) to the journal and
-   fsyncs it — before anything else happens (the 250 for the data is on disk
-   before the file moves).
-3. the record is written (temp file, fsync, rename) beside the destination,
-   the claimed file is renamed there and the directory fsynced.
+   (who accepted, who refused, where the message goes, which file it is) to the
+   journal and fdatasyncs it — before anything else happens (the 250 for the
+   data is on disk before the file moves, and before the next message's data).
+3. the record is written (temp file, rename) beside the destination and the
+   claimed file renamed there; both reach the disk at the next checkpoint
+   (every CHECKPOINT_LINES outcomes and at the end of a run), which then empties
+   the journal.  One fsync per message: see "Durability" at the journal for why
+   each of the others could go.
 
 On start (``recover``), under the lock: a claim with a journaled outcome is
 moved where the outcome says without sending again; a claim without one is put
 back where it came from — its data may have reached the server, so it is logged
-as a possible duplicate (RFC 1047; at most one per connection).  Then the
-journal is emptied.  The lock serialises runs; claims and the journal make the
-single run crash-safe.
+as a possible duplicate (RFC 1047; at most one per connection).  The other
+journal lines are redone (a record or a move a power failure lost).  Then the
+journal is emptied.  The lock serialises runs; claims and the journal make a
+run crash-safe, with one thread or several (one per connection).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -131,8 +131,21 @@ class Reply:
         return self.one_line
 
 
+# The usual one-line reply with an enhanced code, e.g. "250 2.0.0 Ok: queued as X".
+_SIMPLE_REPLY = re.compile(rb"([2-5]\d\d) ([245])\.(\d{1,3})\.(\d{1,3}) ([\x20-\x7e]*)")
+
+
 def parse_reply(lines: Sequence[bytes]) -> Reply:
     """Lines as received (without CRLF) -> Reply.  Raises ValueError if not SMTP."""
+    if len(lines) == 1:
+        simple = _SIMPLE_REPLY.fullmatch(lines[0])
+        if simple is not None and simple.group(1)[:1] == simple.group(2):
+            code, klass, subject, detail, text = simple.groups()
+            return Reply(
+                int(code),
+                f"{klass.decode()}.{subject.decode()}.{detail.decode()}",
+                text.decode("ascii").strip(),
+            )
     if not lines:
         raise ValueError("empty reply")
     code_text = lines[0][:3]
@@ -176,6 +189,31 @@ class SendResult:
     @property
     def delivered(self) -> bool:
         return bool(self.accepted)
+
+
+@dataclass(eq=False)
+class Transaction:
+    """One message's MAIL (with SIZE=), RCPTs and DATA, ready to be written, and its
+    data; from :meth:`SmtpSession.transaction`, sent by :meth:`SmtpSession.run`.
+
+    ``session`` is set when the commands were already written on a session, right
+    behind the previous message's data (RFC 2920 pipelining across messages):
+    ``run`` there only reads their replies.  Until then that session is in the
+    middle of a transaction: it must not be QUIT (the server may be reading
+    message data), only aborted, if this transaction is not run.
+    """
+
+    mail_line: str
+    rcpts: dict[str, str]  # recipients as given -> as written
+    data: bytes | bytearray | memoryview | BinaryIO
+    session: SmtpSession | None = None
+
+    def commands(self) -> list[tuple[str, str]]:
+        return [
+            (self.mail_line, PHASE_MAIL),
+            *((f"RCPT TO:<{clean}>", PHASE_RCPT) for clean in self.rcpts.values()),
+            ("DATA", PHASE_DATA),
+        ]
 
 
 @dataclass(frozen=True)
@@ -322,6 +360,13 @@ def message_size(data: bytes | bytearray | memoryview | BinaryIO) -> int:
     return size + newlines - crlf
 
 
+def _command_bytes(where: str, commands: Sequence[tuple[str, str]]) -> bytes:
+    if log.isEnabledFor(logging.DEBUG):
+        for line, _ in commands:
+            log.debug("%s C: %s", where, line)
+    return "".join(f"{line}\r\n" for line, _ in commands).encode("utf-8")
+
+
 def _pieces(data: bytes | bytearray | memoryview | BinaryIO, size: int) -> Iterator[bytes]:
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data).cast("B")
@@ -431,6 +476,7 @@ class SmtpSession:
 
         self._sock: socket.socket | None = None
         self._rbuf = bytearray()
+        self._timeout_set: tuple[socket.socket | None, float] = (None, 0.0)
 
     def __repr__(self) -> str:  # never the password
         state = "closed" if self.closed else f"open to {self.where}"
@@ -853,6 +899,22 @@ class SmtpSession:
         raises (then ``closed`` is True).  A connection lost after the final "." raises
         with phase ``data-end``: the outcome is unknown (RFC 1047)."""
         self._require_open()
+        tx = self.transaction(mail_from, recipients, data, smtputf8=smtputf8, eight_bit=eight_bit)
+        if isinstance(tx, SendResult):
+            return tx
+        return self.run(tx)
+
+    def transaction(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes | bytearray | memoryview | BinaryIO,
+        *,
+        smtputf8: bool = False,
+        eight_bit: bool = False,
+    ) -> Transaction | SendResult:
+        """Check the envelope and prepare its commands (SIZE= counted) without any
+        I/O on the connection; a SendResult when it is refused here already."""
         # Keys of rcpt_replies are the recipients as given; the wire gets them cleaned.
         rcpts = {r: _check_address(r) for r in recipients}
         if not rcpts:
@@ -875,15 +937,35 @@ class SmtpSession:
                 start = data.tell()
                 size = message_size(data)
                 data.seek(start)
-        mail_line = self._mail_line(mail_from, size, smtputf8, eight_bit)
+        return Transaction(self._mail_line(mail_from, size, smtputf8, eight_bit), rcpts, data)
+
+    def run(
+        self,
+        tx: Transaction,
+        then: Transaction | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> SendResult:
+        """Send ``tx``.  With ``then`` (and PIPELINING), ``then``'s commands are
+        written right behind ``tx``'s data, in the same write as the final ".", so
+        that the next message costs no round trip of its own (RFC 2920 §3.1 allows
+        it: the client may pipeline across transactions).  ``then``'s data is only
+        sent by ``run(then)``, after its command replies -- so after ``tx``'s outcome
+        was read and could be recorded: a crash still finds at most one message per
+        connection possibly delivered (RFC 1047).  ``then.session`` tells whether it
+        was written (not when ``tx`` ended before its data, or the window is full).
+        ``meanwhile`` is called once the data is out, before waiting for its reply
+        (the caller's own work overlaps the server's); it must not raise SmtpError.
+        """
+        self._require_open()
         if self.has_extension("PIPELINING"):
-            return self._send_pipelined(mail_line, rcpts, data)
-        mail_reply = self._command(mail_line, PHASE_MAIL)
+            return self._send_pipelined(tx, then, meanwhile)
+        # (nothing was chained on this session: that needs PIPELINING)
+        mail_reply = self._command(tx.mail_line, PHASE_MAIL)
         if not mail_reply.ok:
             self.reset()
             return SendResult(mail_reply, {}, None)
         rcpt_replies = {
-            r: self._command(f"RCPT TO:<{clean}>", PHASE_RCPT) for r, clean in rcpts.items()
+            r: self._command(f"RCPT TO:<{clean}>", PHASE_RCPT) for r, clean in tx.rcpts.items()
         }
         if not any(reply.ok for reply in rcpt_replies.values()):
             self.reset()
@@ -892,33 +974,27 @@ class SmtpSession:
         if data_cmd.code != 354:
             self.reset()
             return SendResult(mail_reply, rcpt_replies, data_cmd)
-        return SendResult(mail_reply, rcpt_replies, self._send_content(data))
+        return SendResult(mail_reply, rcpt_replies, self._send_content(tx.data, b"", meanwhile))
 
     def _send_pipelined(
-        self,
-        mail_line: str,
-        rcpts: dict[str, str],
-        data: bytes | bytearray | memoryview | BinaryIO,
+        self, tx: Transaction, then: Transaction | None, meanwhile: Callable[[], None] | None
     ) -> SendResult:
         """RFC 2920: MAIL, the RCPTs and DATA in one write, then the replies in order.
 
         At most PIPELINE_WINDOW commands are in flight, so that a long recipient list
         cannot fill both socket buffers and deadlock (RFC 2920 §3.1)."""
-        commands = [
-            (mail_line, PHASE_MAIL),
-            *((f"RCPT TO:<{clean}>", PHASE_RCPT) for clean in rcpts.values()),
-            ("DATA", PHASE_DATA),
-        ]
+        commands = tx.commands()
         replies: list[Reply] = []
-        for start in range(0, len(commands), PIPELINE_WINDOW):
-            window = commands[start : start + PIPELINE_WINDOW]
-            for line, _ in window:
-                log.debug("%s C: %s", self.where, line)
-            payload = "".join(f"{line}\r\n" for line, _ in window).encode("utf-8")
-            self._write(payload, window[0][1], self.command_timeout)
-            replies.extend(self._reply(phase) for _, phase in window)
+        if tx.session is self:  # written behind the previous message's data
+            replies.extend(self._reply(phase) for _, phase in commands)
+        else:
+            for start in range(0, len(commands), PIPELINE_WINDOW):
+                window = commands[start : start + PIPELINE_WINDOW]
+                self._write(_command_bytes(self.where, window), window[0][1], self.command_timeout)
+                replies.extend(self._reply(phase) for _, phase in window)
+        tx.session = self
         mail_reply, data_cmd = replies[0], replies[-1]
-        rcpt_replies = dict(zip(rcpts, replies[1:-1], strict=True))
+        rcpt_replies = dict(zip(tx.rcpts, replies[1:-1], strict=True))
         accepted = mail_reply.ok and any(reply.ok for reply in rcpt_replies.values())
         if data_cmd.code == 354 and not accepted:
             # A server that should have refused DATA (RFC 2920 §3.1): end it empty.
@@ -931,7 +1007,13 @@ class SmtpSession:
         if data_cmd.code != 354:
             self.reset()
             return SendResult(mail_reply, rcpt_replies, data_cmd)
-        return SendResult(mail_reply, rcpt_replies, self._send_content(data))
+        chained = b""
+        if then is not None and then.session is None:
+            window = then.commands()
+            if len(window) <= PIPELINE_WINDOW:
+                chained = _command_bytes(self.where, window)
+                then.session = self
+        return SendResult(mail_reply, rcpt_replies, self._send_content(tx.data, chained, meanwhile))
 
     def _mail_line(self, mail_from: str, size: int | None, smtputf8: bool, eight_bit: bool) -> str:
         params = []
@@ -944,8 +1026,14 @@ class SmtpSession:
         line = f"MAIL FROM:<{_check_address(mail_from)}>"
         return " ".join([line, *params])
 
-    def _send_content(self, data: bytes | bytearray | memoryview | BinaryIO) -> Reply:
-        """After 354: the message, then the reply to the final "."."""
+    def _send_content(
+        self,
+        data: bytes | bytearray | memoryview | BinaryIO,
+        chained: bytes = b"",
+        meanwhile: Callable[[], None] | None = None,
+    ) -> Reply:
+        """After 354: the message (``chained``: the next transaction's commands in the
+        same last write), then the reply to the final "."."""
         chunks = wire_chunks(data)
         pending = next(chunks)
         total = 0
@@ -958,10 +1046,12 @@ class SmtpSession:
         # The last write holds the terminating "."; once it has started the server may
         # have the whole message: a loss from here on is "outcome unknown" (data-end).
         total += len(pending)
-        reply = self._write_data(pending, PHASE_DATA_END)
+        reply = self._write_data(pending + chained if chained else pending, PHASE_DATA_END)
         if reply is not None:
             return reply
         log.debug("%s C: <%d bytes of message data>", self.where, total)
+        if meanwhile is not None:
+            meanwhile()
         # RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".".
         return self._reply(PHASE_DATA_END, self.data_timeout)
 
@@ -1021,6 +1111,17 @@ class SmtpSession:
         """Close the socket at once, without QUIT (e.g. on SIGTERM or a deadline)."""
         self._abort()
 
+    def interrupt(self) -> None:
+        """From another thread: make a read or write blocked on this session fail at
+        once (shutdown(2) wakes it, close() would not).  The thread that owns the
+        session then sees a lost connection and cleans up; nothing else changes
+        here.  The plain socket's shutdown, also under TLS: SSLSocket.shutdown
+        would drop the TLS object under the reading thread's feet."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
     # -- low level ----------------------------------------------------------------------
 
     def _require_open(self) -> None:
@@ -1078,7 +1179,7 @@ class SmtpSession:
             self._require_open()
             return
         try:
-            sock.settimeout(timeout)
+            self._settimeout(sock, timeout)
             sock.sendall(data)
         except TimeoutError:
             if abort:
@@ -1122,9 +1223,26 @@ class SmtpSession:
             reply = parse_reply(lines)
         except ValueError as exc:
             self._protocol_error(phase, f"{exc}; is this an SMTP server?", abort)
-        if log_reply:
+        if log_reply and log.isEnabledFor(logging.DEBUG):
             log.debug("%s S: %s", self.where, reply.one_line)
         return reply
+
+    def _settimeout(self, sock: socket.socket, seconds: float, *, at_most: bool = False) -> None:
+        """socket.settimeout costs a system call (ioctl FIONBIO) each time: set it only
+        when needed.  Long timeouts are rounded down to whole seconds (a timeout of
+        minutes may fire up to a second early).  ``at_most``: any timeout of at least
+        a second (or ``seconds``, if less) up to ``seconds`` will do -- reads, which
+        _fill retries until their deadline."""
+        current_sock, current = self._timeout_set
+        if current_sock is sock:
+            if at_most and min(seconds, 1.0) <= current <= seconds:
+                return
+            if current == (float(int(seconds)) if seconds >= 5.0 else seconds):
+                return
+        if seconds >= 5.0:
+            seconds = float(int(seconds))
+        sock.settimeout(seconds)
+        self._timeout_set = (sock, seconds)
 
     def _fill(self, phase: str, deadline: float, timeout: float, what: str, abort: bool) -> None:
         sock = self._sock
@@ -1135,9 +1253,11 @@ class SmtpSession:
         try:
             if remaining <= 0:
                 raise TimeoutError
-            sock.settimeout(remaining)
+            self._settimeout(sock, remaining, at_most=True)
             data = sock.recv(65536)
         except TimeoutError:
+            if time.monotonic() < deadline:
+                return  # the socket's timeout was shorter than the time left: read again
             if abort:
                 self._abort()
             raise SmtpTimeoutError(

@@ -272,8 +272,8 @@ def test_slow_server_the_deadline_cuts_then_the_next_batch_is_smaller(
     sink_factory: Any,  # noqa: F811
     cxsmtp: Any,
 ) -> None:
-    """100 ms per reply (round trip): 0.2 s or more a message; the batch deadline is 1.5 s."""
-    sink = sink_factory(latency_ms=100)
+    """200 ms per reply (round trip): 0.2 s or more a message even pipelined; the batch deadline is 1.5 s."""
+    sink = sink_factory(latency_ms=200)
     configure(
         isolated, limited(sink, batch_deadline=1.5, batch_interval=0.0, rate_per_hour=1000,
                           batch_max_messages=20)

@@ -621,3 +621,364 @@ def test_fifty_megabyte_message_is_streamed(tmp_path: Path, sink_factory: Any) -
     summary = send(spool, config_for(tmp_path, entry_for(sink)))
     assert summary.sent == 1
     assert sink.messages[0].size >= len(body)
+
+
+# --- several connections per server (ServerEntry.connections) -----------------------------------
+
+
+def test_n_connections_deliver_each_message_exactly_once(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(latency_ms=3)  # a round trip: the connections overlap
+    spool = make_spool(tmp_path, 150)
+    summary = send(spool, config_for(tmp_path, entry_for(sink, connections=3)))
+    assert (summary.status, summary.sent, summary.deferred, summary.failed) == ("ok", 150, 0, 0)
+    assert Counter(message_ids(sink)) == Counter(f"<{n}.test@x.example>" for n in range(150))
+    assert sink.connections_max == 3 and sink.connections_total == 3
+    assert names(spool) == [] and len(names(spool / "sent")) == 150
+    assert Spool(spool).claims() == []
+    assert (spool / ".cxsmtp" / "journal").stat().st_size == 0
+    assert len((spool / ".cxsmtp" / "delivery.log").read_text().splitlines()) == 150
+    assert summary.remaining == 0 and summary.bytes == sum(len(eml(n)) for n in range(150))
+
+
+def test_connections_are_opened_only_when_needed(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 1)
+    summary = send(spool, config_for(tmp_path, entry_for(sink, connections=4)))
+    assert summary.sent == 1 and sink.connections_total == 1
+
+
+def test_extra_connections_refused_the_others_carry_on(
+    tmp_path: Path, sink_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = sink_factory(latency_ms=3, max_connections=2)  # 421 at the greeting beyond 2
+    spool = make_spool(tmp_path, 60)
+    summary = send(spool, config_for(tmp_path, entry_for(sink, connections=4)))
+    assert (summary.status, summary.sent, summary.remaining) == ("ok", 60, 0)
+    assert summary.errors == []  # the server as a whole was fine
+    assert caplog.text.count("421 4.7.0 Too many connections") == 2  # the 3rd and 4th
+    assert sink.connections_total == 4  # no retry of a refused connection
+    assert sorted(Counter(message_ids(sink)).values()) == [1] * 60
+
+
+def test_one_connection_lost_the_others_go_on(tmp_path: Path, sink_factory: Any) -> None:
+    # one connection is dropped right after a final "." (outcome unknown, RFC 1047)
+    sink = sink_factory(latency_ms=2, drop=[PhaseRule("eod", after_n=20, times=1)])
+    spool = make_spool(tmp_path, 80)
+    summary = send(spool, config_for(tmp_path, entry_for(sink, connections=3)))
+    assert (summary.sent, summary.deferred, summary.failed) == (79, 1, 0)
+    (lost,) = names(spool / "deferred")
+    assert record(spool, f"deferred/{lost}")["attempts"] == 1
+    received = Counter(message_ids(sink))
+    assert len(received) == 79 and set(received.values()) == {1}
+    assert f"<{int(lost[1:6])}.test@x.example>" not in received  # dropped: not stored
+    assert sink.connections_total == 4  # the lost one was replaced
+    assert Spool(spool).claims() == []
+
+
+def test_unreachable_server_with_several_connections_touches_nothing(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    spool = make_spool(tmp_path, 5)
+    before = listing(spool)
+    entry = entry_for(free_port(), connections=3, connect_timeout=1.0)
+    summary = send(spool, config_for(tmp_path, entry))
+    assert summary.status == "deferred" and summary.exit_code == ExitCode.TEMPFAIL
+    assert summary.sent == 0 and listing(spool) == before
+
+
+def test_stop_with_several_connections_finishes_what_is_in_flight(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory(latency_ms=3)
+    spool = make_spool(tmp_path, 100)
+    stop = threading.Event()
+
+    def progress(event: ProgressEvent) -> None:
+        if event.kind == "message" and event.done == 20:
+            stop.set()
+
+    config = config_for(tmp_path, entry_for(sink, connections=3))
+    summary = send(spool, config, stop=stop, progress=progress)
+    assert (summary.status, summary.exit_code) == ("interrupted", ExitCode.TEMPFAIL)
+    assert 20 <= summary.sent <= 23  # at most one more per connection: the ones in flight
+    assert summary.sent + summary.remaining == 100 and summary.deferred == 0
+    assert Spool(spool).claims() == [] and len(names(spool)) == summary.remaining
+    assert len(message_ids(sink)) == summary.sent  # each in flight finished, none cut
+    again = send(spool, config)
+    assert again.sent == summary.remaining
+    assert sorted(Counter(message_ids(sink)).values()) == [1] * 100
+
+
+def test_auth_refused_on_another_connection_stops_the_run(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    # the first connection is fine; a reconnect meets a refused password (exit 77)
+    sink = sink_factory(latency_ms=2, fail=[FailRule("mail", 421, after_n=5, times=1)])
+    spool = make_spool(tmp_path, 40)
+    entry = entry_for(sink, connections=2)
+    opened: list[int] = []
+
+    from carerix_smtp.errors import SmtpAuthError
+    from carerix_smtp.transport import SmtpSession
+
+    def factory(entry: ServerEntry, password: str | None) -> SmtpSession:
+        session = SmtpSession(entry, password, local_hostname="test")
+        opened.append(1)
+        if len(opened) > 2:
+
+            def refuse() -> None:
+                raise SmtpAuthError("535 5.7.8 refused (test)", host="127.0.0.1", port=1)
+
+            session.open = refuse  # type: ignore[method-assign]
+        return session
+
+    summary = send(spool, config_for(tmp_path, entry), session_factory=factory)
+    assert (summary.status, summary.exit_code) == ("auth-failed", ExitCode.NOPERM)
+    assert Spool(spool).claims() == []
+    assert summary.sent + summary.deferred + len(names(spool)) == 40
+    assert sorted(Counter(message_ids(sink)).values()) == [1] * summary.sent
+
+
+# --- several connections in a real `cxsmtp send`: signals and crashes -----------------------------
+
+
+def _start_send(spool: Path) -> Any:
+    import subprocess
+
+    from conftest import cxsmtp_argv
+
+    return subprocess.Popen(
+        [*cxsmtp_argv(), "send", str(spool)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_with_several_connections_exits_75_and_loses_nothing(
+    tmp_path: Path, isolated: Any, sink_factory: Any
+) -> None:
+    import signal
+
+    from carerix_smtp.config import save_config
+
+    sink = sink_factory(latency_ms=2)
+    save_config(Config(path=isolated.config, servers={"local": entry_for(sink, connections=3)}))
+    spool = make_spool(tmp_path, 300)
+    process = _start_send(spool)
+    assert sink.wait_until(lambda s: len(s.messages) >= 30, timeout=30)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 75, err
+    assert "SIGTERM received" in err
+    state = Spool(spool)
+    assert state.claims() == [] and state.holder_pid() is None
+    assert (spool / ".cxsmtp" / "journal").stat().st_size == 0
+    sent_first = len(names(spool / "sent"))
+    assert 30 <= sent_first < 300
+    assert sent_first == len(sink.messages)  # every transaction in flight finished
+    assert len(names(spool)) == 300 - sent_first
+    final = _start_send(spool)
+    _, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    assert sorted(Counter(message_ids(sink)).values()) == [1] * 300  # a clean stop: none twice
+
+
+def test_second_sigterm_cuts_every_connection(
+    tmp_path: Path, isolated: Any, sink_factory: Any
+) -> None:
+    import logging
+    import signal
+
+    from carerix_smtp.config import save_config
+
+    hanging = threading.Semaphore(0)
+
+    class Flag(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "hanging" in record.getMessage():
+                hanging.release()
+
+    sink_log = logging.getLogger("carerix_smtp.sink")
+    flag, level = Flag(), sink_log.level
+    sink_log.addHandler(flag)
+    sink_log.setLevel(logging.DEBUG)
+    try:
+        sink = sink_factory(hang=[PhaseRule("eod")], latency_ms=1)
+        entry = entry_for(sink, connections=2, command_timeout=60.0, data_timeout=60.0)
+        save_config(Config(path=isolated.config, servers={"local": entry}))
+        spool = make_spool(tmp_path, 4)
+        process = _start_send(spool)
+        # two connections, each with a whole message out and no reply to the final "."
+        assert hanging.acquire(timeout=30) and hanging.acquire(timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        assert "SIGTERM received" in process.stderr.readline()  # finishing: still waiting
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    finally:
+        sink_log.removeHandler(flag)
+        sink_log.setLevel(level)
+    assert time.monotonic() - started < 10  # far less than the 60 s data timeout
+    assert process.returncode == 75, err
+    assert "received twice" in err
+    assert Spool(spool).claims() == [] and Spool(spool).holder_pid() is None
+    assert names(spool) == [f"m{n:05d}.eml" for n in range(4)]  # all back, unchanged
+
+
+@pytest.mark.parametrize("seed", [7, 11])
+def test_sigkill_with_several_connections_at_most_one_duplicate_each(
+    tmp_path: Path, isolated: Any, sink_factory: Any, seed: int
+) -> None:
+    import random
+    import signal
+
+    from carerix_smtp.config import save_config
+
+    connections, total = 3, 200
+    sink = sink_factory(latency_ms=1)
+    entry = entry_for(sink, connections=connections)
+    save_config(Config(path=isolated.config, servers={"local": entry}))
+    spool = make_spool(tmp_path, total)
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(3):
+        target = len(sink.messages) + rng.randint(5, 30)
+        process = _start_send(spool)
+        try:
+            if sink.wait_until(lambda s, t=target: len(s.messages) >= t, timeout=30):
+                time.sleep(rng.uniform(0, 0.004))  # a random point: reply, journal, rename...
+            process.kill()
+        finally:
+            process.communicate(timeout=30)
+        kills += process.returncode == -signal.SIGKILL
+    final = _start_send(spool)
+    _, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    received = Counter(message_ids(sink))
+    assert set(received) == {f"<{n}.test@x.example>" for n in range(total)}, "a message was lost"
+    duplicates = sum(count - 1 for count in received.values())
+    assert kills >= 1 and duplicates <= kills * connections
+    log = (spool / ".cxsmtp" / "delivery.log").read_text().splitlines()
+    requeued = {e.get("message_id") for e in map(json.loads, log) if e["outcome"] == "requeued"}
+    assert {mid for mid, count in received.items() if count > 1} <= requeued
+    assert len(names(spool / "sent")) == total and Spool(spool).claims() == []
+
+
+# --- pipelining across messages on one connection ------------------------------------------------
+
+
+def _counting_factory(writes: list[str]) -> Any:
+    from carerix_smtp.transport import SmtpSession
+
+    class Counting(SmtpSession):
+        def _write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
+            writes.append(phase)
+            super()._write(data, phase, timeout, abort=abort)
+
+    return lambda entry, password: Counting(entry, password, local_hostname="test")
+
+
+def test_next_message_rides_behind_the_data_one_write_each(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 20)
+    writes: list[str] = []
+    config = config_for(tmp_path, entry_for(sink))
+    summary = send(spool, config, session_factory=_counting_factory(writes))
+    assert summary.sent == 20
+    assert Counter(message_ids(sink)) == Counter(f"<{n}.test@x.example>" for n in range(20))
+    # the first message's commands are written on their own; every other message's
+    # go out with the data of the one before: one write (and one round trip) each
+    assert writes.count("mail") == 1 and writes.count("data-end") == 20
+    assert len(writes) == writes.index("mail") + 1 + 20 + 1  # ... then QUIT
+
+
+def test_stop_with_the_next_message_chained_sends_it_not(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory()
+    spool = make_spool(tmp_path, 10)
+    stop = threading.Event()
+
+    def progress(event: ProgressEvent) -> None:
+        if event.kind == "message" and event.done == 3:
+            stop.set()  # the 4th message's commands are already on the wire
+
+    writes: list[str] = []
+    config = config_for(tmp_path, entry_for(sink))
+    summary = send(
+        spool, config, stop=stop, progress=progress, session_factory=_counting_factory(writes)
+    )
+    assert (summary.status, summary.sent, summary.remaining) == ("interrupted", 3, 7)
+    assert len(sink.messages) == 3 and "quit" not in writes  # dropped: a QUIT would be data
+    assert Spool(spool).claims() == [] and len(names(spool)) == 7
+    assert send(spool, config).sent == 7
+    assert sorted(Counter(message_ids(sink)).values()) == [1] * 10
+
+
+def test_a_failed_message_does_not_disturb_the_next_one(tmp_path: Path, sink_factory: Any) -> None:
+    sink = sink_factory(
+        # m00003 refused at RCPT (nothing to send: RSET), m00005 at the final "."
+        fail=[FailRule("rcpt", 550, pattern="r3@*"), FailRule("eod", 554, after_n=4, times=1)]
+    )
+    spool = make_spool(tmp_path, 8)
+    summary = send(spool, config_for(tmp_path, entry_for(sink)))
+    assert (summary.sent, summary.failed) == (6, 2)
+    assert sorted(names(spool / "failed")) == ["m00003.eml", "m00005.eml"]
+    assert sink.connections_total == 1
+
+
+def test_big_messages_ride_behind_each_other_too(tmp_path: Path, sink_factory: Any) -> None:
+    from carerix_smtp.message import SMALL_FILE
+
+    sink = sink_factory(keep_data=True)
+    spool = make_spool(tmp_path)
+    body = ("x" * 70 + "\n") * (SMALL_FILE // 71 + 100)  # bigger than SMALL_FILE: streamed
+    for n in range(3):
+        (spool / f"big{n}.eml").write_bytes(eml(n) + body.encode())
+    writes: list[str] = []
+    summary = send(
+        spool, config_for(tmp_path, entry_for(sink)), session_factory=_counting_factory(writes)
+    )
+    assert summary.sent == 3 and writes.count("mail") == 1
+    sent = [(eml(n) + body.encode()).replace(b"\n", b"\r\n") for n in range(3)]  # CRLF on the wire
+    assert [m.data for m in sink.messages] == sent
+
+
+def test_ledger_gate_counts_the_messages_ahead_against_the_batch_deadline() -> None:
+    """Messages are admitted a little ahead of the wire (and on several connections):
+    the batch deadline is checked for when each one will really be done."""
+    from types import SimpleNamespace
+
+    from carerix_smtp.sender import LedgerGate
+
+    def gate(connections: int, finishing: int) -> Any:
+        ledger = SimpleNamespace(clock=lambda: 100.0)
+        timing = SimpleNamespace(empty=False, predict=lambda size: 1.0)
+        grant = SimpleNamespace(
+            timing=timing,
+            deadline_at=102.5,  # 2.5 s left: two messages of 1 s, not three
+            admit=lambda size: True,
+            stop_reason=None,
+            cut_by_deadline=False,
+            confirm=lambda mid, size: None,
+            release=lambda size: None,
+            closed=False,
+        )
+        entry = SimpleNamespace(name="s", connections=connections)
+        g = LedgerGate(ledger, entry, None, lambda n: [], lambda s: None, lambda: finishing)  # type: ignore[arg-type]
+        g.grant = grant  # type: ignore[assignment]
+        return g
+
+    one = gate(connections=1, finishing=0)
+    assert [one.admit(10) for _ in range(3)] == [True, True, False]
+    assert one.stop_reason == "deadline" and one.grant.cut_by_deadline and one.refused
+    one.confirm("<1@x>", 10)  # one done: room again
+    assert one.admit(10)
+    # while the message on the wire only waits for its reply, it hardly counts
+    overlapped = gate(1, finishing=1)
+    assert [overlapped.admit(10) for _ in range(4)] == [True, True, True, False]
+    three = gate(connections=3, finishing=0)
+    assert all(three.admit(10) for _ in range(5))  # 6th: ceil(6 / 3) = 2 rounds: fits
+    assert three.admit(10) and not three.admit(10)  # 7th would need 3

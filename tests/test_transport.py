@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import io
+import re
 import socket
 import ssl
 import threading
@@ -42,6 +43,7 @@ from carerix_smtp.tls import Security
 from carerix_smtp.transport import (
     AUTH_PREFERENCE,
     ConnectFailedError,
+    SendResult,
     SmtpSession,
     TlsFailedError,
     message_size,
@@ -966,3 +968,147 @@ def test_pipelining_many_recipients_in_windows() -> None:
         server.done.wait(5)
     assert result.accepted == recipients
     assert sum(line.startswith(b"RCPT") for line in server.lines) == 350
+
+
+# --- pipelining across messages (SmtpSession.transaction / run(then=...)) -------------------
+
+
+def test_next_transaction_rides_behind_the_data() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING", "SIZE 5000")
+        for _ in range(3):  # MAIL, RCPT, DATA of the first message
+            conn.readline()
+        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        # The next message's commands are here before the first one is answered:
+        # a client that waited for the "250" would hang here (and time out).
+        nxt = [conn.readline() for _ in range(3)]
+        assert nxt[0].startswith(b"MAIL FROM:<a@example.com> SIZE=") and nxt[2] == b"DATA\r\n"
+        conn.send(b"250 2.0.0 first\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        conn.send(b"250 2.0.0 second\r\n")
+        conn.readline()
+        conn.send(b"221 bye\r\n")
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, security=Security.NONE, command_timeout=3)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            first = session.transaction("a@example.com", ["b@example.com"], b"one\n")
+            second = session.transaction("a@example.com", ["c@example.com"], b"two\n")
+            assert not isinstance(first, SendResult) and not isinstance(second, SendResult)
+            result_one = session.run(first, then=second)
+            assert second.session is session  # its commands are on the wire
+            result_two = session.run(second)
+        server.done.wait(5)
+    assert server.errors == []
+    assert result_one.delivered and result_one.data_reply.text == "first"  # type: ignore[union-attr]
+    assert result_two.delivered and result_two.data_reply.text == "second"  # type: ignore[union-attr]
+    assert server.data == [b"one\r\n.\r\n", b"two\r\n.\r\n"]
+
+
+def test_nothing_rides_behind_a_refused_transaction() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING")
+        for _ in range(3):
+            conn.readline()
+        conn.send(b"250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n")
+        assert conn.readline() == b"RSET\r\n"  # and nothing of the next message yet
+        conn.send(b"250 ok\r\n")
+        for _ in range(3):
+            conn.readline()
+        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        conn.send(b"250 ok\r\n")
+        conn.readline()
+        conn.send(b"221 bye\r\n")
+
+    with ScriptServer(script) as server:
+        entry = entry_for(server.host, security=Security.NONE, command_timeout=3)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            first = session.transaction("a@example.com", ["bad@example.com"], b"one\n")
+            second = session.transaction("a@example.com", ["c@example.com"], b"two\n")
+            assert not isinstance(first, SendResult) and not isinstance(second, SendResult)
+            refused = session.run(first, then=second)
+            assert refused.data_reply is None and second.session is None
+            assert session.run(second).delivered
+        server.done.wait(5)
+    assert server.errors == [] and server.data == [b"two\r\n.\r\n"]
+
+
+def test_chained_commands_lost_with_the_session_are_written_again() -> None:
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING")
+        for _ in range(3):
+            conn.readline()
+        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        conn.send(b"421 4.3.2 going down\r\n")  # and the next commands are lost
+
+    with ScriptServer(script) as first_server, smtp_server() as second_server:
+        entry = entry_for(first_server.host, security=Security.NONE)
+        session = SmtpSession(entry, None, local_hostname="client.test")
+        session.open()
+        one = session.transaction("a@example.com", ["b@example.com"], b"one\n")
+        two = session.transaction("a@example.com", ["c@example.com"], b"two\n")
+        assert not isinstance(one, SendResult) and not isinstance(two, SendResult)
+        with pytest.raises(SmtpReplyError) as info:
+            session.run(one, then=two)
+        assert info.value.code == 421 and session.closed and two.session is session
+        other = SmtpSession(
+            entry_for(second_server.host, security=Security.NONE), None, local_hostname="x"
+        )
+        other.open()
+        assert other.run(two).delivered  # written again there: not "already sent"
+        other.close()
+    assert [m.content for m in second_server.handler.messages] == [b"two\r\n"]
+
+
+def test_interrupt_wakes_a_session_blocked_in_another_thread() -> None:
+    with ScriptServer(hang) as server:
+        entry = entry_for(server.host, security=Security.NONE, command_timeout=60)
+        session = SmtpSession(entry, None, local_hostname="client.test")
+        errors: list[BaseException] = []
+
+        def opener() -> None:
+            try:
+                session.open()
+            except BaseException as exc:  # checked below
+                errors.append(exc)
+
+        thread = threading.Thread(target=opener)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while session._sock is None and time.monotonic() < deadline:
+            time.sleep(0.005)  # poll with a deadline: connected, waiting for the greeting
+        started = time.monotonic()
+        session.interrupt()
+        thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - started < 5
+    assert len(errors) == 1 and isinstance(errors[0], SmtpConnectError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        lambda code, enhanced, text: f"{code}{enhanced}{text}".encode(),
+        st.sampled_from(["250", "354", "451", "550", "421", "252"]),
+        st.sampled_from(
+            ["", " ", " 2.0.0", " 2.0.0 ", " 4.3.0  ", " 5.1.1\t", " 3.0.0 ", " 2.00.1 "]
+        ),
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
+    )
+)
+def test_one_line_reply_fast_path_agrees(line: bytes) -> None:
+    import carerix_smtp.transport as transport
+
+    fast = parse_reply([line])
+    saved = transport._SIMPLE_REPLY
+    transport._SIMPLE_REPLY = re.compile(rb"(?!)")  # never matches: the general parser
+    try:
+        slow = parse_reply([line])
+    finally:
+        transport._SIMPLE_REPLY = saved
+    assert fast == slow
