@@ -1182,22 +1182,18 @@ class SmtpSession:
             self._settimeout(sock, timeout)
             sock.sendall(data)
         except TimeoutError:
-            if abort:
-                self._abort()
-            raise SmtpTimeoutError(
+            raise self._broken(
+                SmtpTimeoutError,
                 f"{self.where}: {phase}: sending timed out after {timeout:g} s",
-                host=self.endpoint.host,
-                port=self.endpoint.port,
-                phase=phase,
+                phase,
+                abort,
             ) from None
         except OSError as exc:
-            if abort:
-                self._abort()
-            raise SmtpConnectError(
+            raise self._broken(
+                SmtpConnectError,
                 f"{self.where}: {phase}: connection lost while sending ({exc.strerror or exc})",
-                host=self.endpoint.host,
-                port=self.endpoint.port,
-                phase=phase,
+                phase,
+                abort,
             ) from None
 
     def _read_reply(
@@ -1258,33 +1254,34 @@ class SmtpSession:
         except TimeoutError:
             if time.monotonic() < deadline:
                 return  # the socket's timeout was shorter than the time left: read again
-            if abort:
-                self._abort()
-            raise SmtpTimeoutError(
+            raise self._broken(
+                SmtpTimeoutError,
                 f"{self.where}: {phase}: no reply to {what} within {timeout:g} s",
-                host=self.endpoint.host,
-                port=self.endpoint.port,
-                phase=phase,
+                phase,
+                abort,
             ) from None
         except OSError as exc:
-            if abort:
-                self._abort()
-            raise SmtpConnectError(
+            raise self._broken(
+                SmtpConnectError,
                 f"{self.where}: {phase}: connection lost ({exc.strerror or exc})",
-                host=self.endpoint.host,
-                port=self.endpoint.port,
-                phase=phase,
+                phase,
+                abort,
             ) from None
         if not data:
-            if abort:
-                self._abort()
-            raise SmtpConnectError(
+            raise self._broken(
+                SmtpConnectError,
                 f"{self.where}: {phase}: the server closed the connection",
-                host=self.endpoint.host,
-                port=self.endpoint.port,
-                phase=phase,
+                phase,
+                abort,
             )
         self._rbuf += data
+
+    def _broken(self, cls: type[SmtpError], message: str, phase: str, abort: bool) -> SmtpError:
+        """The error for a connection that timed out or broke; the session is closed first
+        unless the caller keeps it (``abort=False``)."""
+        if abort:
+            self._abort()
+        return cls(message, host=self.endpoint.host, port=self.endpoint.port, phase=phase)
 
     def _protocol_error(self, phase: str, what: str, abort: bool) -> Any:
         if abort:
