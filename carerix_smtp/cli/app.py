@@ -80,13 +80,7 @@ def main_callback(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"carerix_smtp.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # pragma: no cover - only while a group is being written
-        if _exc.name != f"carerix_smtp.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"carerix_smtp.cli.{_name}").register(app)
 
 
 def main() -> None:
