@@ -177,9 +177,9 @@ class PostfixSink:
         self.proc = None
 
 
-def python_sink(**options: object):  # -> carerix_smtp.sink.Sink (not started)
-    """carerix_smtp.sink.Sink in this process, messages in memory without their data."""
-    from carerix_smtp.sink import Sink, SinkConfig
+def python_sink(**options: object):  # -> carerix_smtp.sink.sink.Sink (not started)
+    """carerix_smtp.sink.sink.Sink in this process, messages in memory without their data."""
+    from carerix_smtp.sink.sink import Sink, SinkConfig
 
     config = SinkConfig(keep_data=False, fsync=False, out_dir=None, **options)  # type: ignore[arg-type]
     return Sink(config)

@@ -4,7 +4,7 @@
     (~2 KB) messages to Postfix's smtp-sink on loopback;
 (b) cxsmtp: a spool of the same N messages sent with ``cxsmtp send`` (a server
     entry with every limit lifted), end to end as a subprocess (process start
-    included) and in-process through ``carerix_smtp.sender.run_send``;
+    included) and in-process through ``carerix_smtp.send.sender.run_send``;
     target: cxsmtp messages/s >= the smtplib loop's, measured in the same run;
 (c) a batch of 500 x 160 KB messages to a server that waits 50 ms before every
     reply (carerix_smtp.sink with latency_ms=50; smtp-sink only delays in whole
@@ -81,8 +81,8 @@ def smtplib_loop(host: str, port: int, messages: list[bytes]) -> float:
 
 def in_process(spool: Path, config_path: Path, profile: bool = False) -> float:
     """Seconds for run_send on ``spool`` in this process (config loaded first)."""
-    from carerix_smtp.config import load_config
-    from carerix_smtp.sender import SendOptions, run_send
+    from carerix_smtp.config.file import load_config
+    from carerix_smtp.send.sender import SendOptions, run_send
 
     config = load_config(config_path)
     options = SendOptions(local_hostname="bench.example")
@@ -192,9 +192,9 @@ def phases(spool: Path, config_path: Path) -> None:
     import functools
     import os
 
-    import carerix_smtp.sender as sender
-    import carerix_smtp.spool as spool_module
-    import carerix_smtp.transport as transport
+    import carerix_smtp.send.sender as sender
+    import carerix_smtp.smtp.transport as transport
+    import carerix_smtp.spool.spool as spool_module
 
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keyring
 import pytest
@@ -113,3 +114,20 @@ def server_ssl_context(tls_ca):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls_ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(ctx)
     return ctx
+
+
+@pytest.fixture
+def sink_factory() -> Iterator[Any]:
+    from carerix_smtp.sink.sink import Sink, SinkConfig
+
+    sinks: list[Sink] = []
+
+    def start(**kw: Any) -> Any:
+        kw.setdefault("fsync", False)
+        sink = Sink(SinkConfig(**kw)).start()
+        sinks.append(sink)
+        return sink
+
+    yield start
+    for sink in sinks:
+        sink.stop()

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sender import eml, entry_for, listing, make_spool, names, sink_factory  # noqa: F401
+from servers import eml, entry_for, listing, make_spool, names
 
-from carerix_smtp.config import Config, save_config
-from carerix_smtp.sink import FailRule
-from carerix_smtp.spool import Spool
+from carerix_smtp.config.file import Config, save_config
+from carerix_smtp.sink.sink import FailRule
+from carerix_smtp.spool.spool import Spool
 
 
 @pytest.fixture
-def configured(isolated: Any, sink_factory: Any) -> Any:  # noqa: F811
+def configured(isolated: Any, sink_factory: Any) -> Any:
     """A running sink and a config file (the isolated CXSMTP_CONFIG) pointing at it."""
 
     def make(**sink_kw: Any) -> Any:

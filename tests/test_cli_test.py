@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from conftest import Isolated, run_cxsmtp
 from dns_server import dns_server
-from test_transport import PASSWORD, USER, ScriptServer, closed_port, hang, smtp_server
+from servers import PASSWORD, USER, ScriptServer, closed_port, hang, smtp_server
 from typer.testing import CliRunner
 
 from carerix_smtp.cli.app import app
 from carerix_smtp.cli.test_cmd import render_report
-from carerix_smtp.config import Config, ServerEntry, Settings, save_config
-from carerix_smtp.probe import PhaseResult, ProbeReport
-from carerix_smtp.tls import Security
+from carerix_smtp.config.file import Config, ServerEntry, Settings, save_config
+from carerix_smtp.config.tls import Security
+from carerix_smtp.probe.probe import PhaseResult, ProbeReport
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from carerix_smtp import config as config_mod
-from carerix_smtp.config import (
+from carerix_smtp.config import file as config_mod
+from carerix_smtp.config.file import (
     Config,
     ServerEntry,
     load_config,
@@ -17,8 +17,8 @@ from carerix_smtp.config import (
     resolve_state_dir,
     save_config,
 )
+from carerix_smtp.config.tls import Security
 from carerix_smtp.errors import ConfigError, UnknownServerError
-from carerix_smtp.tls import Security
 
 
 def write(path: Path, text: str) -> Path:

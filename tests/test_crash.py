@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sender import entry_for, make_spool, message_ids, names, sink_factory  # noqa: F401
+from servers import entry_for, make_spool, message_ids, names
 
-from carerix_smtp.config import Config, save_config
-from carerix_smtp.sink import PhaseRule
-from carerix_smtp.spool import Spool
+from carerix_smtp.config.file import Config, save_config
+from carerix_smtp.sink.sink import PhaseRule
+from carerix_smtp.spool.spool import Spool
 
 MESSAGES = 500
 
 
 @pytest.fixture
-def server(isolated: Any, sink_factory: Any) -> Any:  # noqa: F811
+def server(isolated: Any, sink_factory: Any) -> Any:
     sink = sink_factory()
     save_config(Config(path=isolated.config, servers={"local": entry_for(sink)}))
     return sink
@@ -107,7 +107,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path: Path, server: Any) -> 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigkill_fifty_trials(tmp_path: Path, isolated: Any, sink_factory: Any) -> None:  # noqa: F811
+def test_sigkill_fifty_trials(tmp_path: Path, isolated: Any, sink_factory: Any) -> None:
     kills = 0
     for round_ in range(5):
         sink = sink_factory()
@@ -131,7 +131,7 @@ def test_ten_concurrent_runs_deliver_each_message_once(tmp_path: Path, server: A
 def test_sigterm_mid_run_exits_75_and_leaves_nothing_locked(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
 ) -> None:
     sink = sink_factory(latency_ms=2)
     save_config(Config(path=isolated.config, servers={"local": entry_for(sink)}))
@@ -156,7 +156,7 @@ def test_sigterm_mid_run_exits_75_and_leaves_nothing_locked(
 def test_second_sigterm_abandons_a_hung_transaction(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
 ) -> None:
     hanging = threading.Event()
 
@@ -165,7 +165,7 @@ def test_second_sigterm_abandons_a_hung_transaction(
             if "hanging" in record.getMessage():
                 hanging.set()
 
-    sink_log = logging.getLogger("carerix_smtp.sink")
+    sink_log = logging.getLogger("carerix_smtp.sink.sink")
     flag, level = Flag(), sink_log.level
     sink_log.addHandler(flag)
     sink_log.setLevel(logging.DEBUG)

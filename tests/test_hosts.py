@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from carerix_smtp.config.hosts import ACCEPTED_FORMS, Endpoint, format_endpoint, parse_host
 from carerix_smtp.errors import HostSyntaxError
-from carerix_smtp.hosts import ACCEPTED_FORMS, Endpoint, format_endpoint, parse_host
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carerix_smtp.config import ServerEntry, Settings
-from carerix_smtp.limits import (
+from carerix_smtp.config.file import ServerEntry, Settings
+from carerix_smtp.limits.rule import (
     Limits,
     ServerQueue,
     TimingModel,

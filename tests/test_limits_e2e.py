@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sender import (  # noqa: F401
+from servers import (
     Clock,
     config_for,
     eml,
@@ -32,14 +32,13 @@ from test_sender import (  # noqa: F401
     make_spool,
     message_ids,
     names,
-    sink_factory,
 )
 
-from carerix_smtp.config import Config, ServerEntry, save_config
-from carerix_smtp.ledger import Ledger
-from carerix_smtp.sender import SendOptions, run_send
-from carerix_smtp.sink import FailRule, PhaseRule, Sink
-from carerix_smtp.spool import Spool
+from carerix_smtp.config.file import Config, ServerEntry, save_config
+from carerix_smtp.limits.ledger import Ledger
+from carerix_smtp.send.sender import SendOptions, run_send
+from carerix_smtp.sink.sink import FailRule, PhaseRule, Sink
+from carerix_smtp.spool.spool import Spool
 
 
 def limited(sink: Sink, name: str = "local", **limits: Any) -> ServerEntry:
@@ -115,7 +114,7 @@ def spool_of(root: Path, count: int, start: int = 0, **kw: Any) -> Path:
 def test_concurrent_runs_on_two_spools_send_exactly_the_rate(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     """A window that cannot roll during the test: the total is exactly the limit."""
@@ -149,7 +148,7 @@ def test_concurrent_runs_on_two_spools_send_exactly_the_rate(
 def test_back_to_back_and_concurrent_runs_never_exceed_a_rolling_window(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     """8 per 4 s window, a batch every second of at most 8 * 1 / 4 = 2 messages."""
@@ -190,7 +189,7 @@ def test_back_to_back_and_concurrent_runs_never_exceed_a_rolling_window(
 def test_many_runs_two_servers_never_exceed_any_window(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     """Two servers (8 per 4 s each, a batch a second) sharing email-send-limit 10 per
@@ -239,7 +238,7 @@ def test_many_runs_two_servers_never_exceed_any_window(
 def test_large_messages_reduce_the_batch_by_bytes(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     sink = sink_factory()
@@ -269,7 +268,7 @@ def test_large_messages_reduce_the_batch_by_bytes(
 def test_slow_server_the_deadline_cuts_then_the_next_batch_is_smaller(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     """200 ms per reply (round trip): 0.2 s or more a message even pipelined; the batch deadline is 1.5 s."""
@@ -305,7 +304,7 @@ def test_slow_server_the_deadline_cuts_then_the_next_batch_is_smaller(
 def test_send_limit_stops_sending_across_servers(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     one, two = sink_factory(), sink_factory()
@@ -336,7 +335,7 @@ def test_send_limit_stops_sending_across_servers(
 def test_loop_empties_the_spool_over_several_windows(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     """8 per 2 s, a batch every 0.5 s of 2: twelve messages take six batches."""
@@ -364,7 +363,7 @@ def test_loop_empties_the_spool_over_several_windows(
 def test_sigterm_ends_the_loop_while_it_waits(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
 ) -> None:
     sink = sink_factory()
     configure(
@@ -389,7 +388,7 @@ def test_sigterm_ends_the_loop_while_it_waits(
 def test_dry_run_plan_then_status_shows_the_usage(
     tmp_path: Path,
     isolated: Any,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     cxsmtp: Any,
 ) -> None:
     """6 per minute, a batch every 20 s of 6 * 20 / 60 = 2."""
@@ -449,7 +448,7 @@ def fake_time() -> Iterator[Clock]:
 
 def test_loop_on_an_injected_clock_follows_the_seed_defaults(
     tmp_path: Path,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     fake_time: Clock,
 ) -> None:
     """1,200 an hour, a batch every 5 minutes of 100: 250 messages in 3 batches."""
@@ -493,7 +492,7 @@ def test_loop_on_an_injected_clock_follows_the_seed_defaults(
 
 def test_lost_after_the_final_dot_counts_and_refused_does_not(
     tmp_path: Path,
-    sink_factory: Any,  # noqa: F811
+    sink_factory: Any,
     fake_time: Clock,
 ) -> None:
     sink = sink_factory(
@@ -519,6 +518,6 @@ def test_lost_after_the_final_dot_counts_and_refused_does_not(
 
 
 def _limits(config: Config) -> Any:
-    from carerix_smtp.limits import Limits
+    from carerix_smtp.limits.rule import Limits
 
     return Limits.from_entry(config.servers["local"], config.settings)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carerix_smtp import message as message_module
+from carerix_smtp.spool import message as message_module
 from carerix_smtp.errors import MessageError
 from carerix_smtp.message import (
     complete_headers,

@@ -13,20 +13,21 @@ from typing import Any
 
 import pytest
 from dns_server import dns_server
-from test_transport import (
+from servers import (
     PASSWORD,
     USER,
     RecordingHandler,
     ScriptConn,
     ScriptServer,
     closed_port,
-    entry_for,
     hang,
+    host_entry,
     smtp_server,
 )
 
+from carerix_smtp.config.tls import Security
 from carerix_smtp.errors import SecretError, UsageError
-from carerix_smtp.probe import (
+from carerix_smtp.probe.probe import (
     ProbeOptions,
     ProbeReport,
     build_test_message,
@@ -34,8 +35,7 @@ from carerix_smtp.probe import (
     run_probe,
     wait_until_ready,
 )
-from carerix_smtp.resolve import make_resolver
-from carerix_smtp.tls import Security
+from carerix_smtp.smtp.resolve import make_resolver
 
 FAST = ProbeOptions(timeout=2.0, local_hostname="client.test")
 
@@ -68,7 +68,7 @@ def test_starttls_auth_and_test_message_delivered(
     ca_file: Path, server_ssl_context: ssl.SSLContext
 ) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True, data_size_limit=50_000) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         report = probe(entry, PASSWORD, options=options(to="me@example.com"))
     assert report.passed and report.exit_code == 0, report.to_dict()
     assert [p.name for p in report.phases] == [
@@ -93,7 +93,7 @@ def test_starttls_auth_and_test_message_delivered(
 
 def test_implicit_tls_phases_in_order(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(implicit_tls=server_ssl_context, auth=True) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file), security=Security.SSL)
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file), security=Security.SSL)
         report = probe(entry, PASSWORD)
     assert report.passed
     assert [p.name for p in report.phases] == [
@@ -103,7 +103,7 @@ def test_implicit_tls_phases_in_order(ca_file: Path, server_ssl_context: ssl.SSL
 
 def test_opportunistic_without_starttls_shows_tls_skipped() -> None:
     with smtp_server() as server:
-        report = probe(entry_for(f"127.0.0.1:{server.port}"))
+        report = probe(host_entry(f"127.0.0.1:{server.port}"))
     assert report.passed
     assert statuses(report)["tls"] == "skipped" and statuses(report)["ehlo-tls"] == "skipped"
 
@@ -118,7 +118,7 @@ def test_mx_elsewhere_refused_suggests_brackets() -> None:
         "mx.example.test": {"A": ["127.0.0.1"]},
     }
     with dns_server(records) as dns:
-        entry = entry_for(f"smtp.example.test:{port}")
+        entry = host_entry(f"smtp.example.test:{port}")
         report = probe(entry, resolver=make_resolver([dns.nameserver]))
     assert failed(report) == "connect" and report.exit_code == 69
     assert f"try '[smtp.example.test]:{port}'" in (report.hint or "")
@@ -130,14 +130,14 @@ def test_mx_elsewhere_refused_suggests_brackets() -> None:
 
 def test_name_not_found() -> None:
     with dns_server({}) as dns:
-        report = probe(entry_for("[nowhere.test]:587"), resolver=make_resolver([dns.nameserver]))
+        report = probe(host_entry("[nowhere.test]:587"), resolver=make_resolver([dns.nameserver]))
     assert failed(report) == "resolve" and report.exit_code == 68
     assert "does not exist in DNS" in (report.hint or "")
     assert statuses(report)["connect"] == "skipped"
 
 
 def test_connection_refused() -> None:
-    report = probe(entry_for(f"[127.0.0.1]:{closed_port()}", security=Security.NONE))
+    report = probe(host_entry(f"[127.0.0.1]:{closed_port()}", security=Security.NONE))
     assert failed(report) == "connect" and report.exit_code == 69
     assert "connection refused" in (report.hint or "")
 
@@ -155,7 +155,7 @@ def test_connect_timeout_is_distinct_from_refused() -> None:
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
-        entry = entry_for(f"[127.0.0.1]:{port}", security=Security.NONE, connect_timeout=0.5)
+        entry = host_entry(f"[127.0.0.1]:{port}", security=Security.NONE, connect_timeout=0.5)
         report = probe(entry)
     finally:
         for filler in fillers:
@@ -169,7 +169,7 @@ def test_connect_timeout_is_distinct_from_refused() -> None:
 
 def test_hung_server_no_greeting() -> None:
     with ScriptServer(hang) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         start = time.monotonic()
         report = probe(entry, options=options(timeout=0.4))
     assert time.monotonic() - start < 5
@@ -182,7 +182,7 @@ def test_hung_server_no_greeting() -> None:
 
 def test_plain_client_on_implicit_tls_port_names_ssl(server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(implicit_tls=server_ssl_context) as server:
-        entry = entry_for(server.host, security=Security.STARTTLS)
+        entry = host_entry(server.host, security=Security.STARTTLS)
         report = probe(entry, options=options(timeout=0.5))
     assert failed(report) == "greeting"
     assert "speaks implicit TLS" in (report.hint or "") and "--security ssl" in (report.hint or "")
@@ -190,7 +190,7 @@ def test_plain_client_on_implicit_tls_port_names_ssl(server_ssl_context: ssl.SSL
 
 def test_ssl_on_plain_port_names_starttls() -> None:
     with smtp_server() as server:
-        entry = entry_for(server.host, security=Security.SSL)
+        entry = host_entry(server.host, security=Security.SSL)
         report = probe(entry)
     assert failed(report) == "tls" and report.exit_code == 76
     hint = report.hint or ""
@@ -199,7 +199,7 @@ def test_ssl_on_plain_port_names_starttls() -> None:
 
 def test_starttls_missing_password_not_sent() -> None:
     with smtp_server(auth=True, auth_require_tls=False) as server:
-        entry = entry_for(f"[127.0.0.1]:{server.port}", username=USER)
+        entry = host_entry(f"[127.0.0.1]:{server.port}", username=USER)
         report = probe(entry, PASSWORD)
     assert failed(report) == "tls" and report.exit_code == 76
     assert "password was not sent" in (report.hint or "")
@@ -217,7 +217,7 @@ def test_starttls_454() -> None:
         conn.send(b"221 bye\r\n")
 
     with ScriptServer(script) as server:
-        report = probe(entry_for(server.host, username=USER), PASSWORD)
+        report = probe(host_entry(server.host, username=USER), PASSWORD)
     assert failed(report) == "tls" and report.exit_code == 76
     assert "refused to start it" in (report.hint or "")
     assert report.failed_phase is not None and report.failed_phase.detail["code"] == 454
@@ -227,7 +227,7 @@ def test_certificate_for_other_name(tls_ca: Any, ca_file: Path) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls_ca.issue_cert("mail.other.test").configure_cert(ctx)
     with smtp_server(implicit_tls=ctx) as server:
-        entry = entry_for(server.host, security=Security.SSL, ca_file=str(ca_file))
+        entry = host_entry(server.host, security=Security.SSL, ca_file=str(ca_file))
         report = probe(entry)
     assert failed(report) == "tls" and report.exit_code == 76
     assert "certificate is for DNS:mail.other.test" in (report.hint or "")
@@ -243,8 +243,8 @@ def test_self_signed_then_accepted_with_ca_file(tmp_path: Path) -> None:
     ca_path = tmp_path / "own-ca.pem"
     own_ca.cert_pem.write_to_path(str(ca_path))
     with smtp_server(starttls=ctx) as server:
-        report = probe(entry_for(server.host))
-        fixed = probe(entry_for(server.host, ca_file=str(ca_path)))
+        report = probe(host_entry(server.host))
+        fixed = probe(host_entry(server.host, ca_file=str(ca_path)))
     assert failed(report) == "tls" and report.exit_code == 76
     assert "self-signed or from an unknown CA" in (report.hint or "")
     assert "--ca-file" in (report.hint or "")
@@ -258,7 +258,7 @@ def test_expired_certificate(tls_ca: Any, ca_file: Path) -> None:
         "127.0.0.1", not_before=end - datetime.timedelta(days=90), not_after=end
     ).configure_cert(ctx)
     with smtp_server(implicit_tls=ctx) as server:
-        entry = entry_for(server.host, security=Security.SSL, ca_file=str(ca_file))
+        entry = host_entry(server.host, security=Security.SSL, ca_file=str(ca_file))
         report = probe(entry)
     assert failed(report) == "tls" and report.exit_code == 76
     assert "expired on 2020-01-01" in (report.hint or "")
@@ -269,7 +269,7 @@ def test_expired_certificate(tls_ca: Any, ca_file: Path) -> None:
 
 def test_wrong_password_535(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         report = probe(entry, "not-the-password")
     assert failed(report) == "auth" and report.exit_code == 77
     assert "refused the username or password (535)" in (report.hint or "")
@@ -288,7 +288,7 @@ def test_wrong_password_535(ca_file: Path, server_ssl_context: ssl.SSLContext) -
 def test_basic_auth_disabled(ca_file: Path, server_ssl_context: ssl.SSLContext, reply: str) -> None:
     handler = RecordingHandler(refuse_auth_with=reply)
     with smtp_server(starttls=server_ssl_context, auth=True, handler=handler) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         report = probe(entry, PASSWORD)
     assert report.exit_code == 77
     assert "app password" in (report.hint or "") and "password-command" in (report.hint or "")
@@ -296,7 +296,7 @@ def test_basic_auth_disabled(ca_file: Path, server_ssl_context: ssl.SSLContext, 
 
 def test_auth_required_530_at_mail(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True, auth_required=True) as server:
-        entry = entry_for(server.host, ca_file=str(ca_file))
+        entry = host_entry(server.host, ca_file=str(ca_file))
         report = probe(entry, options=options(to="me@example.com"))
     assert failed(report) == "mail" and report.exit_code == 65
     assert "requires authentication (530)" in (report.hint or "")
@@ -307,7 +307,7 @@ def test_no_password_found_fails_auth_after_tls(
     ca_file: Path, server_ssl_context: ssl.SSLContext
 ) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         error = SecretError("no password for server 'test'", hint="set CXSMTP_PASSWORD_TEST")
         report = probe(entry, None, password_error=error)
     assert failed(report) == "auth" and report.exit_code == 78
@@ -320,7 +320,7 @@ def test_recipient_refused() -> None:
     handler = RecordingHandler(rcpt_replies={"me@example.com": "550 5.1.1 no such user"})
     with smtp_server(handler=handler) as server:
         report = probe(
-            entry_for(server.host, security=Security.NONE), options=options(to="me@example.com")
+            host_entry(server.host, security=Security.NONE), options=options(to="me@example.com")
         )
     assert failed(report) == "rcpt" and report.exit_code == 65
     assert "check the --to address" in (report.hint or "")
@@ -335,7 +335,7 @@ def test_spool_message_above_size(tmp_path: Path) -> None:
     (tmp_path / "ignored.tmp").write_bytes(b"x" * 90000)
     with smtp_server(data_size_limit=1000) as server:
         report = probe(
-            entry_for(server.host, security=Security.NONE), options=options(spool=tmp_path)
+            host_entry(server.host, security=Security.NONE), options=options(spool=tmp_path)
         )
     assert failed(report) == "size" and report.exit_code == 65
     size = report.failed_phase
@@ -348,7 +348,7 @@ def test_spool_within_size(tmp_path: Path) -> None:
     (tmp_path / "a.eml").write_bytes(b"x" * 100)
     with smtp_server(data_size_limit=1000) as server:
         report = probe(
-            entry_for(server.host, security=Security.NONE), options=options(spool=tmp_path)
+            host_entry(server.host, security=Security.NONE), options=options(spool=tmp_path)
         )
     assert report.passed and statuses(report)["size"] == "ok"
 
@@ -367,7 +367,7 @@ def test_spool_within_size(tmp_path: Path) -> None:
 def test_spf_of_sender_domain(record: str, status: str, result: str, exit_code: int) -> None:
     with dns_server({"sender.test": {"TXT": [record]}}) as dns, smtp_server() as server:
         report = probe(
-            entry_for(server.host, security=Security.NONE),
+            host_entry(server.host, security=Security.NONE),
             resolver=make_resolver([dns.nameserver]),
             options=options(mail_from="me@sender.test"),
         )
@@ -445,7 +445,7 @@ def test_parse_duration_refuses(text: str) -> None:
 
 
 def test_test_message_has_the_headers() -> None:
-    entry = entry_for("[127.0.0.1]:25")
+    entry = host_entry("[127.0.0.1]:25")
     message = build_test_message("a@example.com", "b@example.com", entry).decode()
     head = message.split("\r\n\r\n")[0]
     for header in (

@@ -9,11 +9,12 @@ import dns.message
 import dns.query
 import pytest
 from dns_server import HANG, SERVFAIL, dns_server, query
-from test_transport import RecordingHandler, entry_for, smtp_server
+from servers import RecordingHandler, host_entry, smtp_server
 
+from carerix_smtp.config.hosts import parse_host
+from carerix_smtp.config.tls import Security
 from carerix_smtp.errors import ConfigError, SmtpConnectError, SmtpTimeoutError
-from carerix_smtp.hosts import parse_host
-from carerix_smtp.resolve import (
+from carerix_smtp.smtp.resolve import (
     NAMESERVER_ENV,
     ResolveError,
     ResolveTimeoutError,
@@ -22,8 +23,7 @@ from carerix_smtp.resolve import (
     parse_nameserver,
     resolve_endpoint,
 )
-from carerix_smtp.tls import Security
-from carerix_smtp.transport import SmtpSession
+from carerix_smtp.smtp.transport import SmtpSession
 
 ZONE = {
     "example.test": {
@@ -177,7 +177,7 @@ def test_mx_lookup_then_connect_end_to_end(zone) -> None:
     with smtp_server(handler=RecordingHandler()) as server:
         zone.records["relay.test"] = {"MX": [(5, "mx1.relay.test")]}
         zone.records["mx1.relay.test"] = {"A": ["127.0.0.1"]}
-        entry = entry_for(f"relay.test:{server.port}", security=Security.NONE)
+        entry = host_entry(f"relay.test:{server.port}", security=Security.NONE)
         resolver = make_resolver([zone.nameserver])
         with SmtpSession(entry, None, resolver=resolver, local_hostname="c.test") as session:
             assert session.peer is not None and session.peer.name == "mx1.relay.test"
@@ -196,7 +196,7 @@ def test_connect_falls_through_to_next_address(zone) -> None:
         zone.records["two.test"] = {"A": ["127.0.0.1"], "AAAA": ["::1"]}
         zone.records["first.test"] = {"MX": [(1, "v6.test"), (2, "two.test")]}
         zone.records["v6.test"] = {"AAAA": ["::1"]}
-        entry = entry_for(f"first.test:{server.port}", security=Security.NONE)
+        entry = host_entry(f"first.test:{server.port}", security=Security.NONE)
         with SmtpSession(
             entry, None, resolver=make_resolver([zone.nameserver]), local_hostname="c.test"
         ) as session:

@@ -10,8 +10,8 @@ import pytest
 from keyring.backends import fail, null
 from keyring_backends import HangingKeyring
 
-from carerix_smtp import secrets
-from carerix_smtp.config import ServerEntry
+from carerix_smtp.config import passwords as secrets
+from carerix_smtp.config.file import ServerEntry
 from carerix_smtp.errors import KeyringUnavailableError, SecretError
 
 ENTRY = ServerEntry(name="relay-1", host="[smtp.example.com]:587", username="jan")

@@ -7,19 +7,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import (
+    Clock,
+    config_for,
+    eml,
+    entry_for,
+    listing,
+    make_spool,
+    message_ids,
+    names,
+    record,
+)
 
-from carerix_smtp.config import Config, ServerEntry
+from carerix_smtp.config.file import Config, ServerEntry
 from carerix_smtp.errors import ExitCode, SecretError
-from carerix_smtp.sender import (
+from carerix_smtp.send.sender import (
     ACCEPTED,
     DEFERRED,
     FAILED,
@@ -30,106 +39,11 @@ from carerix_smtp.sender import (
     plan_send,
     run_send,
 )
-from carerix_smtp.sink import FailRule, PhaseRule, Sink, SinkConfig
-from carerix_smtp.spool import Spool
-from carerix_smtp.tls import Security
-from carerix_smtp.transport import Reply, SendResult
+from carerix_smtp.sink.sink import FailRule, PhaseRule
+from carerix_smtp.smtp.transport import Reply, SendResult
+from carerix_smtp.spool.spool import Spool
 
 # --- helpers (shared with test_cli_send.py and test_crash.py) -------------------------------
-
-FAST = {"connect_timeout": 5.0, "command_timeout": 5.0, "data_timeout": 5.0}
-# The sending limits (issue 5) lifted: `cxsmtp send` applies them through the ledger,
-# and these tests are about delivery, not pacing (test_limits_e2e.py sets its own).
-NO_LIMITS = {
-    "rate_per_hour": 1_000_000,
-    "batch_max_messages": 1_000_000,
-    "batch_interval": 0.0,
-    "batch_deadline": 3600.0,
-}
-
-
-def eml(n: int, *, sender: str = "a@x.example", to: str = "r{n}@y.example", **extra: str) -> bytes:
-    headers = [f"From: {sender}", f"To: {to.format(n=n)}", f"Message-ID: <{n}.test@x.example>"]
-    headers += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
-    headers += ["Date: Wed, 01 May 2024 12:00:00 +0000", f"Subject: message {n}"]
-    return ("\n".join(headers) + f"\n\nbody of {n}\n.\n").encode()
-
-
-def make_spool(root: Path, count: int = 0, **kw: Any) -> Path:
-    spool = root / "spool"
-    spool.mkdir(parents=True, exist_ok=True)
-    for n in range(count):
-        (spool / f"m{n:05d}.eml").write_bytes(eml(n, **kw))
-    return spool
-
-
-def entry_for(sink: Sink | int, name: str = "local", **kw: Any) -> ServerEntry:
-    port = sink if isinstance(sink, int) else sink.port
-    options: dict[str, Any] = {"security": Security.NONE, **FAST, **NO_LIMITS, **kw}
-    return ServerEntry(name=name, host=f"[127.0.0.1]:{port}", **options)
-
-
-def config_for(root: Path, *entries: ServerEntry, users: dict[str, str] | None = None) -> Config:
-    config = Config(path=root / "config.toml", servers={e.name: e for e in entries})
-    config.users = dict(users or {})
-    if len(entries) > 1:
-        config.settings.default_server = entries[0].name
-    return config
-
-
-def message_ids(sink: Sink) -> list[str]:
-    out = []
-    for received in sink.messages:
-        match = re.search(rb"^Message-ID: (<[^>]+>)", received.data, re.MULTILINE | re.IGNORECASE)
-        out.append(match.group(1).decode() if match else "?")
-    return out
-
-
-def listing(spool: Path) -> dict[str, bytes]:
-    """Every file below SPOOL except the tool's own state: what a run may not touch."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(spool):
-        dirnames[:] = [d for d in dirnames if d != ".cxsmtp"]
-        for name in filenames:
-            path = Path(dirpath) / name
-            out[str(path.relative_to(spool))] = path.read_bytes()
-    return out
-
-
-def names(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.glob("*.eml"))
-
-
-def record(spool: Path, where: str) -> dict[str, Any]:
-    return json.loads((spool / f"{where}.json").read_text())
-
-
-class Clock:
-    """An injected wall clock: starts at the real time, moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def sink_factory() -> Iterator[Any]:
-    sinks: list[Sink] = []
-
-    def start(**kw: Any) -> Sink:
-        kw.setdefault("fsync", False)
-        sink = Sink(SinkConfig(**kw)).start()
-        sinks.append(sink)
-        return sink
-
-    yield start
-    for sink in sinks:
-        sink.stop()
 
 
 def send(spool: Path, config: Config, **kw: Any) -> Any:
@@ -719,7 +633,7 @@ def test_auth_refused_on_another_connection_stops_the_run(
     opened: list[int] = []
 
     from carerix_smtp.errors import SmtpAuthError
-    from carerix_smtp.transport import SmtpSession
+    from carerix_smtp.smtp.transport import SmtpSession
 
     def factory(entry: ServerEntry, password: str | None) -> SmtpSession:
         session = SmtpSession(entry, password, local_hostname="test")
@@ -760,7 +674,7 @@ def test_sigterm_with_several_connections_exits_75_and_loses_nothing(
 ) -> None:
     import signal
 
-    from carerix_smtp.config import save_config
+    from carerix_smtp.config.file import save_config
 
     sink = sink_factory(latency_ms=2)
     save_config(Config(path=isolated.config, servers={"local": entry_for(sink, connections=3)}))
@@ -790,7 +704,7 @@ def test_second_sigterm_cuts_every_connection(
     import logging
     import signal
 
-    from carerix_smtp.config import save_config
+    from carerix_smtp.config.file import save_config
 
     hanging = threading.Semaphore(0)
 
@@ -799,7 +713,7 @@ def test_second_sigterm_cuts_every_connection(
             if "hanging" in record.getMessage():
                 hanging.release()
 
-    sink_log = logging.getLogger("carerix_smtp.sink")
+    sink_log = logging.getLogger("carerix_smtp.sink.sink")
     flag, level = Flag(), sink_log.level
     sink_log.addHandler(flag)
     sink_log.setLevel(logging.DEBUG)
@@ -834,7 +748,7 @@ def test_sigkill_with_several_connections_at_most_one_duplicate_each(
     import random
     import signal
 
-    from carerix_smtp.config import save_config
+    from carerix_smtp.config.file import save_config
 
     connections, total = 3, 200
     sink = sink_factory(latency_ms=1)
@@ -870,7 +784,7 @@ def test_sigkill_with_several_connections_at_most_one_duplicate_each(
 
 
 def _counting_factory(writes: list[str]) -> Any:
-    from carerix_smtp.transport import SmtpSession
+    from carerix_smtp.smtp.transport import SmtpSession
 
     class Counting(SmtpSession):
         def _write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
@@ -930,7 +844,7 @@ def test_a_failed_message_does_not_disturb_the_next_one(tmp_path: Path, sink_fac
 
 
 def test_big_messages_ride_behind_each_other_too(tmp_path: Path, sink_factory: Any) -> None:
-    from carerix_smtp.message import SMALL_FILE
+    from carerix_smtp.spool.message import SMALL_FILE
 
     sink = sink_factory(keep_data=True)
     spool = make_spool(tmp_path)
@@ -951,7 +865,7 @@ def test_ledger_gate_counts_the_messages_ahead_against_the_batch_deadline() -> N
     the batch deadline is checked for when each one will really be done."""
     from types import SimpleNamespace
 
-    from carerix_smtp.sender import LedgerGate
+    from carerix_smtp.send.sender import LedgerGate
 
     def gate(connections: int, finishing: int) -> Any:
         ledger = SimpleNamespace(clock=lambda: 100.0)

@@ -1,4 +1,4 @@
-"""carerix_smtp.sink: the capture server, with smtplib as the client."""
+"""carerix_smtp.sink.sink: the capture server, with smtplib as the client."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from carerix_smtp.errors import UsageError
-from carerix_smtp.sink import (
+from carerix_smtp.sink.sink import (
     FailRule,
     PhaseRule,
     Received,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from dns_server import HANG, dns_server
 
-from carerix_smtp.resolve import make_resolver
-from carerix_smtp.spf import check_host
+from carerix_smtp.probe.spf import check_host
+from carerix_smtp.smtp.resolve import make_resolver
 
 ZONE = {
     "ip4.test": {"TXT": ["v=spf1 ip4:192.0.2.0/24 -all"]},

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from carerix_smtp.errors import ExitCode, InputError, MessageError, SpoolError
-from carerix_smtp.spool import (
+from carerix_smtp.spool.spool import (
     MessageState,
     RecipientResult,
     Spool,
@@ -362,7 +362,7 @@ def _sent_without_checkpoint(spool: Spool, name: str = "m.eml") -> tuple[Path, P
 def test_per_message_bookkeeping_has_one_fsync(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import carerix_smtp.spool as spool_module
+    import carerix_smtp.spool.spool as spool_module
 
     calls: list[str] = []
     real_fdatasync = spool_module._fdatasync
@@ -391,7 +391,7 @@ def test_per_message_bookkeeping_has_one_fsync(
 def test_checkpoint_every_so_many_outcomes_bounds_the_journal(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import carerix_smtp.spool as spool_module
+    import carerix_smtp.spool.spool as spool_module
 
     synced: list[int] = []
     real = Spool._sync_unsynced
@@ -602,7 +602,7 @@ def test_retry_moves_failed_back_and_makes_deferred_due(spool: Spool) -> None:
 
 
 def test_enqueue_completes_headers_and_renames_from_tmp(spool: Spool) -> None:
-    from carerix_smtp.message import complete_headers, parse_message
+    from carerix_smtp.spool.message import complete_headers, parse_message
 
     data = complete_headers(b"From: a@x.example\nTo: r@y.example\n\nhello\n")
     path = spool.enqueue(data, hint="/some/where/report 2024.eml")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from carerix_smtp.errors import ConfigError, InputError
-from carerix_smtp.tls import (
+from carerix_smtp.config.tls import (
     Security,
     TlsMode,
     auth_allowed,
@@ -18,6 +17,7 @@ from carerix_smtp.tls import (
     parse_security,
     security_for_port,
 )
+from carerix_smtp.errors import ConfigError, InputError
 
 A, S, T, N = Security.AUTO, Security.SSL, Security.STARTTLS, Security.NONE
 

@@ -8,28 +8,33 @@ test_probe.py and test_cli_test.py.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import io
 import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, auth_mechanism
 from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servers import (
+    PASSWORD,
+    USER,
+    RecordingHandler,
+    ScriptConn,
+    ScriptServer,
+    closed_port,
+    hang,
+    host_entry,
+    smtp_server,
+)
 
-from carerix_smtp.config import ServerEntry
+from carerix_smtp.config.tls import Security
 from carerix_smtp.errors import (
     MessageError,
     SmtpAuthError,
@@ -39,8 +44,7 @@ from carerix_smtp.errors import (
     SmtpTimeoutError,
     SmtpTLSError,
 )
-from carerix_smtp.tls import Security
-from carerix_smtp.transport import (
+from carerix_smtp.smtp.transport import (
     AUTH_PREFERENCE,
     ConnectFailedError,
     SendResult,
@@ -50,272 +54,6 @@ from carerix_smtp.transport import (
     parse_reply,
     wire_chunks,
 )
-
-USER = "jan"
-PASSWORD = "s3cret pass"
-
-
-# --- server helpers (shared with test_probe / test_cli_test) ----------------------
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    content: bytes
-    mail_options: list[str]
-
-
-@dataclass
-class RecordingHandler:
-    """aiosmtpd handler that records messages and AUTH attempts and injects replies."""
-
-    messages: list[Received] = field(default_factory=list)
-    mechanisms_tried: list[str] = field(default_factory=list)
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-    mail_reply: str | None = None
-    data_reply: str | None = None
-    refuse_auth_with: str | None = None  # e.g. "535 5.7.139 basic authentication is disabled"
-    received_event: threading.Event = field(default_factory=threading.Event)
-
-    async def handle_AUTH(self, server: Any, session: Any, envelope: Any, args: list[str]) -> Any:
-        self.mechanisms_tried.append(args[0].upper())
-        return MISSING
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 2.1.0 OK"
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if address in self.rcpt_replies:
-            return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.data_reply:
-            return self.data_reply
-        self.messages.append(
-            Received(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                envelope.original_content,
-                list(envelope.mail_options),
-            )
-        )
-        self.received_event.set()
-        return "250 2.0.0 queued"
-
-    @auth_mechanism("CRAM-MD5")
-    async def auth_CRAM_MD5(self, server: Any, args: list[str]) -> AuthResult:
-        challenge = b"<1896.697170952@cxsmtp.test>"
-        answer = await server.challenge_auth(challenge)
-        if answer is MISSING:
-            return AuthResult(success=False, handled=True)
-        user, _, digest = answer.partition(b" ")
-        expected = hmac.new(PASSWORD.encode(), challenge, hashlib.md5).hexdigest().encode()
-        ok = user == USER.encode() and hmac.compare_digest(digest, expected)
-        return AuthResult(success=ok, handled=False, auth_data=LoginPassword(user, b""))
-
-
-@dataclass
-class RunningServer:
-    port: int
-    handler: RecordingHandler
-    controller: Controller
-
-    @property
-    def host(self) -> str:
-        return f"[127.0.0.1]:{self.port}"
-
-
-@contextmanager
-def smtp_server(
-    *,
-    implicit_tls: ssl.SSLContext | None = None,
-    starttls: ssl.SSLContext | None = None,
-    auth: bool = False,
-    auth_require_tls: bool = True,
-    require_starttls: bool = False,
-    auth_required: bool = False,
-    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
-    handler: RecordingHandler | None = None,
-    **smtp_kwargs: Any,
-) -> Iterator[RunningServer]:
-    """A real aiosmtpd server on a free 127.0.0.1 port."""
-    handler = handler or RecordingHandler()
-
-    def authenticator(
-        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
-    ) -> AuthResult:
-        if handler.refuse_auth_with:
-            return AuthResult(success=False, handled=False, message=handler.refuse_auth_with)
-        ok = (
-            isinstance(data, LoginPassword)
-            and data.login == USER.encode()
-            and data.password == PASSWORD.encode()
-        )
-        return AuthResult(success=ok, handled=False)
-
-    kwargs: dict[str, Any] = dict(smtp_kwargs)
-    if auth:
-        kwargs["authenticator"] = authenticator
-        kwargs["auth_require_tls"] = auth_require_tls and implicit_tls is None
-        kwargs["auth_required"] = auth_required
-        exclude = [m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m not in mechanisms]
-        kwargs["auth_exclude_mechanism"] = exclude
-    elif "CRAM-MD5" not in mechanisms:
-        kwargs["auth_exclude_mechanism"] = ["CRAM-MD5"]
-    if starttls is not None:
-        kwargs["tls_context"] = starttls
-        kwargs["require_starttls"] = require_starttls
-    port = free_port()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=port, ssl_context=implicit_tls, **kwargs
-    )
-    controller.start()
-    try:
-        yield RunningServer(port, handler, controller)
-    finally:
-        controller.stop()
-
-
-class ScriptConn:
-    """The server side of one connection of a ScriptServer."""
-
-    def __init__(self, sock: socket.socket, server: ScriptServer) -> None:
-        self.sock = sock
-        self.server = server
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def readline(self) -> bytes:
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("client closed")
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        self.server.lines.append(line + b"\n")
-        return line + b"\n"
-
-    def read_data(self) -> bytes:
-        """Raw bytes up to and including CRLF.CRLF (still dot-stuffed)."""
-        while b"\r\n.\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("client closed")
-            self.buffer += chunk
-        end = self.buffer.index(b"\r\n.\r\n") + 5
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
-        self.server.data.append(data)
-        return data
-
-    def ehlo(self, *extensions: str) -> None:
-        self.readline()
-        lines = ["cxsmtp.test", *extensions]
-        text = "".join(f"250-{x}\r\n" for x in lines[:-1]) + f"250 {lines[-1]}\r\n"
-        self.send(text.encode())
-
-    def starttls(self, context: ssl.SSLContext) -> None:
-        self.sock = context.wrap_socket(self.sock, server_side=True)
-
-    def wait_closed(self, timeout: float = 5.0) -> None:
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-        except OSError:
-            pass
-
-
-class ScriptServer:
-    """A raw listening socket on 127.0.0.1 that runs ``script(conn)`` per connection
-    and records every line it reads (``lines``) and raw message data (``data``)."""
-
-    def __init__(self, script: Callable[[ScriptConn], None], connections: int = 1) -> None:
-        self.script = script
-        self.lines: list[bytes] = []
-        self.data: list[bytes] = []
-        self.errors: list[BaseException] = []
-        self.stop = threading.Event()
-        self.done = threading.Event()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.listener.settimeout(0.1)
-        self.port = int(self.listener.getsockname()[1])
-        self.connections = connections
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def host(self) -> str:
-        return f"[127.0.0.1]:{self.port}"
-
-    @property
-    def text(self) -> str:
-        return b"".join(self.lines).decode("utf-8", "replace")
-
-    def __enter__(self) -> ScriptServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.listener.close()
-
-    def _run(self) -> None:
-        served = 0
-        while not self.stop.is_set() and served < self.connections:
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            served += 1
-            conn = ScriptConn(sock, self)
-            try:
-                self.script(conn)
-            except (OSError, ConnectionError, ssl.SSLError):
-                pass
-            except BaseException as exc:  # pragma: no cover - shown by the test
-                self.errors.append(exc)
-            finally:
-                conn.sock.close()
-        self.done.set()
-
-
-def hang(conn: ScriptConn) -> None:
-    """Accept and never speak."""
-    conn.server.stop.wait(30)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound, then closed)."""
-    return free_port()
-
-
-def entry_for(host: str, **kw: Any) -> ServerEntry:
-    kw.setdefault("connect_timeout", 5.0)
-    kw.setdefault("command_timeout", 5.0)
-    kw.setdefault("data_timeout", 5.0)
-    return ServerEntry(name="test", host=host, **kw)
-
-
-def client_context(ca_file: Path) -> ssl.SSLContext:
-    from carerix_smtp.tls import make_ssl_context
-
-    return make_ssl_context(str(ca_file))
-
 
 # --- pure parts ---------------------------------------------------------------------
 
@@ -437,7 +175,7 @@ def test_message_size_counts_crlf() -> None:
 
 def test_plain_send_delivers_and_reports(tmp_path: Path) -> None:
     with smtp_server(data_size_limit=100_000) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             assert session.has_extension("size") and session.max_size == 100_000
             result = session.send(
@@ -463,7 +201,7 @@ def test_rcpt_mixed_replies_and_no_data_when_none_accepted() -> None:
         }
     )
     with smtp_server(handler=handler) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             mixed = session.send(
                 "a@example.com",
@@ -485,7 +223,7 @@ def test_rcpt_mixed_replies_and_no_data_when_none_accepted() -> None:
 def test_mail_refused_is_a_result_and_session_goes_on() -> None:
     handler = RecordingHandler(mail_reply="550 5.7.1 sender rejected")
     with smtp_server(handler=handler) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send("a@example.com", ["b@example.com"], b"x\n")
             assert result.mail_reply.code == 550 and result.data_reply is None
@@ -496,7 +234,7 @@ def test_mail_refused_is_a_result_and_session_goes_on() -> None:
 def test_data_refused_5xx() -> None:
     handler = RecordingHandler(data_reply="554 5.6.0 content rejected")
     with smtp_server(handler=handler) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send("a@example.com", ["b@example.com"], b"x\n")
     assert result.data_reply is not None and result.data_reply.permanent
@@ -505,7 +243,7 @@ def test_data_refused_5xx() -> None:
 
 def test_starttls_auth_plain(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True, require_starttls=True) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         session = SmtpSession(entry, PASSWORD, local_hostname="client.test")
         session.open()
         try:
@@ -531,7 +269,7 @@ def test_starttls_auth_plain(ca_file: Path, server_ssl_context: ssl.SSLContext) 
 
 def test_implicit_tls_auth_login(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(implicit_tls=server_ssl_context, auth=True, mechanisms=("LOGIN",)) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file), security=Security.SSL)
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file), security=Security.SSL)
         with SmtpSession(entry, PASSWORD, local_hostname="client.test") as session:
             assert session.auth_mechanism == "LOGIN"
             assert [t.name for t in session.trace][:4] == ["resolve", "connect", "tls", "greeting"]
@@ -544,7 +282,7 @@ def test_cram_md5_preferred(ca_file: Path, server_ssl_context: ssl.SSLContext) -
     with smtp_server(
         starttls=server_ssl_context, auth=True, mechanisms=("PLAIN", "LOGIN", "CRAM-MD5")
     ) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         with SmtpSession(entry, PASSWORD, local_hostname="client.test") as session:
             assert session.auth_mechanism == "CRAM-MD5"
     assert server.handler.mechanisms_tried == ["CRAM-MD5"]
@@ -552,7 +290,7 @@ def test_cram_md5_preferred(ca_file: Path, server_ssl_context: ssl.SSLContext) -
 
 def test_wrong_password_535(ca_file: Path, server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         session = SmtpSession(entry, "wrong", local_hostname="client.test")
         with pytest.raises(SmtpAuthError) as info:
             session.open()
@@ -580,7 +318,7 @@ def test_auth_policy_replies_keep_code(
 ) -> None:
     handler = RecordingHandler(refuse_auth_with=reply)
     with smtp_server(starttls=server_ssl_context, auth=True, handler=handler) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         with pytest.raises(SmtpAuthError) as info:
             SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
     assert (info.value.code, info.value.enhanced) == (code, enhanced)
@@ -590,7 +328,7 @@ def test_auth_required_530_without_credentials(
     ca_file: Path, server_ssl_context: ssl.SSLContext
 ) -> None:
     with smtp_server(starttls=server_ssl_context, auth=True, auth_required=True) as server:
-        entry = entry_for(server.host, ca_file=str(ca_file))
+        entry = host_entry(server.host, ca_file=str(ca_file))
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             assert session.encrypted  # opportunistic STARTTLS was used
             result = session.send("a@example.com", ["b@example.com"], b"x\n")
@@ -600,7 +338,7 @@ def test_auth_required_530_without_credentials(
 def test_starttls_required_but_not_offered_never_sends_password() -> None:
     # AUTH PLAIN offered in clear text: the password must still never reach it.
     with smtp_server(auth=True, auth_require_tls=False) as server:
-        entry = entry_for(f"[127.0.0.1]:{server.port}", username=USER)
+        entry = host_entry(f"[127.0.0.1]:{server.port}", username=USER)
         with pytest.raises(TlsFailedError) as info:
             SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
     assert info.value.reason == "starttls-missing" and info.value.phase == "tls"
@@ -618,7 +356,7 @@ def test_starttls_454_aborts_before_auth() -> None:
         conn.wait_closed()
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, username=USER)
+        entry = host_entry(server.host, username=USER)
         with pytest.raises(TlsFailedError) as info:
             SmtpSession(entry, PASSWORD, local_hostname="client.test").open()
         server.done.wait(5)
@@ -646,7 +384,7 @@ def test_starttls_response_injection_is_discarded(tls_ca: Any, tmp_path: Path) -
         conn.send(b"221 bye\r\n")
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca))
         with SmtpSession(entry, PASSWORD, local_hostname="client.test") as session:
             assert session.encrypted
             assert session.auth_mechanisms == ["PLAIN"]
@@ -660,7 +398,7 @@ def test_certificate_for_other_host(tls_ca: Any, ca_file: Path) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls_ca.issue_cert("mail.other.test").configure_cert(ctx)
     with smtp_server(implicit_tls=ctx) as server:
-        entry = entry_for(server.host, security=Security.SSL, ca_file=str(ca_file))
+        entry = host_entry(server.host, security=Security.SSL, ca_file=str(ca_file))
         with pytest.raises(TlsFailedError) as info:
             SmtpSession(entry, None, local_hostname="client.test").open()
     assert info.value.reason == "hostname"
@@ -673,7 +411,7 @@ def test_self_signed_unknown_ca(server_ssl_context: ssl.SSLContext) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     other.issue_cert("127.0.0.1").configure_cert(ctx)
     with smtp_server(starttls=ctx) as server:
-        entry = entry_for(server.host)
+        entry = host_entry(server.host)
         with pytest.raises(TlsFailedError) as info:
             SmtpSession(entry, None, local_hostname="client.test").open()
     assert info.value.reason == "untrusted" and info.value.phase == "tls"
@@ -688,7 +426,7 @@ def test_expired_certificate(tls_ca: Any, ca_file: Path) -> None:
         "127.0.0.1", not_before=past - datetime.timedelta(days=30), not_after=past
     ).configure_cert(ctx)
     with smtp_server(implicit_tls=ctx) as server:
-        entry = entry_for(server.host, security=Security.SSL, ca_file=str(ca_file))
+        entry = host_entry(server.host, security=Security.SSL, ca_file=str(ca_file))
         with pytest.raises(TlsFailedError) as info:
             SmtpSession(entry, None, local_hostname="client.test").open()
     assert info.value.reason == "expired"
@@ -696,7 +434,7 @@ def test_expired_certificate(tls_ca: Any, ca_file: Path) -> None:
 
 def test_implicit_tls_on_plain_port_fails_fast() -> None:
     with smtp_server() as server:
-        entry = entry_for(server.host, security=Security.SSL)
+        entry = host_entry(server.host, security=Security.SSL)
         start = time.monotonic()
         with pytest.raises(TlsFailedError) as info:
             SmtpSession(entry, None, local_hostname="client.test").open()
@@ -706,7 +444,7 @@ def test_implicit_tls_on_plain_port_fails_fast() -> None:
 
 def test_plain_on_tls_port_times_out_in_greeting(server_ssl_context: ssl.SSLContext) -> None:
     with smtp_server(implicit_tls=server_ssl_context) as server:
-        entry = entry_for(server.host, security=Security.NONE, command_timeout=0.5)
+        entry = host_entry(server.host, security=Security.NONE, command_timeout=0.5)
         with pytest.raises(SmtpTimeoutError) as info:
             SmtpSession(entry, None, local_hostname="client.test").open()
     assert info.value.phase == "greeting"
@@ -714,7 +452,7 @@ def test_plain_on_tls_port_times_out_in_greeting(server_ssl_context: ssl.SSLCont
 
 def test_connection_refused() -> None:
     port = closed_port()
-    entry = entry_for(f"[127.0.0.1]:{port}", security=Security.NONE)
+    entry = host_entry(f"[127.0.0.1]:{port}", security=Security.NONE)
     with pytest.raises(ConnectFailedError) as info:
         SmtpSession(entry, None).open()
     assert info.value.reason == "refused" and info.value.phase == "connect"
@@ -724,7 +462,7 @@ def test_connection_refused() -> None:
 
 def test_hung_server_times_out_in_greeting() -> None:
     with ScriptServer(hang) as server:
-        entry = entry_for(server.host, security=Security.NONE, command_timeout=0.3)
+        entry = host_entry(server.host, security=Security.NONE, command_timeout=0.3)
         start = time.monotonic()
         session = SmtpSession(entry, None, local_hostname="client.test")
         with pytest.raises(SmtpTimeoutError) as info:
@@ -737,7 +475,7 @@ def test_hung_server_times_out_in_greeting() -> None:
 
 def test_session_timeout_cap() -> None:
     with ScriptServer(hang) as server:
-        entry = entry_for(server.host, security=Security.NONE, command_timeout=300)
+        entry = host_entry(server.host, security=Security.NONE, command_timeout=300)
         session = SmtpSession(entry, None, local_hostname="client.test", timeout=0.3)
         with pytest.raises(SmtpTimeoutError):
             session.open()
@@ -749,7 +487,7 @@ def test_greeting_554_refused() -> None:
         conn.wait_closed()
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with pytest.raises(SmtpReplyError) as info:
             SmtpSession(entry, None, local_hostname="client.test").open()
     assert (info.value.code, info.value.phase) == (554, "greeting")
@@ -765,7 +503,7 @@ def test_421_mid_session_raises_and_closes() -> None:
         conn.send(b"421 4.3.2 shutting down\r\n")
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         session = SmtpSession(entry, None, local_hostname="client.test")
         session.open()
         with pytest.raises(SmtpReplyError) as info:
@@ -786,7 +524,7 @@ def test_connection_dropped_after_final_dot_is_data_end() -> None:
         # close without a reply
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         session = SmtpSession(entry, None, local_hostname="client.test")
         session.open()
         with pytest.raises(SmtpConnectError) as info:
@@ -810,7 +548,7 @@ def test_pipelining_sends_one_write_and_raw_bytes_arrive() -> None:
         conn.send(b"221 bye\r\n")
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send(
                 "a@example.com",
@@ -827,7 +565,7 @@ def test_pipelining_sends_one_write_and_raw_bytes_arrive() -> None:
 
 def test_size_refused_by_server_is_a_result() -> None:
     with smtp_server(data_size_limit=1000) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             assert session.max_size == 1000
             result = session.send("a@example.com", ["b@example.com"], b"x" * 5000 + b"\n")
@@ -836,7 +574,7 @@ def test_size_refused_by_server_is_a_result() -> None:
 
 def test_smtputf8_not_offered_is_a_local_refusal() -> None:
     with smtp_server(enable_SMTPUTF8=False) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send("ä@example.com", ["b@example.com"], b"x\n", smtputf8=True)
     assert result.mail_reply.local and result.mail_reply.code == 553
@@ -845,7 +583,7 @@ def test_smtputf8_not_offered_is_a_local_refusal() -> None:
 
 def test_address_injection_refused() -> None:
     with smtp_server() as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with (
             SmtpSession(entry, None, local_hostname="client.test") as session,
             pytest.raises(MessageError),
@@ -860,7 +598,7 @@ def test_password_without_auth_offered_is_refused() -> None:
         conn.wait_closed()
 
     with ScriptServer(script) as server:
-        entry = entry_for(
+        entry = host_entry(
             server.host, username=USER, security=Security.NONE, allow_plaintext_auth=True
         )
         with pytest.raises(SmtpAuthError) as info:
@@ -872,12 +610,12 @@ def test_password_without_auth_offered_is_refused() -> None:
 
 def test_plaintext_auth_only_when_allowed() -> None:
     with smtp_server(auth=True, auth_require_tls=False) as server:
-        allowed = entry_for(
+        allowed = host_entry(
             server.host, username=USER, security=Security.NONE, allow_plaintext_auth=True
         )
         with SmtpSession(allowed, PASSWORD, local_hostname="client.test") as session:
             assert session.auth_mechanism in ("PLAIN", "LOGIN")
-        refused = entry_for(server.host, username=USER, security=Security.NONE)
+        refused = host_entry(server.host, username=USER, security=Security.NONE)
         with pytest.raises(SmtpPolicyError):
             SmtpSession(refused, PASSWORD, local_hostname="client.test").open()
     assert len(server.handler.mechanisms_tried) == 1
@@ -895,7 +633,7 @@ def test_ipv6_literal() -> None:
     controller = Controller(handler, hostname="::1", port=port)
     controller.start()
     try:
-        entry = entry_for(f"[::1]:{port}", security=Security.NONE)
+        entry = host_entry(f"[::1]:{port}", security=Security.NONE)
         with SmtpSession(entry, None) as session:
             assert session.where == f"[::1]:{port}"
             assert session.send("a@example.com", ["b@example.com"], b"x\n").delivered
@@ -905,7 +643,7 @@ def test_ipv6_literal() -> None:
 
 def test_file_data_is_streamed() -> None:
     with smtp_server(data_size_limit=10_000_000) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         body = b"Subject: big\n\n" + (b"y" * 70 + b"\n") * 40_000
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send("a@example.com", ["b@example.com"], io.BytesIO(body))
@@ -918,7 +656,7 @@ def test_log_never_contains_password(
 ) -> None:
     caplog.set_level("DEBUG")
     with smtp_server(starttls=server_ssl_context, auth=True, mechanisms=("LOGIN",)) as server:
-        entry = entry_for(server.host, username=USER, ca_file=str(ca_file))
+        entry = host_entry(server.host, username=USER, ca_file=str(ca_file))
         with SmtpSession(entry, PASSWORD, local_hostname="client.test"):
             pass
     secret_forms = [
@@ -934,7 +672,7 @@ def test_log_never_contains_password(
 @pytest.mark.slow
 def test_fifty_megabytes(tmp_path: Path) -> None:
     with smtp_server(data_size_limit=100_000_000) as server:
-        entry = entry_for(server.host, security=Security.NONE, data_timeout=60)
+        entry = host_entry(server.host, security=Security.NONE, data_timeout=60)
         body = b"Subject: 50MB\n\n" + (b"z" * 76 + b"\n") * 650_000
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send("a@example.com", ["b@example.com"], body)
@@ -962,7 +700,7 @@ def answer_everything(conn: ScriptConn) -> None:
 def test_pipelining_many_recipients_in_windows() -> None:
     recipients = [f"r{i}@example.com" for i in range(350)]
     with ScriptServer(answer_everything) as server:
-        entry = entry_for(server.host, security=Security.NONE)
+        entry = host_entry(server.host, security=Security.NONE)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             result = session.send("a@example.com", recipients, b"x\n")
         server.done.wait(5)
@@ -992,7 +730,7 @@ def test_next_transaction_rides_behind_the_data() -> None:
         conn.send(b"221 bye\r\n")
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, security=Security.NONE, command_timeout=3)
+        entry = host_entry(server.host, security=Security.NONE, command_timeout=3)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             first = session.transaction("a@example.com", ["b@example.com"], b"one\n")
             second = session.transaction("a@example.com", ["c@example.com"], b"two\n")
@@ -1025,7 +763,7 @@ def test_nothing_rides_behind_a_refused_transaction() -> None:
         conn.send(b"221 bye\r\n")
 
     with ScriptServer(script) as server:
-        entry = entry_for(server.host, security=Security.NONE, command_timeout=3)
+        entry = host_entry(server.host, security=Security.NONE, command_timeout=3)
         with SmtpSession(entry, None, local_hostname="client.test") as session:
             first = session.transaction("a@example.com", ["bad@example.com"], b"one\n")
             second = session.transaction("a@example.com", ["c@example.com"], b"two\n")
@@ -1048,7 +786,7 @@ def test_chained_commands_lost_with_the_session_are_written_again() -> None:
         conn.send(b"421 4.3.2 going down\r\n")  # and the next commands are lost
 
     with ScriptServer(script) as first_server, smtp_server() as second_server:
-        entry = entry_for(first_server.host, security=Security.NONE)
+        entry = host_entry(first_server.host, security=Security.NONE)
         session = SmtpSession(entry, None, local_hostname="client.test")
         session.open()
         one = session.transaction("a@example.com", ["b@example.com"], b"one\n")
@@ -1058,7 +796,7 @@ def test_chained_commands_lost_with_the_session_are_written_again() -> None:
             session.run(one, then=two)
         assert info.value.code == 421 and session.closed and two.session is session
         other = SmtpSession(
-            entry_for(second_server.host, security=Security.NONE), None, local_hostname="x"
+            host_entry(second_server.host, security=Security.NONE), None, local_hostname="x"
         )
         other.open()
         assert other.run(two).delivered  # written again there: not "already sent"
@@ -1068,7 +806,7 @@ def test_chained_commands_lost_with_the_session_are_written_again() -> None:
 
 def test_interrupt_wakes_a_session_blocked_in_another_thread() -> None:
     with ScriptServer(hang) as server:
-        entry = entry_for(server.host, security=Security.NONE, command_timeout=60)
+        entry = host_entry(server.host, security=Security.NONE, command_timeout=60)
         session = SmtpSession(entry, None, local_hostname="client.test")
         errors: list[BaseException] = []
 
@@ -1102,7 +840,7 @@ def test_interrupt_wakes_a_session_blocked_in_another_thread() -> None:
     )
 )
 def test_one_line_reply_fast_path_agrees(line: bytes) -> None:
-    import carerix_smtp.transport as transport
+    import carerix_smtp.smtp.transport as transport
 
     fast = parse_reply([line])
     saved = transport._SIMPLE_REPLY

@@ -68,7 +68,7 @@ def main_callback(
     ] = False,
 ) -> None:
     from carerix_smtp.cli.context import CliContext
-    from carerix_smtp.config import resolve_config_path, resolve_state_dir
+    from carerix_smtp.config.file import resolve_config_path, resolve_state_dir
 
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="cxsmtp: %(levelname)s: %(message)s")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from carerix_smtp.config import Config
+    from carerix_smtp.config.file import Config
 
 
 @dataclass
@@ -24,7 +24,7 @@ class CliContext:
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     def load_config(self) -> Config:
-        from carerix_smtp.config import load_config
+        from carerix_smtp.config.file import load_config
 
         return load_config(self.config_path)
 

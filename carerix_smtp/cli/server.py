@@ -95,8 +95,8 @@ def _read_password(
     prompt_allowed: bool,
 ) -> tuple[str | None, str | None]:
     """(username, password) from the options; the password is never echoed."""
+    from carerix_smtp.config.servers import split_login
     from carerix_smtp.errors import UsageError
-    from carerix_smtp.servers import split_login
 
     password = None
     if login is not None:
@@ -130,8 +130,8 @@ def _fields(
     password_command: str | None,
     assignments: list[str] | None,
 ) -> dict[str, Any]:
-    from carerix_smtp.servers import parse_assignments
-    from carerix_smtp.tls import parse_security
+    from carerix_smtp.config.servers import parse_assignments
+    from carerix_smtp.config.tls import parse_security
 
     fields: dict[str, Any] = {}
     if username is not None:
@@ -187,7 +187,7 @@ def add(
 
     Example: cxsmtp server add xs4all "[smtp.xs4all.nl]:587" --username jan --password-stdin
     """
-    from carerix_smtp.servers import add_server
+    from carerix_smtp.config.servers import add_server
 
     cli = get_context(ctx)
     config = cli.load_config()
@@ -229,7 +229,7 @@ def edit(
 
     Example: cxsmtp server edit xs4all --accepts-large-amounts --set batch_deadline=45
     """
-    from carerix_smtp.servers import edit_server
+    from carerix_smtp.config.servers import edit_server
 
     cli = get_context(ctx)
     config = cli.load_config()
@@ -257,7 +257,7 @@ def remove(
     name: Annotated[str, typer.Argument(help="The entry to remove.")],
 ) -> None:
     """Remove a server entry, its per-user choices and its stored password."""
-    from carerix_smtp.servers import remove_server
+    from carerix_smtp.config.servers import remove_server
 
     cli = get_context(ctx)
     had_password = remove_server(cli.load_config(), name, cli.env)
@@ -274,8 +274,8 @@ def password(
 
     Example: printf '%s\\n' "$SMTP_PASSWORD" | cxsmtp server password xs4all --password-stdin
     """
+    from carerix_smtp.config.servers import set_password
     from carerix_smtp.errors import UsageError
-    from carerix_smtp.servers import set_password
 
     cli = get_context(ctx)
     config = cli.load_config()
@@ -304,7 +304,7 @@ def use(
 
     Example: cxsmtp server use xs4all --user alice@example.com
     """
-    from carerix_smtp.servers import use_server
+    from carerix_smtp.config.servers import use_server
 
     cli = get_context(ctx)
     use_server(cli.load_config(), name, user)
@@ -314,7 +314,7 @@ def use(
 
 def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """List the server entries."""
-    from carerix_smtp.servers import describe_server
+    from carerix_smtp.config.servers import describe_server
 
     cli = get_context(ctx)
     config = cli.load_config()
@@ -340,7 +340,7 @@ def show(
     json_: JsonOpt = False,
 ) -> None:
     """Show a server entry with every effective value, defaults included."""
-    from carerix_smtp.servers import describe_server
+    from carerix_smtp.config.servers import describe_server
 
     cli = get_context(ctx)
     config = cli.load_config()

@@ -14,7 +14,7 @@ settings_app = typer.Typer(help="Show and change global settings.", no_args_is_h
 
 def show(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the global settings."""
-    from carerix_smtp.servers import describe_settings
+    from carerix_smtp.config.servers import describe_settings
 
     data = describe_settings(get_context(ctx).load_config())
     if json_:
@@ -35,7 +35,7 @@ def set_(
 
     Example: cxsmtp settings set email-send-limit 20000   (seed default: 10,000 per 24 hours)
     """
-    from carerix_smtp.servers import set_setting
+    from carerix_smtp.config.servers import set_setting
 
     set_setting(get_context(ctx).load_config(), key, value)
     typer.echo(f"{key} = {value}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from carerix_smtp.sink import Received, Sink
+    from carerix_smtp.sink.sink import Received, Sink
 
 
 class TlsChoice(str, Enum):
@@ -146,7 +146,7 @@ def sink(
             --tls starttls --ca-out ca.pem --auth demo:demo --latency 50 \\
             --fail 'rcpt:550:pattern=*@bad.example'
     """
-    from carerix_smtp import sink as core
+    from carerix_smtp.sink import sink as core
 
     host, port = core.parse_listen(listen)
     config = core.SinkConfig(

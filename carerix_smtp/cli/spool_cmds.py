@@ -14,9 +14,9 @@ from carerix_smtp.cli.context import CliContext, get_context
 from carerix_smtp.cli.render import print_json
 
 if TYPE_CHECKING:
-    from carerix_smtp.ledger import Ledger
-    from carerix_smtp.sender import Plan, ProgressEvent, RunSummary, ServerLimits
-    from carerix_smtp.spool import SpoolStatus
+    from carerix_smtp.limits.ledger import Ledger
+    from carerix_smtp.send.sender import Plan, ProgressEvent, RunSummary, ServerLimits
+    from carerix_smtp.spool.spool import SpoolStatus
 
 SpoolArg = Annotated[
     Path,
@@ -60,7 +60,7 @@ def _err(message: str) -> None:
 
 def _existing_ledger(cli: CliContext) -> Callable[[], Ledger] | None:
     """The state dir's ledger if there is one (read-only commands create none)."""
-    from carerix_smtp.ledger import Ledger
+    from carerix_smtp.limits.ledger import Ledger
 
     path = cli.state_dir / Ledger.FILENAME
     if not path.exists():
@@ -135,8 +135,8 @@ def send(
 
     Example (crontab):  */5 * * * *  cxsmtp send /var/spool/mailing
     """
-    from carerix_smtp.ledger import Ledger
-    from carerix_smtp.sender import SendOptions, plan_send, run_send, stop_on_signals
+    from carerix_smtp.limits.ledger import Ledger
+    from carerix_smtp.send.sender import SendOptions, plan_send, run_send, stop_on_signals
 
     cli = get_context(ctx)
     config = cli.load_config()
@@ -326,8 +326,8 @@ def enqueue(
     Example:  cxsmtp enqueue /var/spool/mailing report.eml
     """
     from carerix_smtp.errors import InputError
-    from carerix_smtp.message import complete_headers
-    from carerix_smtp.spool import Spool
+    from carerix_smtp.spool.message import complete_headers
+    from carerix_smtp.spool.spool import Spool
 
     target = Spool(spool)
     target.check(writable=True)
@@ -358,8 +358,8 @@ def status(ctx: typer.Context, spool: SpoolArg, json_out: JsonOpt = False) -> No
     Example:  cxsmtp status /var/spool/mailing --json
     """
     from carerix_smtp.errors import ConfigError
-    from carerix_smtp.sender import limits_status
-    from carerix_smtp.spool import Spool
+    from carerix_smtp.send.sender import limits_status
+    from carerix_smtp.spool.spool import Spool
 
     cli = get_context(ctx)
     result = Spool(spool).status()
@@ -421,7 +421,7 @@ def _render_limits(servers: list[ServerLimits]) -> None:
     import math
     import time
 
-    from carerix_smtp.limits import format_duration
+    from carerix_smtp.limits.rule import format_duration
 
     now = time.time()
     typer.echo("sending limits:")
@@ -479,7 +479,7 @@ def retry(
     Example:  cxsmtp retry /var/spool/mailing --all
     """
     from carerix_smtp.errors import UsageError
-    from carerix_smtp.spool import Spool, SpoolBusyError
+    from carerix_smtp.spool.spool import Spool, SpoolBusyError
 
     if bool(names) == everything:
         raise UsageError("give message NAMEs or --all (not both)")

@@ -12,7 +12,7 @@ from carerix_smtp.cli.context import get_context
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from carerix_smtp.probe import ProbeReport
+    from carerix_smtp.probe.probe import ProbeReport
 
 SYMBOLS = {"ok": "✔", "failed": "✘", "skipped": "–"}
 
@@ -75,11 +75,11 @@ def test(
     75 temporary refusal (4xx); 78 configuration (unknown server, no password,
     unencrypted password refused); 66 --ca-file unreadable.
     """
+    from carerix_smtp.config.passwords import get_password
     from carerix_smtp.errors import SecretError, UsageError
-    from carerix_smtp.probe import ProbeOptions, parse_duration, run_probe
-    from carerix_smtp.probe import wait_until_ready as wait_ready
-    from carerix_smtp.resolve import make_resolver
-    from carerix_smtp.secrets import get_password
+    from carerix_smtp.probe.probe import ProbeOptions, parse_duration, run_probe
+    from carerix_smtp.probe.probe import wait_until_ready as wait_ready
+    from carerix_smtp.smtp.resolve import make_resolver
 
     for option, address in (("--to", to), ("--from", mail_from)):
         if address is not None and "@" not in address.strip("<> "):

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from carerix_smtp.config.tls import TlsMode, auth_allowed, make_ssl_context
 from carerix_smtp.errors import (
     MessageError,
     SmtpAuthError,
@@ -50,13 +51,12 @@ from carerix_smtp.errors import (
     SmtpTimeoutError,
     SmtpTLSError,
 )
-from carerix_smtp.resolve import DEFAULT_DNS_TIMEOUT, Resolution, Target, resolve_endpoint
-from carerix_smtp.tls import TlsMode, auth_allowed, make_ssl_context
+from carerix_smtp.smtp.resolve import DEFAULT_DNS_TIMEOUT, Resolution, Target, resolve_endpoint
 
 if TYPE_CHECKING:
     import dns.resolver
 
-    from carerix_smtp.config import ServerEntry
+    from carerix_smtp.config.file import ServerEntry
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ a crash-safe spool (see spool.py) and the rate ledger (ledger.py, limits.py):
    stop event, so SIGTERM ends the sleep at once) until the next window opens,
    and make another pass, until nothing is due.
 
-Limits (SPEC §3, issue 5).  With a :class:`~carerix_smtp.ledger.Ledger` every
+Limits (SPEC §3, issue 5).  With a :class:`~carerix_smtp.limits.ledger.Ledger` every
 server gets one :class:`LedgerGate` per pass: the ledger's grant for one batch,
 sized from that server's queue head (count, bytes, and the time the last
 batches took, so that it ends within the batch deadline), taken on the server's
@@ -84,8 +84,8 @@ from carerix_smtp.errors import (
     SmtpPolicyError,
     SmtpReplyError,
 )
-from carerix_smtp.ledger import BatchGrant, Ledger, Usage, Wait
-from carerix_smtp.limits import (
+from carerix_smtp.limits.ledger import BatchGrant, Ledger, Usage, Wait
+from carerix_smtp.limits.rule import (
     RESERVATION_POLL,
     Limits,
     Schedule,
@@ -94,8 +94,8 @@ from carerix_smtp.limits import (
     format_duration,
     simulate_schedule,
 )
-from carerix_smtp.message import Message, read_message
-from carerix_smtp.spool import (
+from carerix_smtp.spool.message import Message, read_message
+from carerix_smtp.spool.spool import (
     DEFAULT_CANDIDATE_LIMIT,
     Candidate,
     Claim,
@@ -107,8 +107,8 @@ from carerix_smtp.spool import (
 )
 
 if TYPE_CHECKING:
-    from carerix_smtp.config import Config, ServerEntry
-    from carerix_smtp.transport import Reply, SendResult, SmtpSession, Transaction
+    from carerix_smtp.config.file import Config, ServerEntry
+    from carerix_smtp.smtp.transport import Reply, SendResult, SmtpSession, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -712,7 +712,7 @@ class Connection:
         """The next message's transaction, to be written behind this one's data, if
         this server can take it.  A big message's file is opened now and stays open
         while the transaction waits (closed by ``_close_data``)."""
-        from carerix_smtp.transport import Transaction
+        from carerix_smtp.smtp.transport import Transaction
 
         if then is None:
             return None
@@ -741,7 +741,7 @@ class Connection:
         """Send ``message`` to ``recipients`` on the open session; with ``then`` (the
         next message for this connection and its recipients) that one's commands go
         out behind this one's data (see SmtpSession.run)."""
-        from carerix_smtp.transport import SendResult, Transaction
+        from carerix_smtp.smtp.transport import SendResult, Transaction
 
         if self.chained is not None and self.chained_for is not message:
             self.abandon()  # chained for another message: the session is mid-transaction
@@ -842,8 +842,8 @@ def _close_data(tx: Transaction) -> None:
 
 
 def default_session_factory(config: Config, *, local_hostname: str | None = None) -> SessionFactory:
-    from carerix_smtp.resolve import make_resolver
-    from carerix_smtp.transport import SmtpSession
+    from carerix_smtp.smtp.resolve import make_resolver
+    from carerix_smtp.smtp.transport import SmtpSession
 
     resolver = make_resolver(config.settings.nameservers)
 
@@ -854,7 +854,7 @@ def default_session_factory(config: Config, *, local_hostname: str | None = None
 
 
 def default_password_source(entry: ServerEntry) -> str | None:
-    from carerix_smtp.secrets import get_password
+    from carerix_smtp.config.passwords import get_password
 
     return get_password(entry)
 

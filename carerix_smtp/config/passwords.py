@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from carerix_smtp.errors import KeyringUnavailableError, SecretError
 
 if TYPE_CHECKING:
-    from carerix_smtp.config import ServerEntry
+    from carerix_smtp.config.file import ServerEntry
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Sending limits as pure policy: no I/O, no clock, no sleeping.
 
 Every function here takes the current time (``now``) and the state it needs as
-arguments and returns data; :mod:`carerix_smtp.ledger` supplies that state from
+arguments and returns data; :mod:`carerix_smtp.limits.ledger` supplies that state from
 its SQLite file and an injected clock, the tests and the benchmark from a fake
 clock.  The numbers are the seed's ("Conditions/restrictions"):
 
@@ -32,7 +32,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # limits.py stays importable without the config machinery
-    from carerix_smtp.config import ServerEntry, Settings
+    from carerix_smtp.config.file import ServerEntry, Settings
 
 __all__ = [
     "RESERVATION_POLL",

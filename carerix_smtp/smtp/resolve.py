@@ -31,8 +31,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from carerix_smtp.config.hosts import Endpoint
 from carerix_smtp.errors import ConfigError, SmtpConnectError, SmtpTimeoutError
-from carerix_smtp.hosts import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 One SQLite file, ``STATE_DIR/ledger.sqlite3``, shared by every run, every spool
 and every process (WAL mode, a busy timeout, and every decision inside one
 ``BEGIN IMMEDIATE`` write transaction, so grants are serialised across
-processes).  The policy itself is pure and lives in :mod:`carerix_smtp.limits`;
+processes).  The policy itself is pure and lives in :mod:`carerix_smtp.limits.rule`;
 this module feeds it the ledger's state and records what it decided.
 
 How the sender uses it (one batch; the clock is injected, ``time.time`` in the CLI)::
@@ -37,7 +37,7 @@ window" and a cron run that starts a moment before the 5-minute mark); pass
 
 Reservations.  A grant is recorded as a reservation of N slots that counts
 against the windows until it is closed, so several processes can never
-together overshoot (the proof is in :func:`carerix_smtp.limits.next_batch`).
+together overshoot (the proof is in :func:`carerix_smtp.limits.rule.next_batch`).
 A process that dies holding one must not block the others for ever, and a
 reservation must never be released while its owner can still send, or the
 proof breaks.  So the owner is recorded (host name, kernel boot id, pid
@@ -86,7 +86,7 @@ from pathlib import Path
 from types import TracebackType
 
 from carerix_smtp.errors import GrantExceededError, LedgerBusyError, StateError
-from carerix_smtp.limits import (
+from carerix_smtp.limits.rule import (
     BatchSize,
     Limits,
     Schedule,

@@ -7,7 +7,7 @@ scripted faults (error replies, dropped connections, silence).  The CLI uses it,
 and so do the other modules' tests, as a real peer::
 
     import smtplib
-    from carerix_smtp.sink import FailRule, Sink, SinkConfig, parse_fail_rule
+    from carerix_smtp.sink.sink import FailRule, Sink, SinkConfig, parse_fail_rule
 
     config = SinkConfig(
         out_dir=tmp_path / "mail",                    # None: keep messages in memory only

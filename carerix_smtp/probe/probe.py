@@ -27,6 +27,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from carerix_smtp.config.hosts import format_endpoint
+from carerix_smtp.config.tls import SUBMISSION_PORT, SUBMISSIONS_PORT, TlsMode
 from carerix_smtp.errors import (
     ConfigError,
     CxsmtpError,
@@ -42,10 +44,8 @@ from carerix_smtp.errors import (
     SpoolError,
     UsageError,
 )
-from carerix_smtp.hosts import format_endpoint
-from carerix_smtp.resolve import Resolution, ResolveError, Target
-from carerix_smtp.tls import SUBMISSION_PORT, SUBMISSIONS_PORT, TlsMode
-from carerix_smtp.transport import (
+from carerix_smtp.smtp.resolve import Resolution, ResolveError, Target
+from carerix_smtp.smtp.transport import (
     PHASE_AUTH,
     PHASE_CONNECT,
     PHASE_DATA,
@@ -65,7 +65,7 @@ from carerix_smtp.transport import (
 if TYPE_CHECKING:
     import dns.resolver
 
-    from carerix_smtp.config import ServerEntry
+    from carerix_smtp.config.file import ServerEntry
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ class _Probe:
             raise error
 
     def _spf_phase(self) -> None:
-        from carerix_smtp.spf import check_host
+        from carerix_smtp.probe.spf import check_host
 
         assert self.options.mail_from is not None
         sender = self.options.mail_from

@@ -32,9 +32,9 @@ from typing import Any
 
 import tomli_w
 
+from carerix_smtp.config.hosts import Endpoint, parse_host
+from carerix_smtp.config.tls import Security, TlsMode, check_plaintext_auth, security_for_port
 from carerix_smtp.errors import ConfigError, CxsmtpError, UnknownServerError
-from carerix_smtp.hosts import Endpoint, parse_host
-from carerix_smtp.tls import Security, TlsMode, check_plaintext_auth, security_for_port
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from carerix_smtp import secrets
-from carerix_smtp.config import (
+from carerix_smtp.config import passwords as secrets
+from carerix_smtp.config.file import (
     FLOAT_KEYS,
     INT_KEYS,
     SERVER_KEYS,
@@ -26,8 +26,8 @@ from carerix_smtp.config import (
     server_from_dict,
     server_to_dict,
 )
+from carerix_smtp.config.hosts import parse_host
 from carerix_smtp.errors import ConfigError, UsageError
-from carerix_smtp.hosts import parse_host
 
 log = logging.getLogger(__name__)
 

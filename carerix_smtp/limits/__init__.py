@@ -1,0 +1,1 @@
+"""limits package (docstring to be written)."""

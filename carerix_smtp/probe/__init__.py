@@ -1,0 +1,1 @@
+"""probe package (docstring to be written)."""

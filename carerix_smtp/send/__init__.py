@@ -1,0 +1,1 @@
+"""send package (docstring to be written)."""

@@ -1,0 +1,1 @@
+"""sink package (docstring to be written)."""

@@ -1,0 +1,1 @@
+"""smtp package (docstring to be written)."""

@@ -1,0 +1,1 @@
+"""spool package (docstring to be written)."""
