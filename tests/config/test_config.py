@@ -205,7 +205,7 @@ def test_paths_precedence(tmp_path: Path) -> None:
 
 
 def test_shipped_example_config_loads() -> None:
-    example = Path(__file__).resolve().parent.parent / "examples" / "config.toml"
+    example = Path(__file__).resolve().parents[2] / "examples" / "config.toml"
     config = load_config(example, missing_ok=False)
     assert config.servers["bulk"].effective_rate_per_hour == 6000
     assert config.servers["provider587"].effective_rate_per_hour == 1200
