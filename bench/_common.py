@@ -177,9 +177,10 @@ class PostfixSink:
         self.proc = None
 
 
-def python_sink(**options: object):  # -> carerix_smtp.sink.sink.Sink (not started)
-    """carerix_smtp.sink.sink.Sink in this process, messages in memory without their data."""
-    from carerix_smtp.sink.sink import Sink, SinkConfig
+def python_sink(**options: object):  # -> carerix_smtp.sink.server.Sink (not started)
+    """carerix_smtp.sink.server.Sink in this process, messages in memory without their data."""
+    from carerix_smtp.sink.config import SinkConfig
+    from carerix_smtp.sink.server import Sink
 
     config = SinkConfig(keep_data=False, fsync=False, out_dir=None, **options)  # type: ignore[arg-type]
     return Sink(config)

@@ -2,7 +2,7 @@
 
 Run: ``python bench/bench_limiter.py`` (part of ``make bench``).
 
-Each scenario drives :class:`carerix_smtp.limits.ledger.Ledger` (a throw-away SQLite
+Each scenario drives :class:`carerix_smtp.limits.sqlite.Ledger` (a throw-away SQLite
 file, fsync off) with an injected clock and an unlimited queue, the way the
 sender does: ``open_batch`` -> ``admit``/``confirm`` per message -> ``close``,
 sleeping (by moving the fake clock) until each ``Wait`` ends.  A message takes
@@ -29,8 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from carerix_smtp.limits.ledger import BatchGrant, Ledger
+from carerix_smtp.limits.ledger import BatchGrant
 from carerix_smtp.limits.rule import Limits
+from carerix_smtp.limits.sqlite import Ledger
 
 START = 1_700_000_000.0  # any epoch second; the ledger does not care
 

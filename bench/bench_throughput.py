@@ -4,7 +4,7 @@
     (~2 KB) messages to Postfix's smtp-sink on loopback;
 (b) cxsmtp: a spool of the same N messages sent with ``cxsmtp send`` (a server
     entry with every limit lifted), end to end as a subprocess (process start
-    included) and in-process through ``carerix_smtp.send.sender.run_send``;
+    included) and in-process through ``carerix_smtp.send.run.run_send``;
     target: cxsmtp messages/s >= the smtplib loop's, measured in the same run;
 (c) a batch of 500 x 160 KB messages to a server that waits 50 ms before every
     reply (carerix_smtp.sink with latency_ms=50; smtp-sink only delays in whole
@@ -82,7 +82,8 @@ def smtplib_loop(host: str, port: int, messages: list[bytes]) -> float:
 def in_process(spool: Path, config_path: Path, profile: bool = False) -> float:
     """Seconds for run_send on ``spool`` in this process (config loaded first)."""
     from carerix_smtp.config.file import load_config
-    from carerix_smtp.send.sender import SendOptions, run_send
+    from carerix_smtp.send.report import SendOptions
+    from carerix_smtp.send.run import run_send
 
     config = load_config(config_path)
     options = SendOptions(local_hostname="bench.example")
@@ -192,8 +193,9 @@ def phases(spool: Path, config_path: Path) -> None:
     import functools
     import os
 
-    import carerix_smtp.send.sender as sender
-    import carerix_smtp.smtp.transport as transport
+    import carerix_smtp.send.dispatch as dispatch
+    import carerix_smtp.send.routing as routing
+    import carerix_smtp.smtp.session as smtp_session
     import carerix_smtp.spool.spool as spool_module
 
     spent: collections.Counter[str] = collections.Counter()
@@ -228,8 +230,9 @@ def phases(spool: Path, config_path: Path) -> None:
 
         setattr(owner, name, timed)
 
-    wrap(sender, "read_message", "message.read_message (header parsing)")
-    wrap(transport.SmtpSession, "run", "SmtpSession.run (MAIL..DATA on the wire)")
+    wrap(dispatch, "read_message", "message.read_message (header parsing)")
+    wrap(routing, "read_message", "message.read_message (header parsing)")
+    wrap(smtp_session.SmtpSession, "run", "SmtpSession.run (MAIL..DATA on the wire)")
     wrap(spool_module.Spool, "claim", "Spool.claim (rename, fsync)")
     wrap(spool_module.Spool, "record_outcome", "Spool.record_outcome (journal, record, move)")
     wrap(spool_module.Spool, "log_delivery", "Spool.log_delivery")

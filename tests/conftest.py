@@ -118,7 +118,8 @@ def server_ssl_context(tls_ca):
 
 @pytest.fixture
 def sink_factory() -> Iterator[Any]:
-    from carerix_smtp.sink.sink import Sink, SinkConfig
+    from carerix_smtp.sink.config import SinkConfig
+    from carerix_smtp.sink.server import Sink
 
     sinks: list[Sink] = []
 

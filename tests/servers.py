@@ -34,7 +34,7 @@ from conftest import free_port
 
 from carerix_smtp.config.file import Config, ServerEntry
 from carerix_smtp.config.tls import Security
-from carerix_smtp.sink.sink import Sink
+from carerix_smtp.sink.server import Sink
 
 USER = "jan"
 PASSWORD = "s3cret pass"

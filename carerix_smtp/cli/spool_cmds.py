@@ -14,9 +14,10 @@ from carerix_smtp.cli.context import CliContext, get_context
 from carerix_smtp.cli.render import print_json
 
 if TYPE_CHECKING:
-    from carerix_smtp.limits.ledger import Ledger
-    from carerix_smtp.send.sender import Plan, ProgressEvent, RunSummary, ServerLimits
-    from carerix_smtp.spool.spool import SpoolStatus
+    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.send.plan import Plan, ServerLimits
+    from carerix_smtp.send.report import ProgressEvent, RunSummary
+    from carerix_smtp.spool.listing import SpoolStatus
 
 SpoolArg = Annotated[
     Path,
@@ -60,7 +61,7 @@ def _err(message: str) -> None:
 
 def _existing_ledger(cli: CliContext) -> Callable[[], Ledger] | None:
     """The state dir's ledger if there is one (read-only commands create none)."""
-    from carerix_smtp.limits.ledger import Ledger
+    from carerix_smtp.limits.sqlite import Ledger
 
     path = cli.state_dir / Ledger.FILENAME
     if not path.exists():
@@ -135,8 +136,11 @@ def send(
 
     Example (crontab):  */5 * * * *  cxsmtp send /var/spool/mailing
     """
-    from carerix_smtp.limits.ledger import Ledger
-    from carerix_smtp.send.sender import SendOptions, plan_send, run_send, stop_on_signals
+    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.send.plan import plan_send
+    from carerix_smtp.send.report import SendOptions
+    from carerix_smtp.send.run import run_send
+    from carerix_smtp.send.stopping import stop_on_signals
 
     cli = get_context(ctx)
     config = cli.load_config()
@@ -358,7 +362,7 @@ def status(ctx: typer.Context, spool: SpoolArg, json_out: JsonOpt = False) -> No
     Example:  cxsmtp status /var/spool/mailing --json
     """
     from carerix_smtp.errors import ConfigError
-    from carerix_smtp.send.sender import limits_status
+    from carerix_smtp.send.plan import limits_status
     from carerix_smtp.spool.spool import Spool
 
     cli = get_context(ctx)
@@ -479,7 +483,8 @@ def retry(
     Example:  cxsmtp retry /var/spool/mailing --all
     """
     from carerix_smtp.errors import UsageError
-    from carerix_smtp.spool.spool import Spool, SpoolBusyError
+    from carerix_smtp.spool.layout import SpoolBusyError
+    from carerix_smtp.spool.spool import Spool
 
     if bool(names) == everything:
         raise UsageError("give message NAMEs or --all (not both)")

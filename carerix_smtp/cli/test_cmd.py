@@ -10,9 +10,12 @@ import typer
 from carerix_smtp.cli.context import get_context
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
-    from carerix_smtp.probe.probe import ProbeReport
+    from carerix_smtp.cli.context import CliContext
+    from carerix_smtp.probe.report import ProbeReport
 
 SYMBOLS = {"ok": "✔", "failed": "✘", "skipped": "–"}
 
@@ -75,45 +78,18 @@ def test(
     75 temporary refusal (4xx); 78 configuration (unknown server, no password,
     unencrypted password refused); 66 --ca-file unreadable.
     """
-    from carerix_smtp.config.passwords import get_password
-    from carerix_smtp.errors import SecretError, UsageError
-    from carerix_smtp.probe.probe import ProbeOptions, parse_duration, run_probe
-    from carerix_smtp.probe.probe import wait_until_ready as wait_ready
-    from carerix_smtp.smtp.resolve import make_resolver
+    from carerix_smtp.probe.probe import ProbeRequest, probe_server
 
-    for option, address in (("--to", to), ("--from", mail_from)):
-        if address is not None and "@" not in address.strip("<> "):
-            raise UsageError(f"{option} {address!r}: not an e-mail address (local@domain)")
     cli = get_context(ctx)
-    config = cli.load_config()
-    entry = config.server(name) if name else config.default()
-    duration = parse_duration(wait_until_ready) if wait_until_ready else None
-    resolver = make_resolver(config.settings.nameservers, cli.env)
-    password = password_error = None
-    if entry.username is not None:
-        try:
-            password = get_password(entry, cli.env)
-        except SecretError as exc:  # reported as the AUTH phase, after TLS was checked
-            password_error = exc
-    options = ProbeOptions(to=to, mail_from=mail_from, timeout=timeout, spool=spool)
-
-    def attempt() -> ProbeReport:
-        return run_probe(entry, password, options, resolver=resolver, password_error=password_error)
-
-    if duration is None:
-        report = attempt()
-    else:
-
-        def on_retry(failed: ProbeReport, wait: float) -> None:
-            phase = failed.failed_phase
-            where = phase.name if phase else "?"
-            cli.err_console.print(
-                f"cxsmtp: attempt {failed.attempts} failed at {where}: {failed.error}; "
-                f"retrying in {wait:.0f} s",
-                markup=False,
-            )
-
-        report = wait_ready(attempt, duration, on_retry=on_retry)
+    request = ProbeRequest(
+        name=name,
+        to=to,
+        mail_from=mail_from,
+        timeout=timeout,
+        wait_until_ready=wait_until_ready,
+        spool=spool,
+    )
+    report = probe_server(request, cli.load_config, cli.env, on_retry=_retry_printer(cli))
     if json_:
         from carerix_smtp.cli.render import print_json
 
@@ -121,6 +97,21 @@ def test(
     else:
         render_report(report, terminal=cli.stdout_is_terminal, console=cli.console)
     raise typer.Exit(report.exit_code)
+
+
+def _retry_printer(cli: CliContext) -> Callable[[ProbeReport, float], None]:
+    """With --wait-until-ready: one line on stderr per failed attempt."""
+
+    def on_retry(failed: ProbeReport, wait: float) -> None:
+        phase = failed.failed_phase
+        where = phase.name if phase else "?"
+        cli.err_console.print(
+            f"cxsmtp: attempt {failed.attempts} failed at {where}: {failed.error}; "
+            f"retrying in {wait:.0f} s",
+            markup=False,
+        )
+
+    return on_retry
 
 
 def render_report(report: ProbeReport, *, terminal: bool, console: Console | None = None) -> None:

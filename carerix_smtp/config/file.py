@@ -7,7 +7,7 @@ One TOML file (tomllib to read, tomli-w to write)::
     default_server = "xs4all"
 
     [servers.xs4all]
-    host = "[smtp.xs4all.nl]:587"   # as written; see hosts.py
+    host = "[smtp.xs4all.nl]:587"   # as written; see config/hosts.py
     username = "jan"
     accepts_large_amounts = true     # seed: 6,000 instead of 1,200 emails an hour
 
@@ -16,7 +16,7 @@ One TOML file (tomllib to read, tomli-w to write)::
 
 Path: ``--config``, else ``CXSMTP_CONFIG``, else the platform's user config dir.
 Written atomically (temp file in the same directory, fsync, rename), mode 0600.
-Passwords are never stored here (see secrets.py).
+Passwords are never stored here (see config/passwords.py).
 """
 
 from __future__ import annotations

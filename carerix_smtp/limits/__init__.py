@@ -1,1 +1,14 @@
-"""limits package (docstring to be written)."""
+"""The sending limits: the pure admission rule and the rate ledger that feeds it.
+
+- ``rule``: the policy as pure functions (Limits, rolling windows, batch sizing,
+  the timing model, :func:`~carerix_smtp.limits.rule.next_batch` and its proof);
+- ``schedule``: the rule played forward (ETA, ``--dry-run``);
+- ``ledger``: the ledger's interface (the ``LedgerStore`` protocol, ``BatchGrant``,
+  ``Wait``, ``Usage``) and the semantics any store must keep;
+- ``owner``: who holds a batch reservation and whether it can still send;
+- ``sqlite`` (``Ledger``), ``sqlite_connection``, ``sqlite_reservations``,
+  ``sqlite_state``: the SQLite store, ``STATE_DIR/ledger.sqlite3``.
+
+May import config/ (for :meth:`Limits.from_entry`, at type-checking time only)
+and errors; nothing from smtp/, spool/, send/ or cli/.
+"""

@@ -1,10 +1,12 @@
-"""The persistent rate ledger: what was sent, through which server, and when.
+"""The rate ledger's interface: what was sent, through which server, and when.
 
-One SQLite file, ``STATE_DIR/ledger.sqlite3``, shared by every run, every spool
-and every process (WAL mode, a busy timeout, and every decision inside one
-``BEGIN IMMEDIATE`` write transaction, so grants are serialised across
-processes).  The policy itself is pure and lives in :mod:`carerix_smtp.limits.rule`;
-this module feeds it the ledger's state and records what it decided.
+The ledger feeds the pure policy (:mod:`carerix_smtp.limits.rule`) the state
+it needs and records what it decided.  This module holds what every ledger
+store shares: the :class:`LedgerStore` protocol (what send/ and cli/ use), the
+results it hands out (:class:`BatchGrant`, :class:`Wait`, :class:`Usage`,
+:class:`SendRecord`) and its errors.  The one store today is
+:class:`carerix_smtp.limits.sqlite.Ledger`: one SQLite file in the state dir,
+shared by every run, every spool and every process.
 
 How the sender uses it (one batch; the clock is injected, ``time.time`` in the CLI)::
 
@@ -41,7 +43,8 @@ together overshoot (the proof is in :func:`carerix_smtp.limits.rule.next_batch`)
 A process that dies holding one must not block the others for ever, and a
 reservation must never be released while its owner can still send, or the
 proof breaks.  So the owner is recorded (host name, kernel boot id, pid
-namespace, pid and the process start time, which defeats pid reuse):
+namespace, pid and the process start time, which defeats pid reuse; see
+:mod:`carerix_smtp.limits.owner`):
 
 * same machine and pid namespace: the owner is checked directly; a dead owner's
   reservation is released at once;
@@ -63,52 +66,51 @@ Stamping them later than they can have happened only makes them count
 longer.  A crash therefore costs at most a few slots of one window, never an
 overshoot.  A run that exits normally with a grant still open closes it at exit.
 
-Processes: one :class:`Ledger` per process (it may be shared by threads);
-never carry one across ``fork``.
+A second store (a PostgreSQL ledger is planned) implements :class:`LedgerStore`
+and reuses :class:`BatchGrant` (the in-process bookkeeping of one batch, which
+calls back ``record_send`` / ``close_reservation``) and
+:mod:`carerix_smtp.limits.owner`.  It must keep these semantics:
+
+* serialised admission: reading the windows, :func:`~carerix_smtp.limits.rule.next_batch`
+  and recording the reservation happen in ONE transaction that excludes every
+  other admission of every process sharing the store (SQLite: ``BEGIN
+  IMMEDIATE``); the reservation is durable (fsynced) before the grant is used;
+* rolling windows: a send counts from its acceptance stamp until ``window``
+  seconds later (also when stamped in the future), and a live reservation
+  counts with its unconfirmed slots on its server and on the all-server
+  email_send_limit window; the last batch start is the newest reservation that
+  is live or sent something (the batch interval);
+* reservations are released only when their owner is gone or their lease has
+  expired, as above, with the presumed sends recorded in the same transaction:
+  a crash never causes an overshoot;
+* ``record_send`` stores the stamp :class:`BatchGrant` gives it (never before the
+  slot's release time) and extends the lease; ``close_reservation`` closes the
+  reservation (its unused slots are free again) and folds the batch's
+  (size, seconds) observations into the server's
+  :class:`~carerix_smtp.limits.rule.TimingModel`;
+* one injected clock for stamps and decisions; sends and closed reservations
+  are pruned only when no window can count them any more.
 """
 
 from __future__ import annotations
 
-import atexit
-import logging
-import math
-import os
-import socket
-import sqlite3
 import threading
-import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from carerix_smtp.errors import GrantExceededError, LedgerBusyError, StateError
-from carerix_smtp.limits.rule import (
-    BatchSize,
-    Limits,
-    Schedule,
-    ServerQueue,
-    TimingModel,
-    WaitKind,
-    WindowState,
-    next_batch,
-    plan_batch_size,
-    simulate_schedule,
-    window_allowance,
-)
-
-log = logging.getLogger(__name__)
+from carerix_smtp.limits.rule import BatchSize, Limits, TimingModel, WaitKind
+from carerix_smtp.limits.schedule import Schedule
 
 __all__ = [
     "BatchGrant",
+    "Clock",
     "GrantExceededError",
-    "Ledger",
     "LedgerBusyError",
     "LedgerError",
-    "Owner",
+    "LedgerStore",
     "SendRecord",
     "Usage",
     "Wait",
@@ -116,133 +118,7 @@ __all__ = [
 
 Clock = Callable[[], float]
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sends (
-    id INTEGER PRIMARY KEY,
-    server TEXT NOT NULL,
-    time REAL NOT NULL,              -- when the server accepted the data
-    bytes INTEGER NOT NULL,
-    message_id TEXT,                 -- NULL for presumed sends
-    presumed INTEGER NOT NULL DEFAULT 0,
-    reservation INTEGER
-);
-CREATE INDEX IF NOT EXISTS sends_by_server_time ON sends (server, time);
-CREATE INDEX IF NOT EXISTS sends_by_time ON sends (time);
-CREATE TABLE IF NOT EXISTS reservations (
-    id INTEGER PRIMARY KEY,
-    server TEXT NOT NULL,
-    opened_at REAL NOT NULL,         -- the batch start
-    deadline_at REAL NOT NULL,
-    expires_at REAL NOT NULL,        -- lease, for owners that cannot be checked
-    slots INTEGER NOT NULL,
-    used INTEGER NOT NULL DEFAULT 0,
-    presumed INTEGER NOT NULL DEFAULT 0,
-    in_flight INTEGER NOT NULL,      -- connections: messages that can be in flight at once
-    owner_host TEXT NOT NULL,
-    owner_boot TEXT NOT NULL,
-    owner_pidns TEXT NOT NULL,
-    owner_pid INTEGER NOT NULL,
-    owner_start TEXT NOT NULL,
-    closed_at REAL                   -- NULL while live
-);
-CREATE INDEX IF NOT EXISTS reservations_by_server ON reservations (server, opened_at);
-CREATE INDEX IF NOT EXISTS reservations_live ON reservations (closed_at);
-CREATE TABLE IF NOT EXISTS timing (
-    server TEXT PRIMARY KEY,
-    weight REAL NOT NULL,
-    sum_x REAL NOT NULL,
-    sum_y REAL NOT NULL,
-    sum_xx REAL NOT NULL,
-    sum_xy REAL NOT NULL,
-    setup REAL NOT NULL,
-    batches INTEGER NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
-
-
 LedgerError = StateError  # the ledger's errors live in errors.py
-
-
-# --- owners ---------------------------------------------------------------
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of ``pid`` (clock ticks since boot) or None if it is gone or a zombie."""
-    stat = _read(f"/proc/{pid}/stat")
-    if not stat:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie cannot send
-        return None
-    return fields[19]  # field 22 of proc(5); fields[0] is field 3
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who holds a reservation; empty strings where the platform cannot tell."""
-
-    host: str
-    boot: str
-    pidns: str
-    pid: int
-    start: str
-
-    @classmethod
-    def current(cls) -> Owner:
-        pid = os.getpid()
-        try:
-            pidns = os.readlink("/proc/self/ns/pid")
-        except OSError:
-            pidns = ""
-        return cls(
-            host=socket.gethostname(),
-            boot=_read("/proc/sys/kernel/random/boot_id"),
-            pidns=pidns,
-            pid=pid,
-            start=_process_start(pid) or "",
-        )
-
-
-class _OwnerState(Enum):
-    ALIVE = "alive"  # keep the reservation
-    GONE = "gone"  # dead, machine not rebooted: presume messages in flight
-    GONE_UNSURE = "gone-unsure"  # dead, may have lost unsynced rows: presume all
-    UNKNOWN = "unknown"  # cannot check: keep until the lease expires
-
-
-def _owner_state(owner: Owner, me: Owner) -> _OwnerState:
-    if owner.boot and me.boot:
-        if owner.boot != me.boot:
-            # Same host name, other boot id: the machine rebooted since.
-            return _OwnerState.GONE_UNSURE if owner.host == me.host else _OwnerState.UNKNOWN
-        if not owner.pidns or owner.pidns != me.pidns or not owner.start:
-            return _OwnerState.UNKNOWN
-        start = _process_start(owner.pid)
-        return _OwnerState.ALIVE if start == owner.start else _OwnerState.GONE
-    if owner.host == me.host and not owner.boot and not me.boot:
-        # No /proc: a pid that is gone is proof; a pid that exists may be reused.
-        return _OwnerState.UNKNOWN if _pid_exists(owner.pid) else _OwnerState.GONE_UNSURE
-    return _OwnerState.UNKNOWN
 
 
 # --- results ----------------------------------------------------------------
@@ -310,7 +186,7 @@ class BatchGrant:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: LedgerStore,
         reservation_id: int,
         server: str,
         limits: Limits,
@@ -411,7 +287,7 @@ class BatchGrant:
             # Never stamped before the slot's release time (the proof in limits.next_batch).
             release = self.release_at[min(self.sent, len(self.release_at) - 1)]
             now = max(self.ledger.clock(), release, self.opened_at)
-            self.ledger._record_send(self, now, message_id, size)
+            self.ledger.record_send(self, now, message_id, size)
             self.sent += 1
             self.sent_bytes += size
             if self._mark is not None:
@@ -442,7 +318,7 @@ class BatchGrant:
             self._claims.clear()
             observations = list(self._observations)
             setup = self._setup
-        self.ledger._close_reservation(self, observations, setup)
+        self.ledger.close_reservation(self, observations, setup)
 
     def __enter__(self) -> BatchGrant:
         return self
@@ -456,371 +332,18 @@ class BatchGrant:
         self.close()
 
 
-# --- the ledger -----------------------------------------------------------------
-
-_OPEN_LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
+# --- the interface ----------------------------------------------------------------
 
 
-@atexit.register
-def _close_open_ledgers() -> None:
-    for ledger in list(_OPEN_LEDGERS):
-        if ledger._pid == os.getpid():  # never from a forked child
-            ledger.close()
+class LedgerStore(Protocol):
+    """What send/ and cli/ use of a rate ledger, and what :class:`BatchGrant` calls back.
 
-
-@dataclass
-class _Loaded:
-    state: WindowState
-    timing: TimingModel
-
-
-class Ledger:
-    """The SQLite ledger at ``path`` (created with its directory when missing, mode 0600).
-
-    ``clock``: epoch seconds (``time.time`` in the CLI, a fake in tests);
-    ``sleep``: used only by :meth:`BatchGrant.admit` to pace a batch (seconds).
-    ``busy_timeout``: how long to wait for other processes' transactions.
-    ``retention``: sends and batches are kept this long, or the largest window
-    if that is longer (for ``status``), then pruned.
-    ``owner``: who this process is (tests pass a fake one); ``durable``: fsync
-    each new reservation (turn off only for benchmarks on throw-away files).
+    Semantics in the module docstring.  Construction is the store's own
+    (``Ledger(path)`` / ``Ledger.in_state_dir(state_dir)`` for SQLite).
     """
 
-    FILENAME = "ledger.sqlite3"
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        clock: Clock = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        busy_timeout: float = 30.0,
-        retention: float = 2 * 86_400.0,
-        owner: Owner | None = None,
-        durable: bool = True,
-    ) -> None:
-        self.path = Path(path)
-        self.clock = clock
-        self.sleep = sleep
-        self.busy_timeout = busy_timeout
-        self.retention = retention
-        self._owner = owner
-        self._owner_pid = -1
-        self._current_owner: Owner | None = None
-        self._durable = durable
-        self._synchronous = ""
-        self._lock = threading.RLock()
-        self._grants: list[BatchGrant] = []
-        self._pid = os.getpid()
-        self._conn = self._connect()
-        _OPEN_LEDGERS.add(self)
-
-    @classmethod
-    def in_state_dir(
-        cls,
-        state_dir: str | os.PathLike[str],
-        *,
-        clock: Clock = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        busy_timeout: float = 30.0,
-    ) -> Ledger:
-        """The ledger of a state dir: ``STATE_DIR/ledger.sqlite3``."""
-        return cls(
-            Path(state_dir) / cls.FILENAME, clock=clock, sleep=sleep, busy_timeout=busy_timeout
-        )
-
-    # connection ----------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # sqlite would use 0644
-            os.close(fd)
-        except OSError as exc:
-            raise LedgerError(
-                f"{self.path}: cannot create the rate ledger: {exc.strerror}",
-                hint="check --state-dir / CXSMTP_STATE_DIR and its permissions",
-            ) from None
-        try:
-            conn = sqlite3.connect(
-                str(self.path),
-                timeout=self.busy_timeout,
-                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-                check_same_thread=False,  # guarded by self._lock
-            )
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._synchronous = "NORMAL"
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version == 0:
-                        for statement in SCHEMA.split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    elif version != SCHEMA_VERSION:
-                        raise LedgerError(
-                            f"{self.path}: rate ledger of an unknown version {version} "
-                            f"(this cxsmtp writes version {SCHEMA_VERSION})"
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            conn.close()
-            raise self._error(exc) from None
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _error(self, exc: sqlite3.Error) -> LedgerError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return LedgerBusyError(
-                f"{self.path}: the rate ledger stayed busy for {self.busy_timeout:g} s "
-                "(other cxsmtp processes are using it); try again"
-            )
-        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
-            return LedgerError(
-                f"{self.path}: not a cxsmtp rate ledger (SQLite says: {text})",
-                hint="move the file away; cxsmtp then starts a new, empty ledger",
-            )
-        return LedgerError(f"{self.path}: rate ledger: {text}")
-
-    @property
-    def owner(self) -> Owner:
-        if self._owner is not None:
-            return self._owner
-        pid = os.getpid()
-        if self._current_owner is None or self._owner_pid != pid:
-            self._current_owner = Owner.current()
-            self._owner_pid = pid
-        return self._current_owner
-
-    @contextmanager
-    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: serialised across processes)."""
-        with self._lock:
-            conn = self._conn
-            wanted = "FULL" if durable and self._durable else "NORMAL"
-            try:
-                if wanted != self._synchronous:
-                    conn.execute(f"PRAGMA synchronous = {wanted}")
-                    self._synchronous = wanted
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error(exc) from None
-            try:
-                yield conn
-            except BaseException:
-                with suppress(sqlite3.Error):  # already rolled back
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise self._error(exc) from None
-
-    def close(self) -> None:
-        """Close open grants (releasing their slots) and the database.
-
-        Also done at interpreter exit, so a run that forgets a grant does not
-        cost a slot the way a crash does.
-        """
-        for grant in list(self._grants):
-            try:
-                grant.close()
-            except LedgerError as exc:  # pragma: no cover - best effort at exit
-                log.warning("%s", exc)
-        with self._lock:
-            self._conn.close()
-        _OPEN_LEDGERS.discard(self)
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # the state the policy needs ---------------------------------------------------
-
-    def _reclaim(self, conn: sqlite3.Connection, now: float) -> None:
-        """Release live reservations whose owner can send no more (see module docstring)."""
-        me = self.owner
-        rows = conn.execute(
-            "SELECT id, server, slots, used, in_flight, expires_at, owner_host, owner_boot,"
-            " owner_pidns, owner_pid, owner_start FROM reservations WHERE closed_at IS NULL"
-        ).fetchall()
-        for rid, server, slots, used, in_flight, expires_at, host, boot, pidns, pid, start in rows:
-            owner = Owner(host, boot, pidns, pid, start)
-            state = _owner_state(owner, me)
-            if state is _OwnerState.ALIVE:
-                continue
-            if state is _OwnerState.UNKNOWN and now < expires_at:
-                continue
-            remaining = max(0, slots - used)
-            same_boot = bool(boot) and boot == me.boot
-            if state is _OwnerState.GONE or (state is _OwnerState.UNKNOWN and same_boot):
-                presumed = min(in_flight, remaining)
-            else:
-                presumed = remaining
-            conn.executemany(
-                "INSERT INTO sends (server, time, bytes, message_id, presumed, reservation)"
-                " VALUES (?, ?, 0, NULL, 1, ?)",
-                [(server, now, rid)] * presumed,
-            )
-            conn.execute(
-                "UPDATE reservations SET closed_at = ?, presumed = ? WHERE id = ?",
-                (now, presumed, rid),
-            )
-            why = "its lease expired" if state is _OwnerState.UNKNOWN else "its owner is gone"
-            log.warning(
-                "server %s: released the batch reservation of pid %d on %s (%s); "
-                "%d unconfirmed message(s) counted as possibly sent",
-                server,
-                pid,
-                host,
-                why,
-                presumed,
-            )
-
-    def _prune(self, conn: sqlite3.Connection, now: float, limits: Limits) -> None:
-        horizon = now - max(self.retention, limits.rate_window, limits.send_limit_window)
-        conn.execute("DELETE FROM sends WHERE time < ?", (horizon,))
-        conn.execute(
-            "DELETE FROM reservations WHERE closed_at IS NOT NULL AND opened_at < ?", (horizon,)
-        )
-
-    def _load(self, conn: sqlite3.Connection, server: str, limits: Limits, now: float) -> _Loaded:
-        server_sends = [
-            row[0]
-            for row in conn.execute(
-                "SELECT time FROM sends WHERE server = ? AND time > ? ORDER BY time",
-                (server, now - limits.rate_window),
-            )
-        ]
-        all_sends = [
-            row[0]
-            for row in conn.execute(
-                "SELECT time FROM sends WHERE time > ? ORDER BY time",
-                (now - limits.send_limit_window,),
-            )
-        ]
-        server_reserved = 0
-        all_reserved = 0
-        ends: float | None = None
-        for name, left, deadline_at in conn.execute(
-            "SELECT server, slots - used, deadline_at FROM reservations WHERE closed_at IS NULL"
-        ):
-            left = max(0, left)
-            all_reserved += left
-            if name == server:
-                server_reserved += left
-            if left > 0:
-                ends = deadline_at if ends is None else min(ends, deadline_at)
-        last = conn.execute(
-            "SELECT max(opened_at) FROM reservations WHERE server = ?"
-            " AND (closed_at IS NULL OR used > 0 OR presumed > 0)",
-            (server,),
-        ).fetchone()[0]
-        state = WindowState(server_sends, all_sends, server_reserved, all_reserved, last, ends)
-        return _Loaded(state, self._timing(conn, server))
-
-    @staticmethod
-    def _timing(conn: sqlite3.Connection, server: str) -> TimingModel:
-        row = conn.execute(
-            "SELECT weight, sum_x, sum_y, sum_xx, sum_xy, setup, batches FROM timing"
-            " WHERE server = ?",
-            (server,),
-        ).fetchone()
-        if row is None:
-            return TimingModel()
-        weight, sum_x, sum_y, sum_xx, sum_xy, setup, batches = row
-        return TimingModel(weight, sum_x, sum_y, sum_xx, sum_xy, setup, int(batches))
-
-    # public API -------------------------------------------------------------------
-
-    def open_batch(
-        self,
-        server: str,
-        limits: Limits,
-        queued_sizes: Sequence[int] = (),
-        *,
-        connections: int = 1,
-    ) -> BatchGrant | Wait:
-        """Start a batch now if the limits allow it, else say until when to wait.
-
-        ``queued_sizes``: sizes in bytes of the queue head, in sending order
-        (only the first ``batch_count_cap + 1`` are read; empty = unknown).
-        ``connections``: how many messages may be in flight at once under this
-        grant (what a crash may leave unrecorded).
-        """
-        with self._write(durable=True) as conn:
-            now = self.clock()
-            self._reclaim(conn, now)
-            self._prune(conn, now, limits)
-            loaded = self._load(conn, server, limits, now)
-            size = plan_batch_size(queued_sizes, limits, loaded.timing)
-            decision = next_batch(loaded.state, limits, now, size.count)
-            if decision.kind is not None:
-                log.debug("server %s: wait until %.3f: %s", server, decision.at, decision.reason)
-                return Wait(server, decision.at, decision.kind, decision.reason, decision.count)
-            if decision.release[-1] > now:
-                log.debug(
-                    "server %s: batch paced until %.3f (previous sends leaving the window)",
-                    server,
-                    decision.release[-1],
-                )
-            owner = self.owner
-            deadline_at = now + limits.batch_deadline
-            cursor = conn.execute(
-                "INSERT INTO reservations (server, opened_at, deadline_at, expires_at, slots,"
-                " in_flight, owner_host, owner_boot, owner_pidns, owner_pid, owner_start)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    server,
-                    now,
-                    deadline_at,
-                    deadline_at + limits.lease_grace,
-                    decision.count,
-                    max(1, connections),
-                    owner.host,
-                    owner.boot,
-                    owner.pidns,
-                    owner.pid,
-                    owner.start,
-                ),
-            )
-            rid = cursor.lastrowid
-            assert rid is not None
-        grant = BatchGrant(
-            self, rid, server, limits, now, decision.count, size, loaded.timing, decision.release
-        )
-        self._grants.append(grant)
-        log.info(
-            "server %s: batch of up to %d message(s) (planned %d, limited by %s)",
-            server,
-            decision.count,
-            size.count,
-            size.limited_by,
-        )
-        return grant
+    clock: Clock  # epoch seconds: stamps the sends and decides the windows
+    sleep: Callable[[float], None]  # used only by BatchGrant.admit to pace a batch
 
     def acquire(
         self,
@@ -832,202 +355,36 @@ class Ledger:
         max_wait: float | None = None,
         connections: int = 1,
     ) -> BatchGrant | Wait:
-        """:meth:`open_batch`, sleeping (with the injected ``sleep``) through short waits.
+        """Grant a batch now, sleeping (with ``sleep``) through waits up to ``max_wait``.
 
-        Waits longer than ``max_wait`` (default: the batch deadline) are
-        returned to the caller; ``math.inf`` sleeps until a batch is granted.
+        ``queued_sizes``: the queue head's sizes in sending order (empty =
+        unknown); ``connections``: messages that may be in flight at once under
+        the grant (what a crash may leave unrecorded).  ``max_wait`` defaults to
+        the batch deadline; ``math.inf`` sleeps until a batch is granted.
         """
-        limit = limits.batch_deadline if max_wait is None else max_wait
-        while True:
-            result = self.open_batch(server, limits, queued_sizes, connections=connections)
-            if isinstance(result, BatchGrant):
-                return result
-            delay = result.until - self.clock()
-            if math.isinf(result.until) or delay > limit:
-                return result
-            sleep(max(0.0, delay))
+        ...
 
     def usage(self, server: str, limits: Limits) -> Usage:
         """Sent in the last hour / day, what the windows still allow, the next batch."""
-        with self._write() as conn:
-            now = self.clock()
-            self._reclaim(conn, now)
-            loaded = self._load(conn, server, limits, now)
-            sent_hour, bytes_hour = conn.execute(
-                "SELECT count(*), coalesce(sum(bytes), 0) FROM sends WHERE server = ? AND time > ?",
-                (server, now - limits.rate_window),
-            ).fetchone()
-            sent_day, bytes_day = conn.execute(
-                "SELECT count(*), coalesce(sum(bytes), 0) FROM sends WHERE server = ? AND time > ?",
-                (server, now - limits.send_limit_window),
-            ).fetchone()
-        state = loaded.state
-        allows = min(
-            window_allowance(
-                state.server_sends,
-                now,
-                limits.rate_window,
-                limits.rate_per_hour,
-                state.server_reserved,
-            ),
-            window_allowance(
-                state.all_sends,
-                now,
-                limits.send_limit_window,
-                limits.email_send_limit,
-                state.all_reserved,
-            ),
-        )
-        size = plan_batch_size((), limits, loaded.timing)
-        decision = next_batch(state, limits, now, size.count)
-        timing = loaded.timing
-        per_byte = timing.per_byte
-        return Usage(
-            server=server,
-            at=now,
-            limits=limits,
-            sent_hour=sent_hour,
-            bytes_hour=bytes_hour,
-            sent_day=sent_day,
-            bytes_day=bytes_day,
-            sent_day_all=len(state.all_sends),
-            reserved=state.server_reserved,
-            reserved_all=state.all_reserved,
-            window_allows=max(0, allows),
-            last_batch_at=state.last_batch_start,
-            next_batch_at=decision.at,
-            next_batch_size=decision.count,
-            waiting_for=decision.kind,
-            reason=decision.reason,
-            seconds_per_message=timing.per_message,
-            seconds_per_megabyte=None if per_byte is None else per_byte * 1_000_000,
-        )
-
-    def next_window_at(self, server: str, limits: Limits) -> float:
-        """When the next batch of ``server`` may start (now if now; ``math.inf``: never)."""
-        return self.usage(server, limits).next_batch_at
+        ...
 
     def plan(self, queues: Mapping[str, tuple[Limits, Sequence[int]]]) -> Schedule:
-        """The schedule that would send ``{server: (limits, queued sizes)}`` at current limits.
+        """The schedule that would send ``{server: (limits, queued sizes)}`` at current limits."""
+        ...
 
-        Starts from the ledger's state (live reservations of other runs count as
-        sends at their deadline) and plays :func:`limits.simulate_schedule`
-        forward; the servers share the email_send_limit window.
-        """
-        if not queues:
-            return Schedule((), None, 0, 0)
-        widest_name = max(queues, key=lambda name: queues[name][0].send_limit_window)
-        with self._write() as conn:
-            now = self.clock()
-            self._reclaim(conn, now)
-            loaded = {name: self._load(conn, name, lim, now) for name, (lim, _) in queues.items()}
-        widest_state = loaded[widest_name].state
-        all_sends = list(widest_state.all_sends)
-        pending_at = max(now, widest_state.reservations_end or now)
-        all_sends.extend([pending_at] * widest_state.all_reserved)
-        server_queues = {}
-        for name, (lim, sizes) in queues.items():
-            state = loaded[name].state
-            sends = list(state.server_sends)
-            sends.extend([pending_at] * state.server_reserved)
-            server_queues[name] = ServerQueue(
-                lim, sizes, sorted(sends), state.last_batch_start, loaded[name].timing
-            )
-        return simulate_schedule(server_queues, sorted(all_sends), now)
+    def close(self) -> None:
+        """Close open grants (releasing their slots) and the store."""
+        ...
 
-    def eta(self, server: str, limits: Limits, queued_sizes: Sequence[int]) -> Schedule:
-        """:meth:`plan` for one server: ``.last_at`` is when the last message should go."""
-        return self.plan({server: (limits, queued_sizes)})
+    def record_send(self, grant: BatchGrant, now: float, message_id: str | None, size: int) -> None:
+        """Called by :meth:`BatchGrant.confirm`: one send of ``grant``, stamped ``now``."""
+        ...
 
-    def sends(self, server: str | None = None, since: float | None = None) -> list[SendRecord]:
-        """The recorded sends, oldest first (status and tests)."""
-        query = "SELECT server, time, bytes, message_id, presumed, reservation FROM sends"
-        clauses: list[str] = []
-        args: list[object] = []
-        if server is not None:
-            clauses.append("server = ?")
-            args.append(server)
-        if since is not None:
-            clauses.append("time > ?")
-            args.append(since)
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        with self._lock:
-            try:
-                rows = self._conn.execute(query + " ORDER BY time, id", args).fetchall()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from None
-        return [SendRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
-
-    def timing(self, server: str) -> TimingModel:
-        with self._lock:
-            try:
-                return self._timing(self._conn, server)
-            except sqlite3.Error as exc:
-                raise self._error(exc) from None
-
-    # called by BatchGrant --------------------------------------------------------------
-
-    def _record_send(
-        self, grant: BatchGrant, now: float, message_id: str | None, size: int
-    ) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO sends (server, time, bytes, message_id, presumed, reservation)"
-                " VALUES (?, ?, ?, ?, 0, ?)",
-                (grant.server, now, size, message_id, grant.reservation_id),
-            )
-            conn.execute(
-                "UPDATE reservations SET used = used + 1, expires_at = max(expires_at, ?)"
-                " WHERE id = ?",
-                (now + grant.limits.lease_grace, grant.reservation_id),
-            )
-            row = conn.execute(
-                "SELECT closed_at FROM reservations WHERE id = ?", (grant.reservation_id,)
-            ).fetchone()
-        if row is not None and row[0] is not None and not grant.closed:
-            log.warning(
-                "server %s: batch reservation %d was released before this send was recorded "
-                "(the process was stopped longer than its lease?)",
-                grant.server,
-                grant.reservation_id,
-            )
-
-    def _close_reservation(
+    def close_reservation(
         self,
         grant: BatchGrant,
         observations: Sequence[tuple[int, float]],
         setup: float | None,
     ) -> None:
-        with self._write() as conn:
-            now = self.clock()
-            conn.execute(
-                "UPDATE reservations SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
-                (now, grant.reservation_id),
-            )
-            if observations:
-                model = self._timing(conn, grant.server).add_batch(observations, setup)
-                conn.execute(
-                    "INSERT OR REPLACE INTO timing (server, weight, sum_x, sum_y, sum_xx,"
-                    " sum_xy, setup, batches, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        grant.server,
-                        model.weight,
-                        model.sum_x,
-                        model.sum_y,
-                        model.sum_xx,
-                        model.sum_xy,
-                        model.setup,
-                        model.batches,
-                        now,
-                    ),
-                )
-        if grant in self._grants:
-            self._grants.remove(grant)
-        log.info(
-            "server %s: batch done: %d message(s), %d bytes%s",
-            grant.server,
-            grant.sent,
-            grant.sent_bytes,
-            " (cut short by the deadline)" if grant.cut_by_deadline else "",
-        )
+        """Called by :meth:`BatchGrant.close`: free the unused slots, update the timing model."""
+        ...

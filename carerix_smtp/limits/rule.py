@@ -1,9 +1,10 @@
 """Sending limits as pure policy: no I/O, no clock, no sleeping.
 
 Every function here takes the current time (``now``) and the state it needs as
-arguments and returns data; :mod:`carerix_smtp.limits.ledger` supplies that state from
-its SQLite file and an injected clock, the tests and the benchmark from a fake
-clock.  The numbers are the seed's ("Conditions/restrictions"):
+arguments and returns data; the ledger (:mod:`carerix_smtp.limits.sqlite`) supplies
+that state from its SQLite file and an injected clock, the tests and the benchmark
+from a fake clock.  Playing the rule forward (ETA, dry run) is
+:mod:`carerix_smtp.limits.schedule`.  The numbers are the seed's ("Conditions/restrictions"):
 
 * at most ``rate_per_hour`` messages per server in ANY rolling ``rate_window``
   (seed: 1,200 an hour, 6,000 with "Accepts large amounts of email");
@@ -26,12 +27,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # limits.py stays importable without the config machinery
+if TYPE_CHECKING:  # rule.py stays importable without the config machinery
     from carerix_smtp.config.file import ServerEntry, Settings
 
 __all__ = [
@@ -39,9 +40,6 @@ __all__ = [
     "BatchSize",
     "Decision",
     "Limits",
-    "PlannedBatch",
-    "Schedule",
-    "ServerQueue",
     "TimingModel",
     "WaitKind",
     "WindowState",
@@ -51,7 +49,6 @@ __all__ = [
     "next_batch",
     "plan_batch_size",
     "release_times",
-    "simulate_schedule",
     "window_allowance",
 ]
 
@@ -497,110 +494,3 @@ def next_batch(state: WindowState, limits: Limits, now: float, wanted: int) -> D
             return Decision(math.inf, 0, WaitKind.SEND_LIMIT, _reason(WaitKind.SEND_LIMIT, limits))
         t, kind = first, first_kind
     raise AssertionError("next_batch did not settle")  # pragma: no cover
-
-
-# --- schedules (ETA, dry run) ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlannedBatch:
-    server: str
-    start: float
-    count: int
-    bytes: int
-    last_at: float  # expected time of the batch's last message
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The batches that would send the queues at current limits, in time order.
-
-    ``last_at``: when the last queued message is expected to go (None when
-    nothing is queued, ``math.inf`` when it never will: email_send_limit 0).
-    """
-
-    batches: tuple[PlannedBatch, ...]
-    last_at: float | None
-    messages: int
-    bytes: int
-
-    def for_server(self, server: str) -> tuple[PlannedBatch, ...]:
-        return tuple(b for b in self.batches if b.server == server)
-
-
-@dataclass
-class ServerQueue:
-    """One server's part of a :func:`simulate_schedule` run."""
-
-    limits: Limits
-    sizes: Sequence[int]
-    sends: list[float] = field(default_factory=list)  # sorted; recent sends of this server
-    last_batch_start: float | None = None
-    timing: TimingModel | None = None
-
-
-def simulate_schedule(
-    queues: Mapping[str, ServerQueue],
-    all_sends: Sequence[float],
-    now: float,
-    *,
-    max_batches: int = 1_000_000,
-) -> Schedule:
-    """Play the admission rule forward: which batches send the queues, and when.
-
-    Every server's next batch is decided by :func:`next_batch`; the earliest
-    one goes first (they share the email_send_limit window).  Inside a batch the
-    messages are spread by the timing model (all at the start when none is
-    known).  ``all_sends`` are every server's recent sends (sorted); each
-    queue's ``sends`` and ``last_batch_start`` describe its server.  The inputs
-    are not modified.
-    """
-    every = sorted(all_sends)
-    state = {
-        name: (list(q.sends), q.last_batch_start, 0) for name, q in queues.items()
-    }  # sends, last start, position in sizes
-    batches: list[PlannedBatch] = []
-    total_bytes = 0
-    total = 0
-    last_at: float | None = None
-    clock = now
-    for _ in range(max_batches):
-        best: tuple[Decision, str, BatchSize] | None = None
-        for name, q in queues.items():
-            sends, last_start, pos = state[name]
-            if pos >= len(q.sizes):
-                continue
-            head = q.sizes[pos : pos + q.limits.batch_count_cap + 1]  # all plan_batch_size reads
-            size = plan_batch_size(head, q.limits, q.timing)
-            window = WindowState(sends, every, 0, 0, last_start, None)
-            decision = next_batch(window, q.limits, clock, size.count)
-            if best is None or decision.at < best[0].at:
-                best = (decision, name, size)
-        if best is None:
-            break
-        decision, name, _size = best
-        if math.isinf(decision.at):
-            last_at = math.inf
-            break
-        q = queues[name]
-        sends, _last, pos = state[name]
-        start = decision.at
-        model = q.timing if q.timing is not None and not q.timing.empty else None
-        t = start + (model.setup if model else 0.0)
-        taken = q.sizes[pos : pos + decision.count]
-        for j, size_ in enumerate(taken):
-            t = max(t, decision.release[j]) + (model.predict(size_) if model else 0.0)
-            bisect.insort(sends, t)
-            bisect.insort(every, t)
-        batch_bytes = sum(taken)
-        batches.append(PlannedBatch(name, start, len(taken), batch_bytes, t))
-        total += len(taken)
-        total_bytes += batch_bytes
-        last_at = t if last_at is None else max(last_at, t)
-        # Forget sends that no window can count any more (keeps the lists short).
-        del sends[: bisect.bisect_right(sends, start - q.limits.rate_window)]
-        oldest = start - max(x.limits.send_limit_window for x in queues.values())
-        del every[: bisect.bisect_right(every, oldest)]
-        state[name] = (sends, start, pos + len(taken))
-        clock = start
-    return Schedule(tuple(batches), last_at, total, total_bytes)

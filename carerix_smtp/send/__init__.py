@@ -1,1 +1,24 @@
-"""send package (docstring to be written)."""
+"""Sending the spool: ``cxsmtp send`` (one pass over the due messages, or ``--loop``),
+``--dry-run`` and the limits part of ``cxsmtp status``.
+
+Modules, from the entry points down:
+
+- ``run``: ``run_send`` -- the spool lock, recovery, the passes of a run and the
+  waits between them (the overview of how a run works is its docstring);
+- ``dispatch``: one pass (``Pass``): claim, read, route and admit each message in
+  order and send it, pipelined on one connection or handed to a pool;
+- ``routing`` (which server a message goes to), ``servers`` (each server's
+  connection, gate and pool in a pass), ``delivery`` (one message on its
+  connection, and its outcome booked in the spool and the summary);
+- ``pool``: the threaded connections of a server with ``connections`` > 1;
+- ``connection``: one SMTP connection turning a message into an ``Attempt``;
+- ``outcome``: replies -> accepted / deferred / failed, and the message's state;
+- ``gates``: batch gates (``CountGate``, ``LedgerGate`` from the rate ledger);
+- ``report``: ``SendOptions``, ``ProgressEvent``, ``BatchReport``, ``RunSummary``;
+- ``plan``: ``plan_send`` (dry run) and ``limits_status``;
+- ``stopping``: ``stop_on_signals`` and how a pass stops early.
+
+May import ``carerix_smtp.smtp``, ``spool``, ``limits``, ``config`` and ``errors``
+(the SMTP session lazily); never typer or rich.  Used by ``cli/``, the tests and
+bench/.
+"""

@@ -239,6 +239,12 @@ def resolve_endpoint(
         targets = tuple(Target(endpoint.host, a, port) for a in addresses)
         return Resolution(endpoint, targets, nameservers=lookup.nameservers)
 
+    return _resolve_mx(endpoint, lookup)
+
+
+def _resolve_mx(endpoint: Endpoint, lookup: _Lookup) -> Resolution:
+    """The MX records, then each exchanger's addresses (or the name's own: implicit MX)."""
+    port = endpoint.port
     records = lookup.mx(endpoint.host)
     if records is None:
         # RFC 5321 §5.1: no MX records -> the name itself is the exchanger.
@@ -255,18 +261,7 @@ def resolve_endpoint(
             host=endpoint.host,
             port=port,
         )
-    mx_hosts: list[MxHost] = []
-    targets_list: list[Target] = []
-    for preference, name in records:
-        if not name:  # a "." among real exchangers: ignore it
-            continue
-        try:
-            addresses = lookup.addresses(name, own_name=False)
-        except ResolveError as exc:
-            mx_hosts.append(MxHost(preference, name, (), exc.reason))
-            continue
-        mx_hosts.append(MxHost(preference, name, tuple(addresses)))
-        targets_list.extend(Target(name, a, port, preference) for a in addresses)
+    mx_hosts, targets_list = _exchangers(records, lookup, port)
     resolution = Resolution(
         endpoint,
         tuple(targets_list),
@@ -284,6 +279,25 @@ def resolve_endpoint(
             resolution=resolution,
         )
     return resolution
+
+
+def _exchangers(
+    records: list[tuple[int, str]], lookup: _Lookup, port: int
+) -> tuple[list[MxHost], list[Target]]:
+    """Each exchanger with what its name resolved to, and the addresses to try, in order."""
+    mx_hosts: list[MxHost] = []
+    targets_list: list[Target] = []
+    for preference, name in records:
+        if not name:  # a "." among real exchangers: ignore it
+            continue
+        try:
+            addresses = lookup.addresses(name, own_name=False)
+        except ResolveError as exc:
+            mx_hosts.append(MxHost(preference, name, (), exc.reason))
+            continue
+        mx_hosts.append(MxHost(preference, name, tuple(addresses)))
+        targets_list.extend(Target(name, a, port, preference) for a in addresses)
+    return mx_hosts, targets_list
 
 
 class _Lookup:

@@ -3,7 +3,8 @@
 Only the header block is parsed: it is split into fields here, and only the
 fields the envelope needs are read (a strict fast grammar for plain address
 lists, ``email.headerregistry`` with ``policy.default`` for anything else; see
-"envelope" below).  The body stays the original bytes and is never decoded, so
+``carerix_smtp/spool/envelope.py``; the header block is split into fields in
+``carerix_smtp/spool/headers.py``).  The body stays the original bytes and is never decoded, so
 a 50 MB message is held once in memory plus, at most, one copy with the changed
 header block in front.  What changes in the transmitted bytes:
 
@@ -27,28 +28,24 @@ from __future__ import annotations
 
 import io
 import os
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email import policy
-from email.errors import InvalidHeaderDefect
-from email.headerregistry import Address
-from email.utils import format_datetime, getaddresses, make_msgid
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from carerix_smtp.errors import MessageError
+from carerix_smtp.spool.envelope import (
+    DOMAIN,
+    envelope_recipients,
+    envelope_sender,
+    first_message_id,
+    index_fields,
+)
+from carerix_smtp.spool.headers import HeaderField, head_end, is_mbox_line, split_fields
 
 # Header fields removed from what is transmitted (see the module docstring).
 STRIPPED_FIELDS = frozenset({"bcc", "return-path"})
-RECIPIENT_FIELDS = ("To", "Cc", "Bcc")
-
-# RFC 5322 §2.2: a field name is printable US-ASCII except ":"; §4.5.3 (obsolete
-# syntax) allows white space before the colon.
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
-# A domain: dot-atom text without specials, or an address literal "[...]" (RFC 5321 §4.1.3).
-_DOMAIN = re.compile(r"[^\s<>()\[\],;:\\\"@]+|\[[^\[\]\\\s]+\]")
 _FALLBACK_ID_DOMAIN = "cxsmtp.invalid"
 CHUNK = 1 << 20  # bytes read at a time from a message file
 # A file up to this size is read whole, in one system call, and kept: reading its
@@ -56,14 +53,6 @@ CHUNK = 1 << 20  # bytes read at a time from a message file
 # of anything bigger stays on disk and is streamed when sent.
 SMALL_FILE = 1 << 16
 MAX_HEAD = 8 << 20  # a header block larger than this is not a message
-
-
-class HeaderField(NamedTuple):
-    """One header field as it is in the file: its lower-cased name and its raw lines.
-    (A named tuple: a message has a few dozen, made at C speed.)"""
-
-    name: str
-    raw: bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,7 +194,7 @@ def read_message(path: Path, *, name: str | None = None) -> Message:
             if size <= SMALL_FILE:
                 data = os.read(fd, size + 1)  # one read: the whole file (+1: it grew)
                 if len(data) <= SMALL_FILE:
-                    end = _head_end(data)
+                    end = head_end(data)
                     body_start = len(data) if end is None else end
                     return _parse(
                         data[:body_start],
@@ -232,7 +221,7 @@ def _read_head(handle: BinaryIO, size: int, name: str) -> tuple[bytes, int, bool
     handle.seek(0)
     head = handle.read(min(size, CHUNK)) if size else b""
     while True:
-        end = _head_end(head)
+        end = head_end(head)
         if end is not None or len(head) >= size:
             break
         if len(head) >= MAX_HEAD:
@@ -260,7 +249,7 @@ def parse_message(raw: bytes, *, name: str = "message") -> Message:
     Raises MessageError (naming ``name``) for an empty file, a header block that is
     not RFC 5322, no sender, no recipients, or an address that cannot be used.
     """
-    end = _head_end(raw)
+    end = head_end(raw)
     body_start = len(raw) if end is None else end
     return _parse(raw[:body_start], body_start, len(raw), raw, None, name, not raw.isascii())
 
@@ -286,11 +275,11 @@ def _parse(
     if size == 0:
         raise MessageError(f"{name}: the file is empty (0 bytes)")
     header_start = 0
-    if _is_mbox_line(head):  # mbox separator line, not part of the message
+    if is_mbox_line(head):  # mbox separator line, not part of the message
         newline = head.find(b"\n")
         header_start = len(head) if newline < 0 else newline + 1
     header_block = head[header_start:]
-    fields = _split_fields(header_block, name)
+    fields = split_fields(header_block, name)
     if not fields:
         raise MessageError(f"{name}: no header fields (not an RFC 5322 message)")
     line_ending = b"\r\n" if fields[0].raw.endswith(b"\r\n") else b"\n"
@@ -298,9 +287,9 @@ def _parse(
         last = fields[-1]
         fields[-1] = HeaderField(last.name, last.raw + line_ending)
 
-    indexed = _index_fields(fields)
-    mail_from, from_address = _envelope_sender(indexed, name)
-    recipients = _recipients(indexed, name)
+    indexed = index_fields(fields)
+    mail_from, from_address = envelope_sender(indexed, name)
+    recipients = envelope_recipients(indexed, name)
     envelope = [mail_from, *recipients]
     return Message(
         head=head,
@@ -313,7 +302,7 @@ def _parse(
         mail_from=mail_from,
         recipients=tuple(recipients),
         from_address=from_address,
-        message_id=_message_id(indexed.get("message-id"), name),
+        message_id=first_message_id(indexed.get("message-id"), name),
         has_date="date" in indexed,
         needs_smtputf8=not all(a.isascii() for a in envelope),
         header_utf8=not header_block.isascii(),
@@ -325,305 +314,6 @@ def _parse(
 def make_message_id(sender: str | None) -> str:
     """``<unique@sender-domain>``; never calls getfqdn() (a DNS lookup)."""
     domain = sender.rpartition("@")[2].strip("[]").lower() if sender else ""
-    if not domain or not domain.isascii() or not _DOMAIN.fullmatch(domain):
+    if not domain or not domain.isascii() or not DOMAIN.fullmatch(domain):
         domain = _FALLBACK_ID_DOMAIN
     return make_msgid(domain=domain)
-
-
-# --- header block ----------------------------------------------------------
-
-
-def _head_end(data: bytes) -> int | None:
-    """Offset of the empty line that ends the header block, or None if not in ``data``.
-
-    The header block ends at the first empty line (RFC 5322 §2.1); the offset is
-    just after the last header line's LF, so ``data[:offset]`` keeps it.
-    """
-    start = 0
-    if _is_mbox_line(data):
-        newline = data.find(b"\n")
-        if newline < 0:
-            return None
-        start = newline + 1
-    if data.startswith((b"\n", b"\r\n"), start):
-        return start
-    found = [i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0]
-    return min(found) + 1 if found else None
-
-
-def _is_mbox_line(data: bytes) -> bool:
-    """``From sender date`` (mbox), as opposed to a ``From :`` field (obsolete syntax)."""
-    return data.startswith(b"From ") and not _FIELD_NAME.match(data, 0, 200)
-
-
-# One whole field: the name, the colon, the rest of the line and its continuation
-# lines (RFC 5322 §2.2.3: a line that starts with white space continues the field).
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?")
-
-
-def _split_fields(block: bytes, name: str) -> list[HeaderField]:
-    """The header block's fields, each with its raw lines.  A block with anything
-    unusual (a NUL, a bare CR, a line that is not a field) goes the slow way, line
-    by line, which names the line that is wrong."""
-    if b"\x00" not in block and block.count(b"\r") == block.count(b"\r\n"):
-        fields: list[HeaderField] = []
-        pos, end, match = 0, len(block), _FIELD.match
-        while pos < end:
-            found = match(block, pos)
-            if found is None:
-                break
-            fields.append(HeaderField(found.group(1).decode("ascii").lower(), found.group(0)))
-            pos = found.end()
-        else:
-            return fields
-    return _split_lines(block, name)
-
-
-def _split_lines(block: bytes, name: str) -> list[HeaderField]:
-    fields: list[HeaderField] = []
-    current: list[bytes] = []
-    # Split at LF only: a bare CR inside a line must be seen, not taken as a line end.
-    lines = [line + b"\n" for line in block.split(b"\n")]
-    lines[-1] = lines[-1][:-1]
-    if not lines[-1]:
-        lines.pop()
-    for number, line in enumerate(lines, start=1):
-        content = line.rstrip(b"\r\n")
-        if b"\r" in content or b"\x00" in content:
-            raise MessageError(
-                f"{name}: header line {number} contains a bare CR or a NUL byte "
-                "(not an RFC 5322 message)"
-            )
-        if line[:1] in (b" ", b"\t"):
-            if not current:
-                raise MessageError(
-                    f"{name}: header line 1 starts with white space (not an RFC 5322 message)"
-                )
-            current.append(line)
-            continue
-        if not _FIELD_NAME.match(content):
-            raise MessageError(
-                f"{name}: header line {number} is not a 'Name: value' field "
-                "(not an RFC 5322 message)"
-            )
-        if current:
-            fields.append(_field(current))
-        current = [line]
-    if current:
-        fields.append(_field(current))
-    return fields
-
-
-def _field(lines: list[bytes]) -> HeaderField:
-    first = lines[0]
-    field_name = first[: first.index(b":")].strip().decode("ascii").lower()
-    return HeaderField(field_name, b"".join(lines))
-
-
-# --- envelope ----------------------------------------------------------------
-#
-# Only the fields the envelope needs are read (From, Sender, Return-Path, To, Cc,
-# Bcc, Message-ID, Date), straight from the fields split above.  Most address
-# fields are plain lists of "addr", "Name <addr>" or '"Name" <addr>': those match
-# the strict grammar below (RFC 5322 §3.4 without the obsolete forms, groups,
-# quoted local parts or CFWS inside an address; raw UTF-8 allowed, RFC 6532 §3.2)
-# and cost a few microseconds.  A field the grammar does not match entirely — or
-# one that is not valid UTF-8 — goes to email.headerregistry (policy.default), the
-# field alone, exactly as BytesHeaderParser(policy=policy.default) would have
-# parsed it: groups, comments inside addresses, quoted local parts, obsolete
-# syntax and garbage keep their old treatment and error messages.  That parser
-# costs ~300 us per message, which was a third of the sender's time per message.
-# tests/test_message.py checks that the two paths agree.
-
-_FIELDS_READ = frozenset({"from", "sender", "return-path", "to", "cc", "bcc", "message-id", "date"})
-_NO_CTL = r"\x00-\x08\x0a-\x1f\x7f"  # control characters except HTAB (RFC 5234 CTL, WSP)
-# CFWS (RFC 5322 §3.2.2) with comments that do not nest; possessive quantifiers
-# everywhere, so a field that does not match fails in linear time.
-_CFWS = rf"(?:[ \t]++|\((?:[^()\\{_NO_CTL}]|\\[^{_NO_CTL}])*+\))*+"
-_ATEXT = r"[^\x00-\x20\x7f()<>\[\]:;@\\,.\"]"  # RFC 5322 §3.2.3, plus UTF-8 (RFC 6532)
-_DOT_ATOM = rf"{_ATEXT}++(?:\.{_ATEXT}++)*+"
-_ADDR_SPEC = rf"{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[^\[\]\\\x00-\x20\x7f]*+\])"
-_QUOTED = rf'"(?:[^"\\{_NO_CTL}]|\\[^{_NO_CTL}])*+"'
-_WORD = rf'(?:[^\x00-\x20\x7f()<>\[\]:;@\\,"]++|{_QUOTED})'  # obs-phrase allows "."
-_MAILBOX = re.compile(
-    rf"{_CFWS}(?:(?P<bare>{_ADDR_SPEC})|(?:{_WORD}{_CFWS})*+<(?P<angle>{_ADDR_SPEC})>)"
-    rf"{_CFWS}(?P<sep>,|\Z)"
-)
-_SIMPLE_MSGID = re.compile(r"<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@\[\]-]+>")  # RFC 5322 §3.6.4
-
-
-def _index_fields(fields: Sequence[HeaderField]) -> dict[str, list[bytes]]:
-    """Lower-cased name -> raw fields, in order, for the fields the envelope needs."""
-    out: dict[str, list[bytes]] = {}
-    for f in fields:
-        if f.name in _FIELDS_READ:
-            out.setdefault(f.name, []).append(f.raw)
-    return out
-
-
-def _value_text(raw: bytes) -> str | None:
-    """A field's value unfolded (RFC 5322 §2.2.3), as text; None if not valid UTF-8."""
-    try:
-        text = raw.partition(b":")[2].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return text.replace("\r\n", "").replace("\n", "").strip(" \t")
-
-
-def _registry_header(field: str, raw: bytes, name: str) -> Any:
-    """The field as BytesHeaderParser(policy=policy.default) gave it: bytes decoded as
-    ASCII with surrogateescape, value after the colon (email.policy.EmailPolicy
-    header_source_parse + header_fetch_parse)."""
-    value = raw.decode("ascii", "surrogateescape").partition(":")[2]
-    value = value.lstrip(" \t").rstrip("\r\n")
-    try:
-        return policy.default.header_fetch_parse(field, value)
-    except Exception:  # the parser's own bugs: see _unparseable
-        raise _unparseable(field, value, name) from None
-
-
-def _unparseable(field: str, value: str, name: str) -> MessageError:
-    """The email package's parser crashes (IndexError, AttributeError, ...) on some
-    malformed address fields; such a file is refused like any unusable message
-    instead of stopping the run."""
-    text = " ".join(value.split())
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    return MessageError(f"{name}: {field}: cannot parse {shown!r} (not an RFC 5322 field)")
-
-
-def _fast_addresses(value: str) -> list[str] | None:
-    """The addr-specs of ``value`` when it is a plain mailbox list, else None."""
-    out: list[str] = []
-    pos, end = 0, len(value)
-    while True:
-        match = _MAILBOX.match(value, pos)
-        if match is None:
-            return None
-        spec = match.group("bare") or match.group("angle")
-        if "=?" in spec:  # the registry decodes RFC 2047 words even there
-            return None
-        out.append(spec)
-        pos = match.end()
-        if match.group("sep") != ",":
-            return out
-        if pos >= end:  # a trailing comma: obsolete syntax, the registry's business
-            return None
-
-
-def _unescape(text: str, name: str, where: str) -> str:
-    """Header text as decoded by the parser (undecodable bytes as surrogates) -> str."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8")
-    except UnicodeError:
-        raise MessageError(f"{name}: {where}: address is not valid UTF-8") from None
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SPACE = re.compile(r"\s")
-
-
-def _check_address(address: str, name: str, where: str) -> str:
-    if "\r" in address or "\n" in address:
-        raise MessageError(f"{name}: {where}: CR or LF inside the address {address!r}")
-    if _CONTROL.search(address):
-        raise MessageError(f"{name}: {where}: control character inside the address {address!r}")
-    local, at, domain = address.rpartition("@")
-    if not at or not local:
-        raise MessageError(f"{name}: {where}: {address!r} is not an address (local@domain)")
-    if not _DOMAIN.fullmatch(domain) or domain.startswith(".") or ".." in domain:
-        raise MessageError(f"{name}: {where}: {address!r} has an invalid domain")
-    if not local.startswith('"') and _SPACE.search(local):
-        raise MessageError(f"{name}: {where}: {address!r} has white space in the local part")
-    return address
-
-
-def _addresses(raws: Sequence[bytes], field: str, name: str) -> list[str]:
-    """The addresses of every ``field`` field (raw bytes), in order."""
-    out: list[str] = []
-    for raw in raws:
-        text = _value_text(raw)
-        if text is not None:
-            if not text:
-                continue
-            fast = _fast_addresses(text)
-            if fast is not None:
-                out.extend(_check_address(spec, name, field) for spec in fast)
-                continue
-        value = _registry_header(field, raw, name)
-        try:
-            out.extend(_registry_addresses(value, field, name))
-        except MessageError:
-            raise
-        except Exception:  # the parser's own bugs: see _unparseable
-            raise _unparseable(field, str(value), name) from None
-    return out
-
-
-def _registry_addresses(value: Any, field: str, name: str) -> list[str]:
-    """What the old parser made of a field (RFC 5322 §3.4 address-list, groups)."""
-    out: list[str] = []
-    addresses: tuple[Address, ...] = getattr(value, "addresses", ())
-    for item in addresses:
-        spec = item.addr_spec
-        if not spec or spec == "<>":
-            continue
-        out.append(_check_address(_unescape(spec, name, field), name, field))
-    if str(value).strip() and not addresses and ":" not in str(value):
-        raise MessageError(f"{name}: {field}: no address in {str(value)!r}")
-    invalid = [d for d in getattr(value, "defects", ()) if isinstance(d, InvalidHeaderDefect)]
-    if invalid:  # the parser guessed: e.g. "r@bad domain" -> r@bad
-        raise MessageError(f"{name}: {field}: {invalid[0]} in {str(value)!r}")
-    return out
-
-
-def _message_id(raws: Sequence[bytes] | None, name: str) -> str | None:
-    """The first Message-ID field's value, stripped (None when absent or empty)."""
-    if not raws:
-        return None
-    text = _value_text(raws[0])
-    if text is None or not _SIMPLE_MSGID.fullmatch(text) or "=?" in text:
-        text = str(_registry_header("Message-ID", raws[0], name))
-    return text.strip() or None
-
-
-def _envelope_sender(fields: dict[str, list[bytes]], name: str) -> tuple[str, str | None]:
-    """(MAIL FROM, the From address used to choose the server)."""
-    from_list = _addresses(fields.get("from", ()), "From", name)
-    from_address = from_list[0] if from_list else None
-    return_path = fields.get("return-path")
-    if return_path:
-        text = _value_text(return_path[0])
-        if text is None or "=?" in text:
-            text = str(_registry_header("Return-Path", return_path[0], name))
-        text = _unescape(text, name, "Return-Path").strip()
-        if text.replace(" ", "") == "<>":
-            return "", from_address  # the null reverse-path (RFC 5321 §4.5.5)
-        pairs = getaddresses([text])
-        if pairs and pairs[0][1]:
-            return _check_address(pairs[0][1], name, "Return-Path"), from_address
-    sender = _addresses(fields.get("sender", ()), "Sender", name)
-    if sender:
-        return sender[0], from_address
-    if from_address:
-        return from_address, from_address
-    raise MessageError(f"{name}: no sender: no Return-Path, Sender or From address")
-
-
-def recipient_key(address: str) -> str:
-    """Deduplication key: the domain lower-cased, the local part as written."""
-    local, _, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}"
-
-
-def _recipients(fields: dict[str, list[bytes]], name: str) -> list[str]:
-    seen: set[str] = set()
-    out: list[str] = []
-    for field in RECIPIENT_FIELDS:
-        for address in _addresses(fields.get(field.lower(), ()), field, name):
-            key = recipient_key(address)
-            if key not in seen:
-                seen.add(key)
-                out.append(address)
-    if not out:
-        raise MessageError(f"{name}: no recipients: no address in To, Cc or Bcc")
-    return out

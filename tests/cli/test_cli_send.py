@@ -14,7 +14,7 @@ import pytest
 from servers import eml, entry_for, listing, make_spool, names
 
 from carerix_smtp.config.file import Config, save_config
-from carerix_smtp.sink.sink import FailRule
+from carerix_smtp.sink.config import FailRule
 from carerix_smtp.spool.spool import Spool
 
 

@@ -19,7 +19,7 @@ from carerix_smtp.cli.app import app
 from carerix_smtp.cli.test_cmd import render_report
 from carerix_smtp.config.file import Config, ServerEntry, Settings, save_config
 from carerix_smtp.config.tls import Security
-from carerix_smtp.probe.probe import PhaseResult, ProbeReport
+from carerix_smtp.probe.report import PhaseResult, ProbeReport
 
 runner = CliRunner()
 

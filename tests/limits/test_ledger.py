@@ -1,4 +1,4 @@
-"""The SQLite ledger (ledger.py): grants, waits, crashes, many processes at once."""
+"""The SQLite ledger (ledger.py, sqlite*.py, owner.py): grants, waits, crashes, many processes at once."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from carerix_smtp.errors import CxsmtpError
 from carerix_smtp.limits.ledger import (
     BatchGrant,
     GrantExceededError,
-    Ledger,
     LedgerBusyError,
     LedgerError,
-    Owner,
     Wait,
 )
+from carerix_smtp.limits.owner import Owner
 from carerix_smtp.limits.rule import Limits, WaitKind
+from carerix_smtp.limits.sqlite import Ledger
 
 T0 = 1_700_000_000.0
 
@@ -376,8 +376,8 @@ def test_busy_ledger_times_out_with_a_clear_error(tmp_path: Path, clock: FakeClo
 HOLDER = textwrap.dedent(
     """
     import sys
-    from carerix_smtp.limits.ledger import Ledger
     from carerix_smtp.limits.rule import Limits
+    from carerix_smtp.limits.sqlite import Ledger
     ledger = Ledger(sys.argv[1])
     limits = Limits(rate_per_hour=10, rate_window=3600, batch_interval=0, batch_max_messages=6)
     grant = ledger.open_batch("a", limits, [1] * 6)
@@ -492,8 +492,9 @@ def test_a_reboot_releases_at_once_and_counts_every_unconfirmed_slot(
 WORKER = textwrap.dedent(
     """
     import json, sys, time
-    from carerix_smtp.limits.ledger import BatchGrant, Ledger
+    from carerix_smtp.limits.ledger import BatchGrant
     from carerix_smtp.limits.rule import Limits, WaitKind
+    from carerix_smtp.limits.sqlite import Ledger
     path, server, start_at, kwargs = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
     limits = Limits(**json.loads(kwargs))
     ledger = Ledger(path)

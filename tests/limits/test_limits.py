@@ -1,4 +1,4 @@
-"""The pure limit policy (limits.py): tables with ids, and hypothesis runs on a fake clock."""
+"""The pure limit policy (rule.py, schedule.py): tables with ids, and hypothesis runs on a fake clock."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from carerix_smtp.config.file import ServerEntry, Settings
 from carerix_smtp.limits.rule import (
     Limits,
-    ServerQueue,
     TimingModel,
     WaitKind,
     WindowState,
@@ -22,8 +21,8 @@ from carerix_smtp.limits.rule import (
     format_duration,
     next_batch,
     plan_batch_size,
-    simulate_schedule,
 )
+from carerix_smtp.limits.schedule import ServerQueue, simulate_schedule
 
 NOW = 1_000_000.0
 

@@ -35,9 +35,11 @@ from servers import (
 )
 
 from carerix_smtp.config.file import Config, ServerEntry, save_config
-from carerix_smtp.limits.ledger import Ledger
-from carerix_smtp.send.sender import SendOptions, run_send
-from carerix_smtp.sink.sink import FailRule, PhaseRule, Sink
+from carerix_smtp.limits.sqlite import Ledger
+from carerix_smtp.send.report import SendOptions
+from carerix_smtp.send.run import run_send
+from carerix_smtp.sink.config import FailRule, PhaseRule
+from carerix_smtp.sink.server import Sink
 from carerix_smtp.spool.spool import Spool
 
 

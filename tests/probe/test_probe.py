@@ -27,14 +27,9 @@ from servers import (
 
 from carerix_smtp.config.tls import Security
 from carerix_smtp.errors import SecretError, UsageError
-from carerix_smtp.probe.probe import (
-    ProbeOptions,
-    ProbeReport,
-    build_test_message,
-    parse_duration,
-    run_probe,
-    wait_until_ready,
-)
+from carerix_smtp.probe.phases import build_test_message
+from carerix_smtp.probe.probe import parse_duration, run_probe, wait_until_ready
+from carerix_smtp.probe.report import ProbeOptions, ProbeReport
 from carerix_smtp.smtp.resolve import make_resolver
 
 FAST = ProbeOptions(timeout=2.0, local_hostname="client.test")

@@ -23,7 +23,7 @@ import pytest
 from servers import entry_for, make_spool, message_ids, names
 
 from carerix_smtp.config.file import Config, save_config
-from carerix_smtp.sink.sink import PhaseRule
+from carerix_smtp.sink.config import PhaseRule
 from carerix_smtp.spool.spool import Spool
 
 MESSAGES = 500
@@ -165,7 +165,7 @@ def test_second_sigterm_abandons_a_hung_transaction(
             if "hanging" in record.getMessage():
                 hanging.set()
 
-    sink_log = logging.getLogger("carerix_smtp.sink.sink")
+    sink_log = logging.getLogger("carerix_smtp.sink.protocol")
     flag, level = Flag(), sink_log.level
     sink_log.addHandler(flag)
     sink_log.setLevel(logging.DEBUG)

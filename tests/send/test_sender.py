@@ -1,4 +1,4 @@
-"""sender.py against real SMTP servers on 127.0.0.1 (the cxsmtp Sink, plain aiosmtpd).
+"""send/ (run_send) against real SMTP servers on 127.0.0.1 (the cxsmtp Sink, plain aiosmtpd).
 
 The helpers at the top are also imported by test_cli_send.py and test_crash.py.
 """
@@ -28,19 +28,14 @@ from servers import (
 
 from carerix_smtp.config.file import Config, ServerEntry
 from carerix_smtp.errors import ExitCode, SecretError
-from carerix_smtp.send.sender import (
-    ACCEPTED,
-    DEFERRED,
-    FAILED,
-    CountGate,
-    ProgressEvent,
-    SendOptions,
-    classify,
-    plan_send,
-    run_send,
-)
-from carerix_smtp.sink.sink import FailRule, PhaseRule
-from carerix_smtp.smtp.transport import Reply, SendResult
+from carerix_smtp.send.gates import CountGate
+from carerix_smtp.send.outcome import ACCEPTED, DEFERRED, FAILED, classify
+from carerix_smtp.send.plan import plan_send
+from carerix_smtp.send.report import ProgressEvent, SendOptions
+from carerix_smtp.send.run import run_send
+from carerix_smtp.sink.config import FailRule, PhaseRule
+from carerix_smtp.smtp.transaction import SendResult
+from carerix_smtp.smtp.wire import Reply
 from carerix_smtp.spool.spool import Spool
 
 # --- helpers (shared with test_cli_send.py and test_crash.py) -------------------------------
@@ -633,7 +628,7 @@ def test_auth_refused_on_another_connection_stops_the_run(
     opened: list[int] = []
 
     from carerix_smtp.errors import SmtpAuthError
-    from carerix_smtp.smtp.transport import SmtpSession
+    from carerix_smtp.smtp.session import SmtpSession
 
     def factory(entry: ServerEntry, password: str | None) -> SmtpSession:
         session = SmtpSession(entry, password, local_hostname="test")
@@ -713,7 +708,7 @@ def test_second_sigterm_cuts_every_connection(
             if "hanging" in record.getMessage():
                 hanging.release()
 
-    sink_log = logging.getLogger("carerix_smtp.sink.sink")
+    sink_log = logging.getLogger("carerix_smtp.sink.protocol")
     flag, level = Flag(), sink_log.level
     sink_log.addHandler(flag)
     sink_log.setLevel(logging.DEBUG)
@@ -784,7 +779,7 @@ def test_sigkill_with_several_connections_at_most_one_duplicate_each(
 
 
 def _counting_factory(writes: list[str]) -> Any:
-    from carerix_smtp.smtp.transport import SmtpSession
+    from carerix_smtp.smtp.session import SmtpSession
 
     class Counting(SmtpSession):
         def _write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
@@ -865,7 +860,7 @@ def test_ledger_gate_counts_the_messages_ahead_against_the_batch_deadline() -> N
     the batch deadline is checked for when each one will really be done."""
     from types import SimpleNamespace
 
-    from carerix_smtp.send.sender import LedgerGate
+    from carerix_smtp.send.gates import LedgerGate
 
     def gate(connections: int, finishing: int) -> Any:
         ledger = SimpleNamespace(clock=lambda: 100.0)

@@ -23,7 +23,7 @@ from carerix_smtp.smtp.resolve import (
     parse_nameserver,
     resolve_endpoint,
 )
-from carerix_smtp.smtp.transport import SmtpSession
+from carerix_smtp.smtp.session import SmtpSession
 
 ZONE = {
     "example.test": {

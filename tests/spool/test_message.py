@@ -1,4 +1,4 @@
-"""message.py: envelope, Bcc stripping, Message-ID/Date, capability detection."""
+"""message.py, headers.py, envelope.py: envelope, Bcc stripping, Message-ID/Date, capabilities."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from carerix_smtp.errors import MessageError
-from carerix_smtp.spool import message as message_module
+from carerix_smtp.spool import envelope as envelope_module
+from carerix_smtp.spool import headers as headers_module
+from carerix_smtp.spool.envelope import recipient_key
 from carerix_smtp.spool.message import (
     complete_headers,
     make_message_id,
     parse_message,
     read_message,
-    recipient_key,
 )
 
 
@@ -272,8 +273,8 @@ def _oracle_addresses(parsed: Any, field: str) -> list[str]:
             spec = item.addr_spec
             if spec and spec != "<>":
                 out.append(
-                    message_module._check_address(
-                        message_module._unescape(spec, "m", field), "m", field
+                    envelope_module._check_address(
+                        envelope_module._unescape(spec, "m", field), "m", field
                     )
                 )
         if str(value).strip() and not addresses and ":" not in str(value):
@@ -294,13 +295,13 @@ def _oracle(block: bytes) -> tuple[Any, ...]:
     mail_from: str | None = None
     return_path = parsed.get("Return-Path")
     if return_path is not None:
-        text = message_module._unescape(str(return_path), "m", "Return-Path").strip()
+        text = envelope_module._unescape(str(return_path), "m", "Return-Path").strip()
         if text.replace(" ", "") == "<>":
             mail_from = ""
         else:
             pairs = getaddresses([text])
             if pairs and pairs[0][1]:
-                mail_from = message_module._check_address(pairs[0][1], "m", "Return-Path")
+                mail_from = envelope_module._check_address(pairs[0][1], "m", "Return-Path")
     if mail_from is None:
         sender = _oracle_addresses(parsed, "Sender")
         mail_from = sender[0] if sender else from_address
@@ -423,7 +424,7 @@ def test_plain_fields_never_reach_the_slow_parser(monkeypatch: pytest.MonkeyPatc
     def refuse(*args: object) -> None:
         raise AssertionError("email.headerregistry used for a plain field")
 
-    monkeypatch.setattr(message_module, "_registry_header", refuse)
+    monkeypatch.setattr(envelope_module, "_registry_header", refuse)
     raw = msg(
         "Return-Path: <bounce@x.example>",
         "From: =?utf-8?q?Jos=C3=A9?= <j@x.example>",
@@ -479,4 +480,4 @@ def test_field_split_fast_path_agrees_with_line_by_line(lines: list[bytes], eol:
         except MessageError as exc:
             return str(exc)
 
-    assert outcome(message_module._split_fields) == outcome(message_module._split_lines)
+    assert outcome(headers_module.split_fields) == outcome(headers_module._split_lines)

@@ -1,4 +1,5 @@
-"""spool.py: layout, listing order, lock, claims, journal, recovery, status, retry, enqueue."""
+"""spool/ (Spool and its collaborators): layout, listing order, lock, claims, journal, recovery,
+status, retry, enqueue."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ from pathlib import Path
 import pytest
 
 from carerix_smtp.errors import ExitCode, InputError, MessageError, SpoolError
-from carerix_smtp.spool.spool import (
-    MessageState,
-    RecipientResult,
-    Spool,
-    backoff,
-)
+from carerix_smtp.spool.layout import SpoolLayout
+from carerix_smtp.spool.records import MessageState, RecipientResult, backoff
+from carerix_smtp.spool.spool import Spool
 
 T0 = 1_700_000_000.0
 
@@ -321,7 +319,7 @@ def test_recover_applies_journaled_outcome_without_sending(
         raise KeyboardInterrupt("killed right after the journal fsync")
 
     with monkeypatch.context() as m:
-        m.setattr(Spool, "_write_file", crash)
+        m.setattr(SpoolLayout, "write_file", crash)
         with pytest.raises(KeyboardInterrupt):
             spool.record_outcome(claim, sent_state("m.eml"))
     assert claim.path.exists()  # still claimed
@@ -362,12 +360,12 @@ def _sent_without_checkpoint(spool: Spool, name: str = "m.eml") -> tuple[Path, P
 def test_per_message_bookkeeping_has_one_fsync(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import carerix_smtp.spool.spool as spool_module
+    import carerix_smtp.spool.journal as journal_module
 
     calls: list[str] = []
-    real_fdatasync = spool_module._fdatasync
+    real_fdatasync = journal_module._fdatasync
     monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
-    monkeypatch.setattr(spool_module, "_fdatasync", lambda fd: calls.append("fdatasync"))
+    monkeypatch.setattr(journal_module, "_fdatasync", lambda fd: calls.append("fdatasync"))
     for i in range(3):
         put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
     for candidate in spool.candidates():
@@ -391,13 +389,15 @@ def test_per_message_bookkeeping_has_one_fsync(
 def test_checkpoint_every_so_many_outcomes_bounds_the_journal(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import carerix_smtp.spool.spool as spool_module
+    import carerix_smtp.spool.journal as journal_module
 
     synced: list[int] = []
-    real = Spool._sync_unsynced
-    monkeypatch.setattr(spool_module, "CHECKPOINT_LINES", 3)
+    real = journal_module.Journal.sync_unsynced
+    monkeypatch.setattr(journal_module, "CHECKPOINT_LINES", 3)
     monkeypatch.setattr(
-        Spool, "_sync_unsynced", lambda self: synced.append(len(self._unsynced)) or real(self)
+        journal_module.Journal,
+        "sync_unsynced",
+        lambda self: synced.append(len(self.unsynced)) or real(self),
     )
     for i in range(7):
         put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
@@ -512,7 +512,9 @@ def test_journal_line_with_undecodable_header_bytes_reads_back(spool: Spool) -> 
     state = sent_state("m.eml")
     state.message_id = "<caf\udce9@x>"  # a Latin-1 byte, as the email parser leaves it
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(Spool, "_write_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(
+            SpoolLayout, "write_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
         with pytest.raises(KeyboardInterrupt):
             spool.record_outcome(claim, state)
     report = Spool(spool.path).recover()

@@ -1,0 +1,128 @@
+"""Batch reservations in the SQLite ledger: opening, recording sends, closing, reclaiming.
+
+A grant is a row in ``reservations`` whose unconfirmed slots count against the
+windows until it is closed.  :func:`reclaim` releases the reservations whose
+owner can send no more (a dead process, or an expired lease) and counts what
+may have been sent unrecorded as "presumed" sends; the rules are in
+:mod:`carerix_smtp.limits.ledger`.  Every function runs inside the caller's
+write transaction (:meth:`~carerix_smtp.limits.sqlite_connection.LedgerDatabase.write`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from carerix_smtp.limits.owner import Owner, OwnerState, owner_state
+from carerix_smtp.limits.rule import Limits
+
+log = logging.getLogger(__name__)
+
+__all__ = ["close_reservation", "insert_reservation", "insert_send", "reclaim"]
+
+
+def reclaim(conn: sqlite3.Connection, now: float, me: Owner) -> None:
+    """Release live reservations whose owner can send no more (see ledger.py's docstring)."""
+    rows = conn.execute(
+        "SELECT id, server, slots, used, in_flight, expires_at, owner_host, owner_boot,"
+        " owner_pidns, owner_pid, owner_start FROM reservations WHERE closed_at IS NULL"
+    ).fetchall()
+    for rid, server, slots, used, in_flight, expires_at, host, boot, pidns, pid, start in rows:
+        owner = Owner(host, boot, pidns, pid, start)
+        state = owner_state(owner, me)
+        if state is OwnerState.ALIVE:
+            continue
+        if state is OwnerState.UNKNOWN and now < expires_at:
+            continue
+        remaining = max(0, slots - used)
+        same_boot = bool(boot) and boot == me.boot
+        if state is OwnerState.GONE or (state is OwnerState.UNKNOWN and same_boot):
+            presumed = min(in_flight, remaining)
+        else:
+            presumed = remaining
+        conn.executemany(
+            "INSERT INTO sends (server, time, bytes, message_id, presumed, reservation)"
+            " VALUES (?, ?, 0, NULL, 1, ?)",
+            [(server, now, rid)] * presumed,
+        )
+        conn.execute(
+            "UPDATE reservations SET closed_at = ?, presumed = ? WHERE id = ?",
+            (now, presumed, rid),
+        )
+        why = "its lease expired" if state is OwnerState.UNKNOWN else "its owner is gone"
+        log.warning(
+            "server %s: released the batch reservation of pid %d on %s (%s); "
+            "%d unconfirmed message(s) counted as possibly sent",
+            server,
+            pid,
+            host,
+            why,
+            presumed,
+        )
+
+
+def insert_reservation(
+    conn: sqlite3.Connection,
+    server: str,
+    now: float,
+    limits: Limits,
+    slots: int,
+    connections: int,
+    owner: Owner,
+) -> int:
+    """Record a new batch of ``slots`` opened at ``now`` by ``owner``; its id."""
+    deadline_at = now + limits.batch_deadline
+    cursor = conn.execute(
+        "INSERT INTO reservations (server, opened_at, deadline_at, expires_at, slots,"
+        " in_flight, owner_host, owner_boot, owner_pidns, owner_pid, owner_start)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            server,
+            now,
+            deadline_at,
+            deadline_at + limits.lease_grace,
+            slots,
+            max(1, connections),
+            owner.host,
+            owner.boot,
+            owner.pidns,
+            owner.pid,
+            owner.start,
+        ),
+    )
+    rid = cursor.lastrowid
+    assert rid is not None
+    return rid
+
+
+def insert_send(
+    conn: sqlite3.Connection,
+    server: str,
+    reservation_id: int,
+    now: float,
+    message_id: str | None,
+    size: int,
+    lease_until: float,
+) -> bool:
+    """Record one send of a reservation and extend its lease; True if it was already released."""
+    conn.execute(
+        "INSERT INTO sends (server, time, bytes, message_id, presumed, reservation)"
+        " VALUES (?, ?, ?, ?, 0, ?)",
+        (server, now, size, message_id, reservation_id),
+    )
+    conn.execute(
+        "UPDATE reservations SET used = used + 1, expires_at = max(expires_at, ?) WHERE id = ?",
+        (lease_until, reservation_id),
+    )
+    row = conn.execute(
+        "SELECT closed_at FROM reservations WHERE id = ?", (reservation_id,)
+    ).fetchone()
+    return row is not None and row[0] is not None
+
+
+def close_reservation(conn: sqlite3.Connection, reservation_id: int, now: float) -> None:
+    """Close a live reservation: its unconfirmed slots no longer count."""
+    conn.execute(
+        "UPDATE reservations SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+        (now, reservation_id),
+    )

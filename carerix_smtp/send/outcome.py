@@ -1,0 +1,160 @@
+"""What came of one message: the per-recipient outcome of one transaction
+(``classify``: reply -> accepted / deferred / failed, an ``Attempt``) and how it
+updates the message's state (``state_for``, ``record_attempt``) and the delivery
+log line (``delivery_log``).  Pure: no spool, no network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from carerix_smtp.spool.records import MessageState, RecipientResult, backoff
+
+if TYPE_CHECKING:
+    from carerix_smtp.config.file import ServerEntry
+    from carerix_smtp.smtp.transaction import SendResult
+    from carerix_smtp.smtp.wire import Reply
+    from carerix_smtp.spool.claims import Claim
+    from carerix_smtp.spool.message import Message
+
+
+ACCEPTED, FAILED, DEFERRED = "accepted", "failed", "deferred"
+
+
+@dataclass
+class Attempt:
+    """The outcome of sending one message on one connection; no spool involved."""
+
+    results: dict[str, tuple[str, RecipientResult]]  # rcpt -> (accepted|failed|deferred, reply)
+    connection_lost: bool = False
+    unknown: bool = False  # lost after the final ".": maybe delivered (RFC 1047)
+    error: str = ""
+
+    def recipients(self, outcome: str) -> list[str]:
+        return [r for r, (o, _) in self.results.items() if o == outcome]
+
+
+def _result(reply: Reply, now: float) -> RecipientResult:
+    return RecipientResult(reply.code, reply.enhanced, " ".join(reply.text.split()), now)
+
+
+def classify(result: SendResult, recipients: Sequence[str], now: float) -> Attempt:
+    """SendResult -> per-recipient outcome (SPEC §3; RFC 5321 §4.2.1 reply classes).
+
+    MAIL refused: everyone shares its fate (4xx deferred, 5xx failed).  Otherwise a
+    recipient refused at RCPT keeps that reply; one accepted at RCPT takes the data
+    reply: 2xx accepted, 4xx deferred, 5xx failed.
+    """
+    out: dict[str, tuple[str, RecipientResult]] = {}
+    mail = result.mail_reply
+    if not mail.ok:
+        outcome = FAILED if mail.permanent else DEFERRED
+        return Attempt({r: (outcome, _result(mail, now)) for r in recipients})
+    data = result.data_reply
+    for rcpt in recipients:
+        reply = result.rcpt_replies.get(rcpt)
+        if reply is None:
+            out[rcpt] = (DEFERRED, RecipientResult(None, None, "no reply to RCPT", now))
+        elif reply.permanent:
+            out[rcpt] = (FAILED, _result(reply, now))
+        elif not reply.ok:
+            out[rcpt] = (DEFERRED, _result(reply, now))
+        elif data is None:
+            out[rcpt] = (DEFERRED, RecipientResult(None, None, "the data was not sent", now))
+        elif data.ok:
+            out[rcpt] = (ACCEPTED, _result(data, now))
+        else:
+            out[rcpt] = (FAILED if data.permanent else DEFERRED, _result(data, now))
+    return Attempt(out)
+
+
+def everyone(
+    recipients: Sequence[str], outcome: str, result: RecipientResult, **kw: Any
+) -> Attempt:
+    return Attempt({r: (outcome, result) for r in recipients}, **kw)
+
+
+def last_reply(attempt: Attempt) -> str:
+    for _, (_, result) in reversed(list(attempt.results.items())):
+        return result.describe()
+    return attempt.error or "no reply"
+
+
+def state_for(claim: Claim, message: Message) -> MessageState:
+    state = claim.state
+    if state is None or not state.pending:
+        done = set(state.accepted) | set(state.failed) if state else set()
+        state = state or MessageState(name=claim.name, queued_at=claim.mtime)
+        state.pending = {r: None for r in message.recipients if r not in done}
+    state.message_id = message.message_id
+    state.mail_from = message.mail_from
+    state.size = message.size
+    return state
+
+
+def record_attempt(
+    state: MessageState, entry: ServerEntry, attempt: Attempt, start: float, now: float
+) -> None:
+    """Fold ``attempt`` into ``state``: per-recipient results, the next retry (backoff)
+    or, past ``max_queue_age``, failure; and the reason."""
+    state.server = entry.name
+    state.attempts += 1
+    state.first_attempt = state.first_attempt or start
+    state.last_attempt = now
+    for rcpt, (outcome, result) in attempt.results.items():
+        state.pending.pop(rcpt, None)
+        if outcome == ACCEPTED:
+            state.accepted[rcpt] = result
+        elif outcome == FAILED:
+            state.failed[rcpt] = result
+        else:
+            state.pending[rcpt] = result
+    state.next_attempt = None
+    if state.pending:
+        age = now - (state.queued_at or now)
+        if age >= entry.max_queue_age:
+            for rcpt, last in state.pending.items():
+                state.failed[rcpt] = last or RecipientResult(None, None, "not tried", now)
+            state.pending = {}
+            state.reason = (
+                f"too old: queued {age / 3600:.0f} h ago, more than max_queue_age "
+                f"{entry.max_queue_age / 3600:.0f} h; last error: {last_reply(attempt)}"
+            )
+        else:
+            delay = backoff(state.attempts, entry.retry_initial, entry.retry_max)
+            state.next_attempt = now + delay
+            state.reason = f"deferred: {last_reply(attempt)}"
+    if not state.pending:
+        if state.accepted and state.failed:
+            state.reason = f"sent; {len(state.failed)} recipient(s) refused"
+        elif state.accepted:
+            state.reason = "sent"
+        elif not state.reason.startswith("too old"):
+            state.reason = f"failed: {last_reply(attempt)}"
+
+
+def delivery_log(
+    claim: Claim,
+    message: Message,
+    entry: ServerEntry,
+    state: MessageState,
+    attempt: Attempt,
+    dest: Path,
+) -> dict[str, Any]:
+    """The delivery log's line for one attempt (``Spool.log_delivery``)."""
+    return {
+        "file": claim.name,
+        "message_id": message.message_id,
+        "server": entry.name,
+        "attempt": state.attempts,
+        "accepted": {r: res.describe() for r, (o, res) in attempt.results.items() if o == ACCEPTED},
+        "refused": {r: res.describe() for r, (o, res) in attempt.results.items() if o == FAILED},
+        "deferred": {r: res.describe() for r, (o, res) in attempt.results.items() if o == DEFERRED},
+        "outcome": state.status,
+        "moved_to": f"{dest.parent.name}/{dest.name}",
+        **({"error": attempt.error} if attempt.error else {}),
+        **({"possible_duplicate": True} if attempt.unknown else {}),
+    }

@@ -1,0 +1,364 @@
+"""``cxsmtp send SPOOL``: one batch per server within the sending limits, or ``--loop``.
+
+The shape is django-mailer's ``send_all`` (lock, one pass, reuse the connection,
+stop at limits, defer known failures, one summary), with per-recipient outcomes,
+a crash-safe spool (the spool package) and the rate ledger (the limits package):
+
+1. take the spool lock (another run holds it -> status "locked", exit 0);
+2. recover what a killed run left behind;
+3. one pass: for each due message, oldest first, pick the server (``--server``,
+   else the From's per-user choice, else the default), ask that server's batch
+   gate, claim the message, send it on that server's connection, journal the
+   per-recipient result and move it to sent/, deferred/ or failed/;
+4. without ``--loop``: exit.  With it: close the connections, sleep (on the
+   stop event, so SIGTERM ends the sleep at once) until the next window opens,
+   and make another pass, until nothing is due.
+
+Limits (SPEC §3, issue 5).  With a :class:`~carerix_smtp.limits.sqlite.Ledger` every
+server gets one :class:`LedgerGate` per pass: the ledger's grant for one batch,
+sized from that server's queue head (count, bytes, and the time the last
+batches took, so that it ends within the batch deadline), taken on the server's
+first message (for a single-server run: before connecting, so a run that may
+send nothing does not connect).  A message counts when the server accepted its
+data -- and also when the connection was lost after the final "." (it may have
+been delivered, RFC 1047).  The grant admits no message after its deadline;
+the rest stays queued and the summary says the deadline cut the batch short.
+When nothing is allowed yet the summary says when the next window opens and
+why.  ``--max-messages N`` is an extra cap on the whole run.  Without a ledger
+(library use, tests) only the gates of ``gate_factory`` and ``max_messages``
+apply.
+
+Per recipient (SPEC §3): 2xx to RCPT and to the data -> accepted, never sent
+again; 5xx -> failed; 4xx -> retried later alone.  A 4xx to MAIL or the data, a
+421, a lost connection or a timeout defer the whole message with exponential
+backoff (``retry_initial`` doubling to ``retry_max``) until ``max_queue_age``,
+then it fails.  An authentication failure stops the run before any message is
+changed (exit 77).  Servers that cannot be reached leave their messages where
+they are (exit 75); a connection lost mid-run is reopened at most
+``max_reconnects`` times.
+
+Speed (SPEC "Non-functional targets").  On one connection the messages are
+pipelined (RFC 2920): the next message's MAIL/RCPT/DATA go out in the same write
+as the current one's data, and the one after that is claimed and read while the
+server works on the current one -- one round trip and no idle CPU per message.
+A server entry with ``connections`` = N > 1 gets N connections, each driven by a
+thread (``Pool``), fed in order by the run's thread.  Either way a message's
+data goes out only after the outcome of the one before it on that connection is
+journaled: a crash leaves at most one possible duplicate per connection.
+
+Seams:
+
+- ``BatchGate``: per-server admission (``admit`` before each message,
+  ``confirm`` after each accepted data, ``release`` for an admitted message that
+  was not accepted, ``close``); :class:`LedgerGate` is the real one.
+- ``Connection`` owns one ``SmtpSession`` and turns one message into a pure
+  ``Attempt`` (per-recipient outcomes); the spool bookkeeping happens outside it,
+  in the connection's thread (the spool's journal and log take turns).
+- ``deadline`` / ``stop``: the run ends cleanly between messages; the rest stays queued.
+- ``clock`` / ``sleep``: injected (the loop's sleeps and the ledger's clock).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from carerix_smtp.errors import ConfigError, Interrupted
+from carerix_smtp.limits.rule import RESERVATION_POLL
+from carerix_smtp.limits.sqlite import Ledger
+from carerix_smtp.send.connection import (
+    PasswordSource,
+    SessionFactory,
+    default_password_source,
+    default_session_factory,
+)
+from carerix_smtp.send.dispatch import Pass
+from carerix_smtp.send.gates import GateFactory, LedgerGate, LedgerSource, open_ledger
+from carerix_smtp.send.report import (
+    BatchReport,
+    ProgressEvent,
+    RunSummary,
+    SendOptions,
+    Totals,
+    listing_limit,
+)
+from carerix_smtp.send.stopping import Stop, Stopping
+from carerix_smtp.spool.spool import Spool
+
+if TYPE_CHECKING:
+    from carerix_smtp.config.file import Config
+    from carerix_smtp.spool.listing import Candidate
+
+log = logging.getLogger(__name__)
+
+
+def run_send(
+    spool_path: Path,
+    config: Config,
+    options: SendOptions | None = None,
+    *,
+    ledger: LedgerSource | None = None,
+    gate_factory: GateFactory | None = None,
+    session_factory: SessionFactory | None = None,
+    password_source: PasswordSource | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    durable: bool = True,
+) -> RunSummary:
+    """One run: a pass (one batch per server), or with ``options.loop`` passes until
+    nothing is due.  Raises ConfigError/SpoolError (exit 78) for setup problems;
+    everything about messages and servers is in the summary.
+
+    ``ledger``: the rate ledger (an instance, or a factory called once the spool
+    lock is held; its ledger is then closed at the end) -- the limits apply only
+    with one.  ``gate_factory`` replaces the ledger's gates (tests).  ``clock``
+    must be the ledger's clock; ``sleep`` (default: wait on ``stop``) is used for
+    the loop's waits and must return early when ``stop`` is set.
+    """
+    options = options or SendOptions()
+    started = monotonic()
+    stop = stop or threading.Event()
+    passes = _Passes(
+        spool_path,
+        config,
+        options,
+        started,
+        ledger=ledger,
+        gate_factory=gate_factory,
+        session_factory=session_factory,
+        password_source=password_source,
+        clock=clock,
+        monotonic=monotonic,
+        sleep=sleep if sleep is not None else _waiting_on(stop),
+        stop=stop,
+        progress=progress,
+        durable=durable,
+    )
+    return passes.send()
+
+
+def _waiting_on(stop: threading.Event) -> Callable[[float], None]:
+    """``run_send``'s default ``sleep``: wait on ``stop`` (a signal ends it at once)."""
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
+
+
+class _Passes:
+    """One ``run_send``: under the spool lock, a pass (``Pass``), or with ``--loop``
+    passes until nothing is due, sleeping until the next window opens."""
+
+    def __init__(
+        self,
+        spool_path: Path,
+        config: Config,
+        options: SendOptions,
+        started: float,
+        *,
+        ledger: LedgerSource | None,
+        gate_factory: GateFactory | None,
+        session_factory: SessionFactory | None,
+        password_source: PasswordSource | None,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], None],
+        stop: threading.Event,
+        progress: Callable[[ProgressEvent], None] | None,
+        durable: bool,
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.started = started
+        self.ledger_source = ledger
+        self.ledger: Ledger | None = None  # opened under the spool lock
+        self.gate_factory = gate_factory
+        self.session_factory = session_factory
+        self.password_source = password_source
+        self.clock = clock
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.stop = stop
+        self.progress = progress
+        self.spool = Spool(spool_path, clock=clock, durable=durable)
+        self.spool.check(writable=True)
+        if options.server:
+            config.server(options.server)  # an unknown --server is exit 78, before anything
+        self.summary = RunSummary()
+        self.deadline = started + options.deadline if options.deadline is not None else None
+        self.totals = Totals()
+        self.unreachable = False
+
+    def send(self) -> RunSummary:
+        spool, summary, monotonic, started = self.spool, self.summary, self.monotonic, self.started
+        with spool.lock() as locked:
+            if not locked:
+                summary.status = "locked"
+                summary.lock_holder = spool.holder_pid()
+                summary.elapsed_s = monotonic() - started
+                return summary
+            recovery = spool.recover()
+            summary.possible_duplicates.extend(Path(p).name for p in recovery.requeued)
+            candidates = spool.candidates(limit=listing_limit(self.options))
+            if not candidates:
+                summary.status = "nothing-to-do"
+                summary.next_retry = spool.next_retry()
+                summary.elapsed_s = monotonic() - started
+                return summary
+            if not self.config.servers:
+                raise ConfigError(
+                    f"no server configured in {self.config.path}; add one with 'cxsmtp server add NAME HOST'"
+                )
+            the_ledger, ours = open_ledger(self.ledger_source)
+            self.ledger = the_ledger
+            try:
+                self.loop(candidates)
+            finally:
+                if ours and the_ledger is not None:
+                    the_ledger.close()
+            summary.settle(unreachable=self.unreachable)
+            summary.next_retry = spool.next_retry()
+        summary.elapsed_s = monotonic() - started
+        return summary
+
+    def loop(self, candidates: Sequence[Candidate]) -> None:
+        options, summary, stop = self.options, self.summary, self.stop
+        while True:
+            run = self.new_pass()
+            ended = self.one_pass(run, candidates)
+            self.unreachable = self.unreachable or run.servers.unreachable
+            self.note(run, candidates)
+            if (
+                ended
+                or not options.loop
+                or stop.is_set()
+                or run.servers.unreachable
+                or run.max_hit
+                or summary.status in ("interrupted", "auth-failed", "config-error")
+            ):
+                break
+            following = self.next_candidates(run)
+            if following is None:
+                break
+            candidates = following
+
+    def new_pass(self) -> Pass:
+        config, options = self.config, self.options
+        return Pass(
+            self.spool,
+            config,
+            options,
+            gate_factory=self.gate_factory,
+            ledger=self.ledger,
+            session_factory=self.session_factory
+            or default_session_factory(config, local_hostname=options.local_hostname),
+            password_source=self.password_source or default_password_source,
+            clock=self.clock,
+            monotonic=self.monotonic,
+            sleep=self.sleep,
+            stop=self.stop,
+            progress=self.progress,
+            summary=self.summary,
+            totals=self.totals,
+            deadline=self.deadline,
+        )
+
+    def one_pass(self, run: Pass, candidates: Sequence[Candidate]) -> bool:
+        """Run one pass; True: it ended the run (authentication refused, interrupted)."""
+        summary = self.summary
+        try:
+            run.run(candidates)
+        except Stop as exc:
+            summary.status = exc.status
+            summary.errors.append(str(exc.error))
+            return True
+        except Interrupted as exc:
+            summary.status = "interrupted"
+            summary.errors.append(str(exc))
+            return True
+        finally:
+            run.close()
+            self.spool.finish()
+        return False
+
+    def note(self, run: Pass, candidates: Sequence[Candidate]) -> None:
+        """What a pass did, in the summary: what is left and what held it back."""
+        summary, options = self.summary, self.options
+        summary.remaining = max(0, len(candidates) - run.delivery.done)
+        reports = _reports(run)
+        summary.batches.extend(reports)
+        summary.deadline_cut = summary.deadline_cut or any(r.deadline_cut for r in reports)
+        summary.note_limits(reports, options.max_messages if run.max_hit else None)
+        if not summary.remaining:
+            summary.limited_by, summary.limit_reason = None, ""
+            summary.next_window_at = None
+        if self.stop.is_set() and summary.status not in ("auth-failed", "config-error"):
+            summary.status = "interrupted"  # SPEC §3: SIGTERM/SIGINT exit 75
+
+    def next_candidates(self, run: Pass) -> Sequence[Candidate] | None:
+        """``--loop``: the due messages of the next pass, after waiting for the next
+        window if the limits held some back; None: the run ends."""
+        spool, summary, options, clock = self.spool, self.summary, self.options, self.clock
+        wake = _next_wake(summary, run, clock())
+        if wake is _DONE:
+            candidates = spool.candidates(limit=listing_limit(options))
+            if not candidates:
+                summary.remaining = 0
+                return None
+            if run.delivery.done == 0:
+                return None  # nothing happened and nothing holds it back: do not spin
+            return candidates
+        if wake is None:
+            return None  # never (email-send-limit 0)
+        assert isinstance(wake, float)
+        delay = wake - clock()
+        if self.deadline is not None and self.monotonic() + delay >= self.deadline:
+            log.info("the next window opens after the run's deadline; stopping")
+            return None
+        log.info("waiting %.1f s for the next window (%s)", max(0.0, delay), summary.limit_reason)
+        run.delivery.emit(ProgressEvent("wait", until=wake, reason=summary.limit_reason))
+        try:
+            run.servers.pause(delay)
+        except Stopping:
+            summary.status = "interrupted"
+            return None
+        candidates = spool.candidates(limit=listing_limit(options))
+        if not candidates:
+            summary.remaining = 0
+            summary.limited_by, summary.limit_reason = None, ""
+            summary.next_window_at = None
+            return None
+        return candidates
+
+
+_DONE = object()  # _next_wake: no limit held anything back
+
+
+def _next_wake(summary: RunSummary, run: Pass, now: float) -> float | object | None:
+    """When the loop's next pass should start: a float, None (never), or _DONE."""
+    if summary.limited_by is None:
+        return _DONE
+    wake = summary.next_window_at
+    if wake is None or math.isinf(wake):
+        return None
+    if wake <= now and run.delivery.done == 0:
+        wake = now + RESERVATION_POLL  # held back, yet "now": never spin
+    return max(wake, now)
+
+
+def _reports(run: Pass) -> list[BatchReport]:
+    """The batches of a pass (after ``run.close()``), for the servers with a ledger gate."""
+    reports: list[BatchReport] = []
+    for gate in run.servers.gates.values():
+        if isinstance(gate, LedgerGate) and (gate.grant is not None or gate.wait is not None):
+            reports.append(gate.report(gate.refused or gate.wait is not None))
+    return reports

@@ -1,0 +1,94 @@
+"""How a send run stops: ``stop_on_signals`` (SIGTERM/SIGINT: finish the message
+in flight; a second signal on the wire abandons it), the marks of the network
+phases a second signal may cut, and the exceptions that end a pass early
+(``Stopping``: a stop was asked for; ``Stop``: authentication or policy refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+from carerix_smtp.errors import Interrupted, SmtpAuthError, SmtpError, SmtpPolicyError
+
+log = logging.getLogger(__name__)
+
+
+# Set while the run's own thread may be interrupted by a second signal: on the wire
+# itself (one connection), or waiting for the connections' threads (several).
+in_network = threading.Event()
+# A second signal came while that was not so: the dispatcher raises on its next wait.
+abort_requested: list[str] = []  # the signal's name
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``: the run finishes the message in flight, QUITs,
+    puts back what it holds and ends (exit 75).  A second signal while a message is
+    on the wire abandons it at once (Interrupted); it goes back to the queue.
+
+    Python's default SIGTERM action skips ``finally`` blocks; this handler does not.
+    Only usable in the main thread (the CLI); a no-op elsewhere.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    logging_notice = False
+    abort_pending = False
+
+    def abort(name: str) -> Interrupted:
+        return Interrupted(f"{name} received twice: stopped in the middle of a message")
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal logging_notice, abort_pending
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            if not abort_requested:
+                abort_requested.append(name)
+            if not in_network.is_set():
+                return  # between messages: the run is stopping anyway
+            if logging_notice:
+                # Raised inside logging's emit() it would be swallowed (handleError):
+                # let the first handler raise it once its log call has returned.
+                abort_pending = True
+                return
+            raise abort(name)
+        stop.set()
+        logging_notice = True
+        try:
+            log.warning("%s received: finishing the message in flight, then stopping", name)
+        finally:
+            logging_notice = False
+        if abort_pending and in_network.is_set():
+            raise abort(name)
+
+    abort_requested.clear()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        abort_requested.clear()
+
+
+class Stopping(Exception):
+    """A stop was asked for before a network phase (or during a sleep): do not go on."""
+
+
+class Stop(Exception):
+    """The run must end now, touching nothing more: ``status`` says why."""
+
+    def __init__(self, status: str, error: SmtpError) -> None:
+        super().__init__(str(error))
+        self.status = status
+        self.error = error
+
+
+def stop_for(error: SmtpAuthError | SmtpPolicyError) -> Stop:
+    return Stop("auth-failed" if isinstance(error, SmtpAuthError) else "config-error", error)

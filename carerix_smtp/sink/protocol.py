@@ -1,0 +1,159 @@
+"""One SMTP connection of the sink: aiosmtpd's SMTP protocol plus latency, the
+faults at the greeting and at DATA, drop/hang, enhanced status codes, and the
+connection accounting (limit, open count).
+
+Latency
+    ``latency_ms`` delays every reply (greeting, EHLO, MAIL, RCPT, DATA, end of
+    data, AUTH…) until that long after the latest data the client sent before
+    it, like a network round trip: a client that waits for each reply pays it
+    once per command, pipelined commands share one delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, AnyStr
+
+from aiosmtpd.smtp import SMTP
+
+from carerix_smtp.sink.faults import DROP, HANG
+
+if TYPE_CHECKING:
+    from carerix_smtp.sink.handler import SinkHandler
+    from carerix_smtp.sink.server import Sink
+
+log = logging.getLogger(__name__)
+
+# aiosmtpd's replies, with enhanced status codes (RFC 3463) added.
+_REWRITES = {
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    ),
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
+    "221 Bye": "221 2.0.0 Bye",
+    "250 OK": "250 2.0.0 OK",
+}
+
+
+def format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+class SinkSMTP(SMTP):
+    """One connection: aiosmtpd's SMTP plus latency, faults and accounting."""
+
+    def __init__(self, sink: Sink, handler: SinkHandler, **kwargs: Any) -> None:
+        # aiosmtpd keeps this dict on the class and grows it on every EHLO; give each
+        # connection its own so sinks in other threads do not share it.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        super().__init__(handler, **kwargs)
+        self._sink = sink
+        self._greeted = False
+        self._counted = False
+        self._uncounted = False
+        self._over_limit = False
+        self._close_after_reply = False
+        self._last_arrival = self.loop.time()
+
+    @property
+    def encrypted(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._counted:  # not again for the TLS layer after STARTTLS
+            self._counted = True
+            self._last_arrival = self.loop.time()
+            self._over_limit = not self._sink._connection_opened(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted and not self._uncounted:
+            self._uncounted = True
+            self._sink._connection_closed(self)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_arrival = self.loop.time()
+        super().data_received(data)
+
+    def close_for_stop(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.write(b"421 4.3.2 Service shutting down\r\n")  # type: ignore[attr-defined]
+            transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()  # type: ignore[attr-defined]
+
+    async def push(self, status: AnyStr) -> None:
+        if not self._greeted:  # the first reply of a connection is the greeting
+            self._greeted = True
+            if self._over_limit:
+                status = "421 4.7.0 Too many connections, try again later"  # type: ignore[assignment]
+            else:
+                fault = self._sink._fault("connect")
+                if fault is not None:
+                    status = fault  # type: ignore[assignment]
+                    self._close_after_reply = True  # RFC 5321 §3.1: no session after refusal
+        if status == DROP:
+            log.debug("%s: dropping the connection (scripted)", self._peer)
+            self._close()
+            return
+        if status == HANG:
+            log.debug("%s: hanging (scripted)", self._peer)
+            await self._hang()
+            return
+        if isinstance(status, str):
+            status = _REWRITES.get(status, status)
+        latency = self._sink.config.latency_ms / 1000.0
+        if latency:
+            delay = self._last_arrival + latency - self.loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if self.transport is None or self.transport.is_closing():
+            return
+        await super().push(status)
+        line = status if isinstance(status, str) else status.decode("ascii", "replace")
+        if self._close_after_reply or line.startswith("421 "):  # RFC 5321 §3.8
+            self._close()
+
+    @property
+    def _peer(self) -> str:
+        return format_peer(self.session.peer if self.session else None)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _hang(self) -> None:
+        try:
+            await self.loop.create_future()  # never set: ends when the connection does
+        except asyncio.CancelledError:
+            self._close()  # the greeting is not inside aiosmtpd's own cleanup
+            raise
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # The "data" phase: the DATA command itself, before 354.  aiosmtpd has no hook
+        # there (handle_DATA runs at end of data).
+        session, envelope = self.session, self.envelope
+        if session and session.host_name and envelope and envelope.rcpt_tos and not arg:
+            fault = self._sink._fault("data")
+            if fault is not None:
+                await self.push(fault)
+                return
+        await super().smtp_DATA(arg)

@@ -1,0 +1,171 @@
+"""AUTH (RFC 4954): when the password may be sent, which SASL mechanism, and the
+mechanisms themselves.  A new mechanism is one function and one row of
+:data:`MECHANISMS`.  Nothing secret is ever logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from carerix_smtp.config.tls import auth_allowed
+from carerix_smtp.errors import SmtpAuthError, SmtpPolicyError
+from carerix_smtp.smtp.phases import PHASE_AUTH
+from carerix_smtp.smtp.wire import CRLF, Reply
+
+if TYPE_CHECKING:
+    from carerix_smtp.smtp.session import SmtpSession
+
+log = logging.getLogger(__name__)
+
+# Writes a line of the exchange, shows ``shown`` in the debug log instead, and
+# returns the reply: (line, shown) -> Reply.
+SecretCommand = Callable[[str, str], Reply]
+
+
+class AuthFailedError(SmtpAuthError):
+    """``reason``: refused (535 and other 5xx), auth-not-offered, no-mechanism."""
+
+    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reason = reason
+
+
+# --- the mechanisms: (command, username, password) -> the last reply ----------------
+
+
+def _plain(command: SecretCommand, user: bytes, secret: bytes) -> Reply:
+    token = base64.b64encode(b"\0" + user + b"\0" + secret).decode("ascii")
+    return command(f"AUTH PLAIN {token}", "AUTH PLAIN <credentials hidden>")
+
+
+def _login(command: SecretCommand, user: bytes, secret: bytes) -> Reply:
+    reply = command("AUTH LOGIN", "AUTH LOGIN")
+    if reply.code != 334:
+        return reply
+    reply = command(base64.b64encode(user).decode("ascii"), "<username hidden>")
+    if reply.code != 334:
+        return reply
+    return command(base64.b64encode(secret).decode("ascii"), "<password hidden>")
+
+
+def _cram_md5(command: SecretCommand, user: bytes, secret: bytes) -> Reply:
+    reply = command("AUTH CRAM-MD5", "AUTH CRAM-MD5")
+    if reply.code != 334:
+        return reply
+    try:
+        challenge = base64.b64decode(reply.text.strip(), validate=True)
+    except ValueError:
+        command("*", "*")  # RFC 4954 §4: cancel the exchange
+        return Reply(535, None, "unreadable CRAM-MD5 challenge", local=True)
+    digest = hmac.new(secret, challenge, hashlib.md5).hexdigest()
+    answer = base64.b64encode(user + b" " + digest.encode("ascii")).decode("ascii")
+    return command(answer, "<response hidden>")
+
+
+# Strongest first.  Over TLS every mechanism is safe from eavesdroppers; the
+# challenge-response one also keeps the password from whatever terminates TLS
+# (and from anyone, when verification was switched off), so it goes first.
+MECHANISMS: dict[str, Callable[[SecretCommand, bytes, bytes], Reply]] = {
+    "CRAM-MD5": _cram_md5,
+    "PLAIN": _plain,
+    "LOGIN": _login,
+}
+AUTH_PREFERENCE = tuple(MECHANISMS)
+
+
+# --- the auth phase -------------------------------------------------------------------
+
+
+def authenticate(session: SmtpSession) -> None:
+    """The auth phase, when the entry has a username (else nothing)."""
+    username = session.entry.username
+    if username is None:
+        return
+    with session._phase(PHASE_AUTH) as facts:
+        where: dict[str, Any] = {
+            "host": session.endpoint.host,
+            "port": session.endpoint.port,
+            "phase": PHASE_AUTH,
+        }
+        password = _password_to_send(session, where)
+        choices = _choices(session, facts, where)
+        for mechanism in choices:
+            reply = _auth_exchange(session, mechanism, username, password)
+            if reply.code == 504 and mechanism != choices[-1]:
+                continue  # RFC 4954 §4: mechanism not supported after all; try the next
+            break
+        facts["mechanism"] = mechanism
+        if reply.code == 235:
+            session.auth_mechanism = mechanism
+            log.info("%s: authenticated as %s with %s", session.where, username, mechanism)
+            return
+        if reply.closing or reply.temporary:
+            raise session._reply_error(PHASE_AUTH, f"AUTH {mechanism} answered", reply)
+        raise AuthFailedError(
+            f"{session.where}: authentication as {username!r} refused: {reply.one_line}",
+            reason="refused",
+            code=reply.code,
+            enhanced=reply.enhanced,
+            text=reply.text,
+            **where,
+        )
+
+
+def _password_to_send(session: SmtpSession, where: dict[str, Any]) -> str:
+    """The password, if there is one and this connection may carry it."""
+    if session._password is None:
+        raise SmtpPolicyError(
+            f"{session.where}: server entry {session.entry.name!r} has a username but no "
+            "password was given; not sending unauthenticated",
+            **where,
+        )
+    if not auth_allowed(session.encrypted, session.mode, session.entry.allow_plaintext_auth):
+        raise SmtpPolicyError(
+            f"{session.where}: the connection is not encrypted; the password was not sent",
+            **where,
+        )
+    return session._password
+
+
+def _choices(session: SmtpSession, facts: dict[str, Any], where: dict[str, Any]) -> list[str]:
+    """The mechanisms both sides support, ours in AUTH_PREFERENCE order."""
+    offered = session.auth_mechanisms
+    facts["offered"] = offered
+    if not session.has_extension("AUTH"):
+        raise AuthFailedError(
+            f"{session.where}: the server offers no AUTH here; not sending mail unauthenticated",
+            reason="auth-not-offered",
+            **where,
+        )
+    choices = [m for m in AUTH_PREFERENCE if m in offered]
+    if not choices:
+        raise AuthFailedError(
+            f"{session.where}: none of the offered AUTH mechanisms ({' '.join(offered)}) "
+            f"is supported; cxsmtp supports {', '.join(AUTH_PREFERENCE)}",
+            reason="no-mechanism",
+            **where,
+        )
+    return choices
+
+
+def _auth_exchange(session: SmtpSession, mechanism: str, username: str, password: str) -> Reply:
+    """Run one SASL exchange.  Nothing here is logged (RFC 4954 credentials)."""
+
+    def command(line: str, shown: str) -> Reply:
+        return _secret_command(session, line, shown)
+
+    return MECHANISMS[mechanism](command, username.encode("utf-8"), password.encode("utf-8"))
+
+
+def _secret_command(session: SmtpSession, line: str, shown: str) -> Reply:
+    log.debug("%s C: %s", session.where, shown)  # ``shown`` never holds a secret
+    session._write(line.encode("utf-8") + CRLF, PHASE_AUTH, session.command_timeout)
+    reply = session._channel.read_reply(PHASE_AUTH, session.command_timeout, shown, log_reply=False)
+    if reply.closing:
+        session._abort()
+    return reply

@@ -1,0 +1,334 @@
+"""Mail transactions on an open session: MAIL (SIZE=, 8BITMIME, SMTPUTF8), RCPT,
+DATA and the content, with PIPELINING (RFC 2920) of the commands and the next
+message's commands chained behind the data; refusals as :class:`SendResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from carerix_smtp.errors import MessageError, SmtpConnectError, SmtpError
+from carerix_smtp.smtp.phases import (
+    PHASE_DATA,
+    PHASE_DATA_END,
+    PHASE_MAIL,
+    PHASE_RCPT,
+    PHASE_RSET,
+)
+from carerix_smtp.smtp.wire import Reply, command_bytes, message_size, wire_chunks
+
+if TYPE_CHECKING:
+    from carerix_smtp.smtp.session import SmtpSession
+
+log = logging.getLogger(__name__)
+
+PIPELINE_WINDOW = 100  # commands written before their replies are read (RFC 2920 §3.1)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the server said to one transaction.
+
+    ``data_reply`` is None when MAIL was refused or no recipient was accepted (the
+    session was RSET); otherwise the reply after the final "." — or the refusal of
+    the DATA command itself.
+    """
+
+    mail_reply: Reply
+    rcpt_replies: dict[str, Reply]
+    data_reply: Reply | None
+
+    @property
+    def accepted(self) -> list[str]:
+        """Recipients the server took the message for (empty unless data_reply is 2xx)."""
+        if self.data_reply is None or not self.data_reply.ok:
+            return []
+        return [r for r, reply in self.rcpt_replies.items() if reply.ok]
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self.accepted)
+
+
+@dataclass(eq=False)
+class Transaction:
+    """One message's MAIL (with SIZE=), RCPTs and DATA, ready to be written, and its
+    data; from :meth:`SmtpSession.transaction`, sent by :meth:`SmtpSession.run`.
+
+    ``session`` is set when the commands were already written on a session, right
+    behind the previous message's data (RFC 2920 pipelining across messages):
+    ``run`` there only reads their replies.  Until then that session is in the
+    middle of a transaction: it must not be QUIT (the server may be reading
+    message data), only aborted, if this transaction is not run.
+    """
+
+    mail_line: str
+    rcpts: dict[str, str]  # recipients as given -> as written
+    data: bytes | bytearray | memoryview | BinaryIO
+    session: SmtpSession | None = None
+
+    def commands(self) -> list[tuple[str, str]]:
+        return [
+            (self.mail_line, PHASE_MAIL),
+            *((f"RCPT TO:<{clean}>", PHASE_RCPT) for clean in self.rcpts.values()),
+            ("DATA", PHASE_DATA),
+        ]
+
+
+class Transactions:
+    """The transaction side of ``session`` (whose public methods forward here).
+    Commands and replies go through the session, which closes itself on a 421 or
+    a lost connection."""
+
+    def __init__(self, session: SmtpSession) -> None:
+        self.session = session
+
+    def mail(
+        self,
+        mail_from: str,
+        *,
+        size: int | None = None,
+        smtputf8: bool = False,
+        eight_bit: bool = False,
+    ) -> Reply:
+        """MAIL FROM with SIZE=/BODY=8BITMIME/SMTPUTF8 where offered.  421 raises."""
+        return self.session._command(
+            self._mail_line(mail_from, size, smtputf8, eight_bit), PHASE_MAIL
+        )
+
+    def rcpt(self, address: str) -> Reply:
+        return self.session._command(f"RCPT TO:<{_check_address(address)}>", PHASE_RCPT)
+
+    def data(self, data: bytes | bytearray | memoryview | BinaryIO) -> Reply:
+        """DATA, the content, the final reply.  Returns the refusal of DATA if not 354."""
+        reply = self.session._command("DATA", PHASE_DATA)
+        if reply.code != 354:
+            return reply
+        return self._send_content(data)
+
+    def send(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes | bytearray | memoryview | BinaryIO,
+        *,
+        smtputf8: bool = False,
+        eight_bit: bool = False,
+    ) -> SendResult:
+        """One transaction.  Refusals are results; a lost connection, a timeout or a 421
+        raises (then ``closed`` is True).  A connection lost after the final "." raises
+        with phase ``data-end``: the outcome is unknown (RFC 1047)."""
+        self.session._require_open()
+        tx = self.session.transaction(
+            mail_from, recipients, data, smtputf8=smtputf8, eight_bit=eight_bit
+        )
+        if isinstance(tx, SendResult):
+            return tx
+        return self.session.run(tx)
+
+    def transaction(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes | bytearray | memoryview | BinaryIO,
+        *,
+        smtputf8: bool = False,
+        eight_bit: bool = False,
+    ) -> Transaction | SendResult:
+        """Check the envelope and prepare its commands (SIZE= counted) without any
+        I/O on the connection; a SendResult when it is refused here already."""
+        # Keys of rcpt_replies are the recipients as given; the wire gets them cleaned.
+        rcpts = {r: _check_address(r) for r in recipients}
+        if not rcpts:
+            raise MessageError("no recipients given for this message")
+        _check_address(mail_from)
+        if smtputf8 and not self.session.has_extension("SMTPUTF8"):
+            # RFC 6531 §3.4: without the extension the message cannot be sent as it is.
+            refusal = Reply(
+                553,
+                "5.6.7",
+                f"{self.session.where} does not offer SMTPUTF8, needed for this message",
+                local=True,
+            )
+            return SendResult(refusal, {}, None)
+        size = None
+        if self.session.has_extension("SIZE"):
+            if isinstance(data, bytes | bytearray | memoryview):
+                size = message_size(data)
+            else:
+                start = data.tell()
+                size = message_size(data)
+                data.seek(start)
+        return Transaction(self._mail_line(mail_from, size, smtputf8, eight_bit), rcpts, data)
+
+    def run(
+        self,
+        tx: Transaction,
+        then: Transaction | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> SendResult:
+        """Send ``tx``.  With ``then`` (and PIPELINING), ``then``'s commands are
+        written right behind ``tx``'s data, in the same write as the final ".", so
+        that the next message costs no round trip of its own (RFC 2920 §3.1 allows
+        it: the client may pipeline across transactions).  ``then``'s data is only
+        sent by ``run(then)``, after its command replies -- so after ``tx``'s outcome
+        was read and could be recorded: a crash still finds at most one message per
+        connection possibly delivered (RFC 1047).  ``then.session`` tells whether it
+        was written (not when ``tx`` ended before its data, or the window is full).
+        ``meanwhile`` is called once the data is out, before waiting for its reply
+        (the caller's own work overlaps the server's); it must not raise SmtpError.
+        """
+        self.session._require_open()
+        if self.session.has_extension("PIPELINING"):
+            return self._send_pipelined(tx, then, meanwhile)
+        # (nothing was chained on this session: that needs PIPELINING)
+        mail_reply = self.session._command(tx.mail_line, PHASE_MAIL)
+        if not mail_reply.ok:
+            self.session.reset()
+            return SendResult(mail_reply, {}, None)
+        rcpt_replies = {
+            r: self.session._command(f"RCPT TO:<{clean}>", PHASE_RCPT)
+            for r, clean in tx.rcpts.items()
+        }
+        if not any(reply.ok for reply in rcpt_replies.values()):
+            self.session.reset()
+            return SendResult(mail_reply, rcpt_replies, None)
+        data_cmd = self.session._command("DATA", PHASE_DATA)
+        if data_cmd.code != 354:
+            self.session.reset()
+            return SendResult(mail_reply, rcpt_replies, data_cmd)
+        return SendResult(mail_reply, rcpt_replies, self._send_content(tx.data, b"", meanwhile))
+
+    def _send_pipelined(
+        self, tx: Transaction, then: Transaction | None, meanwhile: Callable[[], None] | None
+    ) -> SendResult:
+        """RFC 2920: MAIL, the RCPTs and DATA in one write, then the replies in order.
+
+        At most PIPELINE_WINDOW commands are in flight, so that a long recipient list
+        cannot fill both socket buffers and deadlock (RFC 2920 §3.1)."""
+        commands = tx.commands()
+        replies: list[Reply] = []
+        if tx.session is self.session:  # written behind the previous message's data
+            replies.extend(self.session._reply(phase) for _, phase in commands)
+        else:
+            for start in range(0, len(commands), PIPELINE_WINDOW):
+                window = commands[start : start + PIPELINE_WINDOW]
+                self.session._write(
+                    command_bytes(self.session.where, window),
+                    window[0][1],
+                    self.session.command_timeout,
+                )
+                replies.extend(self.session._reply(phase) for _, phase in window)
+        tx.session = self.session
+        mail_reply, data_cmd = replies[0], replies[-1]
+        rcpt_replies = dict(zip(tx.rcpts, replies[1:-1], strict=True))
+        accepted = mail_reply.ok and any(reply.ok for reply in rcpt_replies.values())
+        if data_cmd.code == 354 and not accepted:
+            # A server that should have refused DATA (RFC 2920 §3.1): end it empty.
+            self.session._write(b".\r\n", PHASE_DATA, self.session.command_timeout)
+            self.session._reply(PHASE_DATA_END, self.session.data_timeout)
+            data_cmd = Reply(554, "5.5.1", "no valid recipients", local=True)
+        if not accepted:
+            self.session.reset()
+            return SendResult(mail_reply, rcpt_replies, None)
+        if data_cmd.code != 354:
+            self.session.reset()
+            return SendResult(mail_reply, rcpt_replies, data_cmd)
+        chained = b""
+        if then is not None and then.session is None:
+            window = then.commands()
+            if len(window) <= PIPELINE_WINDOW:
+                chained = command_bytes(self.session.where, window)
+                then.session = self.session
+        return SendResult(mail_reply, rcpt_replies, self._send_content(tx.data, chained, meanwhile))
+
+    def _mail_line(self, mail_from: str, size: int | None, smtputf8: bool, eight_bit: bool) -> str:
+        params = []
+        if size is not None and self.session.has_extension("SIZE"):
+            params.append(f"SIZE={size}")  # RFC 1870
+        if (eight_bit or smtputf8) and self.session.has_extension("8BITMIME"):
+            params.append("BODY=8BITMIME")  # RFC 6152
+        if smtputf8 and self.session.has_extension("SMTPUTF8"):
+            params.append("SMTPUTF8")  # RFC 6531
+        line = f"MAIL FROM:<{_check_address(mail_from)}>"
+        return " ".join([line, *params])
+
+    def _send_content(
+        self,
+        data: bytes | bytearray | memoryview | BinaryIO,
+        chained: bytes = b"",
+        meanwhile: Callable[[], None] | None = None,
+    ) -> Reply:
+        """After 354: the message (``chained``: the next transaction's commands in the
+        same last write), then the reply to the final "."."""
+        chunks = wire_chunks(data)
+        pending = next(chunks)
+        total = 0
+        for following in chunks:
+            total += len(pending)
+            reply = self._write_data(pending, PHASE_DATA)
+            if reply is not None:
+                return reply
+            pending = following
+        # The last write holds the terminating "."; once it has started the server may
+        # have the whole message: a loss from here on is "outcome unknown" (data-end).
+        total += len(pending)
+        reply = self._write_data(pending + chained if chained else pending, PHASE_DATA_END)
+        if reply is not None:
+            return reply
+        log.debug("%s C: <%d bytes of message data>", self.session.where, total)
+        if meanwhile is not None:
+            meanwhile()
+        # RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".".
+        return self.session._reply(PHASE_DATA_END, self.session.data_timeout)
+
+    def _write_data(self, chunk: bytes, phase: str) -> Reply | None:
+        """Write a data chunk.  When the write fails because the server answered early
+        and hung up (e.g. 552 message too big), return that answer: a refusal is a
+        result.  The session is closed then."""
+        try:
+            self.session._write(chunk, phase, self.session.command_timeout, abort=False)
+        except SmtpConnectError:
+            reply = self._salvage_reply()
+            self.session._abort()
+            if reply is None:
+                raise
+            if reply.closing:
+                raise self.session._reply_error(
+                    phase, "the server is closing the connection", reply
+                ) from None
+            return reply
+        except SmtpError:
+            self.session._abort()
+            raise
+        return None
+
+    def _salvage_reply(self) -> Reply | None:
+        try:
+            return self.session._channel.read_reply(PHASE_DATA, 1.0, "a reply", abort=False)
+        except SmtpError:
+            return None
+
+    def reset(self) -> None:
+        """RSET (RFC 5321 §4.1.1.5); a refused RSET closes the session."""
+        self.session._require_open()
+        reply = self.session._command("RSET", PHASE_RSET)
+        if not reply.ok:
+            self.session._abort()
+            raise self.session._reply_error(PHASE_RSET, "RSET refused", reply)
+
+    def noop(self) -> Reply:
+        return self.session._command("NOOP", "noop")
+
+
+def _check_address(address: str) -> str:
+    """Refuse what would break the command line (SMTP command injection)."""
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    if any(ch in address for ch in "\r\n\0<>"):
+        raise MessageError(f"invalid address {address!r}: contains a line break or angle bracket")
+    return address

@@ -1,0 +1,110 @@
+"""The header block of a message file: where it ends (``head_end``; a leading mbox
+``From `` line is skipped) and its fields, each with its raw lines
+(``split_fields``: a fast regular expression, or line by line for anything
+unusual, which names the line that is wrong)."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from carerix_smtp.errors import MessageError
+
+# RFC 5322 §2.2: a field name is printable US-ASCII except ":"; §4.5.3 (obsolete
+# syntax) allows white space before the colon.
+FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+class HeaderField(NamedTuple):
+    """One header field as it is in the file: its lower-cased name and its raw lines.
+    (A named tuple: a message has a few dozen, made at C speed.)"""
+
+    name: str
+    raw: bytes
+
+
+def head_end(data: bytes) -> int | None:
+    """Offset of the empty line that ends the header block, or None if not in ``data``.
+
+    The header block ends at the first empty line (RFC 5322 §2.1); the offset is
+    just after the last header line's LF, so ``data[:offset]`` keeps it.
+    """
+    start = 0
+    if is_mbox_line(data):
+        newline = data.find(b"\n")
+        if newline < 0:
+            return None
+        start = newline + 1
+    if data.startswith((b"\n", b"\r\n"), start):
+        return start
+    found = [i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0]
+    return min(found) + 1 if found else None
+
+
+def is_mbox_line(data: bytes) -> bool:
+    """``From sender date`` (mbox), as opposed to a ``From :`` field (obsolete syntax)."""
+    return data.startswith(b"From ") and not FIELD_NAME.match(data, 0, 200)
+
+
+# One whole field: the name, the colon, the rest of the line and its continuation
+# lines (RFC 5322 §2.2.3: a line that starts with white space continues the field).
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?")
+
+
+def split_fields(block: bytes, name: str) -> list[HeaderField]:
+    """The header block's fields, each with its raw lines.  A block with anything
+    unusual (a NUL, a bare CR, a line that is not a field) goes the slow way, line
+    by line, which names the line that is wrong."""
+    if b"\x00" not in block and block.count(b"\r") == block.count(b"\r\n"):
+        fields: list[HeaderField] = []
+        pos, end, match = 0, len(block), _FIELD.match
+        while pos < end:
+            found = match(block, pos)
+            if found is None:
+                break
+            fields.append(HeaderField(found.group(1).decode("ascii").lower(), found.group(0)))
+            pos = found.end()
+        else:
+            return fields
+    return _split_lines(block, name)
+
+
+def _split_lines(block: bytes, name: str) -> list[HeaderField]:
+    fields: list[HeaderField] = []
+    current: list[bytes] = []
+    # Split at LF only: a bare CR inside a line must be seen, not taken as a line end.
+    lines = [line + b"\n" for line in block.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    if not lines[-1]:
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        content = line.rstrip(b"\r\n")
+        if b"\r" in content or b"\x00" in content:
+            raise MessageError(
+                f"{name}: header line {number} contains a bare CR or a NUL byte "
+                "(not an RFC 5322 message)"
+            )
+        if line[:1] in (b" ", b"\t"):
+            if not current:
+                raise MessageError(
+                    f"{name}: header line 1 starts with white space (not an RFC 5322 message)"
+                )
+            current.append(line)
+            continue
+        if not FIELD_NAME.match(content):
+            raise MessageError(
+                f"{name}: header line {number} is not a 'Name: value' field "
+                "(not an RFC 5322 message)"
+            )
+        if current:
+            fields.append(_field(current))
+        current = [line]
+    if current:
+        fields.append(_field(current))
+    return fields
+
+
+def _field(lines: list[bytes]) -> HeaderField:
+    first = lines[0]
+    field_name = first[: first.index(b":")].strip().decode("ascii").lower()
+    return HeaderField(field_name, b"".join(lines))

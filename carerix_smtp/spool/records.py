@@ -1,0 +1,273 @@
+"""What the spool writes about messages: the state of one message (MessageState,
+RecipientResult; a record ``NAME.eml.json`` is one as JSON), the retry backoff,
+time and JSON helpers, reading records back, and the delivery log (one JSON line
+per attempt in ``.cxsmtp/delivery.log``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from carerix_smtp.spool.layout import RECORD_SUFFIX, SUFFIX, Destination
+
+log = logging.getLogger(__name__)
+
+DELIVERY_LOG_MAX = 64 * 1024 * 1024  # rotated once to delivery.log.1 beyond this
+
+
+# --- time and JSON helpers ---------------------------------------------------
+
+
+_last_iso: tuple[int, str] = (-1, "")  # most times in a run fall in the same second
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ``2024-05-01T12:00:00+00:00`` (records are for people too)."""
+    global _last_iso
+    if ts is None:
+        return None
+    second = math.floor(ts)
+    last = _last_iso
+    if last[0] == second:
+        return last[1]
+    text = datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
+    _last_iso = (second, text)
+    return text
+
+
+def from_iso(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON as UTF-8; ASCII escapes when a str holds a lone surrogate
+    (undecodable header bytes), so that every line reads back."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+@dataclass
+class RecipientResult:
+    """What the server said about one recipient (``code`` None: no reply, e.g. timeout)."""
+
+    code: int | None
+    enhanced: str | None
+    text: str
+    time: float
+
+    def describe(self) -> str:
+        parts = [str(self.code) if self.code is not None else "no reply"]
+        if self.enhanced:
+            parts.append(self.enhanced)
+        if self.text:
+            parts.append(self.text)
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "enhanced": self.enhanced,
+            "text": self.text,
+            "time": iso(self.time),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RecipientResult | None:
+        if not isinstance(data, dict):
+            return None
+        code = data.get("code")
+        return cls(
+            code=code if isinstance(code, int) else None,
+            enhanced=data.get("enhanced") if isinstance(data.get("enhanced"), str) else None,
+            text=str(data.get("text") or ""),
+            time=from_iso(data.get("time")) or 0.0,
+        )
+
+
+@dataclass
+class MessageState:
+    """Everything known about one message; the record/sidecar is this as JSON."""
+
+    name: str
+    status: str = "queued"  # queued | deferred | sent | failed
+    reason: str = ""
+    message_id: str | None = None
+    mail_from: str | None = None
+    server: str | None = None
+    size: int = 0
+    queued_at: float = 0.0
+    first_attempt: float | None = None
+    last_attempt: float | None = None
+    attempts: int = 0
+    next_attempt: float | None = None
+    accepted: dict[str, RecipientResult] = field(default_factory=dict)
+    failed: dict[str, RecipientResult] = field(default_factory=dict)
+    pending: dict[str, RecipientResult | None] = field(default_factory=dict)
+
+    def destination(self) -> Destination:
+        """sent when nothing is pending and someone accepted; failed if nobody did."""
+        if self.pending:
+            return "deferred"
+        return "sent" if self.accepted else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "message_id": self.message_id,
+            "mail_from": self.mail_from,
+            "server": self.server,
+            "size": self.size,
+            "queued_at": iso(self.queued_at),
+            "first_attempt": iso(self.first_attempt),
+            "last_attempt": iso(self.last_attempt),
+            "attempts": self.attempts,
+            "next_attempt": iso(self.next_attempt),
+            "recipients": {
+                "accepted": {k: v.to_json() for k, v in self.accepted.items()},
+                "failed": {k: v.to_json() for k, v in self.failed.items()},
+                "pending": {k: v.to_json() if v else None for k, v in self.pending.items()},
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> MessageState:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError("not a message record")
+        recipients = data.get("recipients") or {}
+
+        def results(key: str) -> dict[str, RecipientResult]:
+            out: dict[str, RecipientResult] = {}
+            for rcpt, value in (recipients.get(key) or {}).items():
+                result = RecipientResult.from_json(value)
+                if result is not None:
+                    out[str(rcpt)] = result
+            return out
+
+        return cls(
+            name=data["name"],
+            status=str(data.get("status") or "queued"),
+            reason=str(data.get("reason") or ""),
+            message_id=data.get("message_id"),
+            mail_from=data.get("mail_from"),
+            server=data.get("server"),
+            size=int(data.get("size") or 0),
+            queued_at=from_iso(data.get("queued_at")) or 0.0,
+            first_attempt=from_iso(data.get("first_attempt")),
+            last_attempt=from_iso(data.get("last_attempt")),
+            attempts=int(data.get("attempts") or 0),
+            next_attempt=from_iso(data.get("next_attempt")),
+            accepted=results("accepted"),
+            failed=results("failed"),
+            pending={
+                str(k): RecipientResult.from_json(v)
+                for k, v in (recipients.get("pending") or {}).items()
+            },
+        )
+
+
+def backoff(attempts: int, initial: float, maximum: float) -> float:
+    """Seconds until the next attempt: ``initial`` doubling per attempt, capped.
+
+    Postfix: minimal_backoff_time 300 s doubling to maximal_backoff_time 4000 s.
+    """
+    if attempts <= 0:
+        return 0.0
+    return float(min(maximum, initial * (2 ** min(attempts - 1, 30))))
+
+
+# --- reading records back ----------------------------------------------------
+
+
+def read_records(directory: Path) -> Iterable[MessageState]:
+    try:
+        it = os.scandir(directory)
+    except FileNotFoundError:
+        return
+    with it:
+        for entry in it:
+            if not entry.name.endswith(SUFFIX + RECORD_SUFFIX) or entry.name.startswith("."):
+                continue
+            try:
+                with open(entry.path, "rb") as handle:
+                    yield MessageState.from_json(json.load(handle))
+            except (OSError, ValueError, TypeError):
+                continue
+
+
+def read_sidecar(path: Path) -> MessageState | None:
+    """A deferred message's sidecar (``deferred/NAME.eml.json``); None when there is
+    none or it cannot be read (logged)."""
+    try:
+        return MessageState.from_json(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: unreadable state record (%s); treating as a new message", path, exc)
+        return None
+
+
+# --- delivery log --------------------------------------------------------------
+
+
+class DeliveryLog:
+    """``.cxsmtp/delivery.log``: one JSON line per attempt (who got it, who not, why)."""
+
+    def __init__(self, path: Path, clock: Callable[[], float], book: threading.Lock) -> None:
+        self.path = path
+        self._clock = clock
+        self._book = book  # shared with the journal and the claim tokens
+        self._fd: int | None = None
+        self._size = 0
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """One JSON line per attempt in .cxsmtp/delivery.log (not fsynced: a log).
+
+        The file stays open until ``finish`` or the end of the lock; beyond
+        DELIVERY_LOG_MAX bytes it is rotated once, to delivery.log.1.
+        """
+        line = {"time": iso(self._clock()), **entry}
+        text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = text.encode("utf-8", "backslashreplace")  # a lone surrogate: \udcxx, still JSON
+        with self._book:
+            try:
+                if self._fd is None or self._size > DELIVERY_LOG_MAX:
+                    self._open()
+                assert self._fd is not None
+                os.write(self._fd, data)
+                self._size += len(data)
+            except OSError as exc:
+                log.warning("cannot write %s: %s", self.path, exc.strerror)
+
+    def _open(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_size > DELIVERY_LOG_MAX:
+                os.replace(self.path, self.path.with_suffix(".log.1"))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        """Close the file (call with the shared lock held)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
