@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from carerix_smtp.sink.config import DEFAULT_LISTEN, config_from_options
+
 if TYPE_CHECKING:
     from carerix_smtp.sink.server import Sink
     from carerix_smtp.sink.store import Received
@@ -132,7 +134,7 @@ PortFileOpt = Annotated[
 
 
 def sink(
-    listen: ListenOpt = "127.0.0.1:2525",
+    listen: ListenOpt = DEFAULT_LISTEN,
     out: OutOpt = Path("sink-mail"),
     tls: TlsOpt = None,
     cert: CertOpt = None,
@@ -165,7 +167,6 @@ def sink(
             --tls starttls --ca-out ca.pem --auth demo:demo --latency 50 \\
             --fail 'rcpt:550:pattern=*@bad.example'
     """
-    from carerix_smtp.sink.config import config_from_options
     from carerix_smtp.sink.run import serve_until_signal
 
     config = config_from_options(

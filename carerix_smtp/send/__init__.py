@@ -18,6 +18,11 @@ Modules, from the entry points down:
 - ``plan``: ``plan_send`` (dry run) and ``limits_status``;
 - ``stopping``: ``stop_on_signals`` and how a pass stops early.
 
+Inside the package a module imports only the ones below it (no circle, not even
+under TYPE_CHECKING): report, outcome, stopping -> gates -> connection, routing ->
+pool -> servers -> delivery -> dispatch -> run (plan: gates and report).  A pool
+calls back its pass through the protocol ``pool.Dispatcher``.
+
 May import ``carerix_smtp.smtp``, ``spool``, ``limits``, ``config`` and ``errors``
 (the SMTP session lazily); never typer or rich.  Used by ``cli/``, the tests and
 bench/.

@@ -1,6 +1,8 @@
 """The connections of a server with ``connections`` > 1: ``Pool`` hands the
 dispatcher's messages (``Job``) in order to its connections, each driven by a
-thread (``Worker``) with at most one message in flight.
+thread (``Worker``) with at most one message in flight.  What a pool calls
+back, the pass that feeds it, is the protocol ``Dispatcher`` (dispatch.Pass
+satisfies it), so this module does not import the pass.
 """
 
 from __future__ import annotations
@@ -9,16 +11,37 @@ import collections
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from carerix_smtp.send.gates import BatchGate, release_admission
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import ServerEntry
     from carerix_smtp.send.connection import Connection
-    from carerix_smtp.send.dispatch import Pass
     from carerix_smtp.spool.claims import Claim
     from carerix_smtp.spool.message import Message
+    from carerix_smtp.spool.spool import Spool
+
+
+class PoolServers(Protocol):
+    """What a pool uses of the pass's servers (servers.Servers)."""
+
+    @property
+    def halt(self) -> threading.Event: ...
+
+    def new_connection(self, entry: ServerEntry) -> Connection: ...
+
+
+class Dispatcher(Protocol):
+    """What a pool and its workers call back: the pass that feeds them (dispatch.Pass)."""
+
+    @property
+    def spool(self) -> Spool: ...
+
+    @property
+    def servers(self) -> PoolServers: ...
+
+    def execute(self, worker: Worker, job: Job) -> None: ...
 
 
 @dataclass
@@ -77,7 +100,9 @@ class Pool:
     dropped out; messages left then go back to the queue.
     """
 
-    def __init__(self, run: Pass, entry: ServerEntry, first: Connection, gate: BatchGate) -> None:
+    def __init__(
+        self, run: Dispatcher, entry: ServerEntry, first: Connection, gate: BatchGate
+    ) -> None:
         self.run = run
         self.entry = entry
         self.gate = gate

@@ -46,7 +46,7 @@ class _Network:
 
     def __init__(self, servers: Servers) -> None:
         self.servers = servers
-        self.mine = threading.get_ident() == servers._dispatcher  # not a connection's thread
+        self.mine = threading.get_ident() == servers.dispatcher  # not a connection's thread
 
     def __enter__(self) -> None:
         if self.mine:
@@ -102,7 +102,7 @@ class Servers:
         self.pools: dict[str, Pool] = {}
         self.halt = threading.Event()  # a connection's thread failed: start nothing new
         self.aborting = threading.Event()  # stopped mid-transaction (second signal)
-        self._dispatcher = threading.get_ident()
+        self.dispatcher = threading.get_ident()  # the dispatching thread
         self.finishing = 0  # 1 while reading ahead during a message's final reply
 
     def connection(self, entry: ServerEntry) -> Connection:

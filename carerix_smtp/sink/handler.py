@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -22,16 +23,28 @@ from carerix_smtp.sink.protocol import SinkSMTP, format_peer
 from carerix_smtp.sink.store import Received
 
 if TYPE_CHECKING:
-    from carerix_smtp.sink.server import Sink
+    from carerix_smtp.sink.config import SinkConfig
+    from carerix_smtp.sink.faults import FaultScript
 
 log = logging.getLogger(__name__)
 
 
 class SinkHandler:
-    """aiosmtpd handler hooks; per-connection state lives on ``server``."""
+    """aiosmtpd handler hooks; per-connection state lives on ``server``.
 
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
+    ``faults`` decides the scripted replies and counts the messages accepted;
+    ``store`` keeps a message (the sink's bookkeeping; may run in a worker thread).
+    """
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        faults: FaultScript,
+        store: Callable[[Received, bytes], Received],
+    ) -> None:
+        self.config = config
+        self.faults = faults
+        self.store = store
 
     async def handle_EHLO(
         self,
@@ -41,11 +54,11 @@ class SinkHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        fault = self.sink._fault("ehlo")
+        fault = self.faults.fault("ehlo")
         if fault is not None:
             return [fault]
         session.host_name = hostname  # the 5-argument hook must set it itself
-        config = self.sink.config
+        config = self.config
         offer_auth = config.auth is not None and (server.encrypted or not config.auth_require_tls)
         lines = [line[4:] for line in responses if offer_auth or line[4:9].upper() != "AUTH "]
         if config.pipelining:  # RFC 2920; aiosmtpd reads commands in order from a buffer
@@ -55,7 +68,7 @@ class SinkHandler:
     async def handle_HELO(
         self, server: SinkSMTP, session: Session, envelope: Envelope, hostname: str
     ) -> str:
-        fault = self.sink._fault("ehlo")
+        fault = self.faults.fault("ehlo")
         if fault is not None:
             return fault
         session.host_name = hostname
@@ -64,7 +77,7 @@ class SinkHandler:
     async def handle_AUTH(
         self, server: SinkSMTP, session: Session, envelope: Envelope, args: list[str]
     ) -> object:
-        config = self.sink.config
+        config = self.config
         if config.auth is None:
             return "502 5.5.1 AUTH not available"
         if config.auth_require_tls and not server.encrypted:
@@ -75,7 +88,7 @@ class SinkHandler:
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
         """aiosmtpd's authenticator: the PLAIN/LOGIN credentials against ``auth``."""
-        auth = self.sink.config.auth
+        auth = self.config.auth
         if auth is None or not isinstance(data, LoginPassword):
             return AuthResult(success=False, handled=False)
         user_ok = hmac.compare_digest(data.login, auth[0].encode("utf-8"))
@@ -93,9 +106,9 @@ class SinkHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        if self.sink.config.auth_required and not session.authenticated:
+        if self.config.auth_required and not session.authenticated:
             return "530 5.7.0 Authentication required"
-        fault = self.sink._fault("mail", address)
+        fault = self.faults.fault("mail", address)
         if fault is not None:
             return fault
         envelope.mail_from = address
@@ -110,7 +123,7 @@ class SinkHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        fault = self.sink._fault("rcpt", address)
+        fault = self.faults.fault("rcpt", address)
         if fault is not None:
             return fault
         envelope.rcpt_tos.append(address)
@@ -118,7 +131,7 @@ class SinkHandler:
         return "250 2.1.5 Recipient OK"
 
     async def handle_DATA(self, server: SinkSMTP, session: Session, envelope: Envelope) -> str:
-        fault = self.sink._fault("eod")
+        fault = self.faults.fault("eod")
         if fault is not None:
             return fault
         data = envelope.original_content or b""
@@ -131,7 +144,7 @@ class SinkHandler:
             # aiosmtpd keeps the null sender (RFC 5321 §4.5.5) as "<>"
             mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
-            data=data if self.sink.config.keep_data else b"",
+            data=data if self.config.keep_data else b"",
             path=None,
             session_peer=format_peer(session.peer),
             mail_options=tuple(envelope.mail_options),
@@ -140,13 +153,13 @@ class SinkHandler:
             auth_user=auth_user,
         )
         try:
-            if self.sink.config.out_dir is None:
-                record = self.sink._store(record, data)
+            if self.config.out_dir is None:
+                record = self.store(record, data)
             else:  # in a worker thread: fsync must not stall the other connections
-                record = await server.loop.run_in_executor(None, self.sink._store, record, data)
+                record = await server.loop.run_in_executor(None, self.store, record, data)
         except OSError as exc:
-            log.error("cannot store a message in %s: %s", self.sink.config.out_dir, exc)
+            log.error("cannot store a message in %s: %s", self.config.out_dir, exc)
             return "451 4.3.0 Cannot store the message, try again later"
-        self.sink._faults.accepted += 1
+        self.faults.accepted += 1
         name = record.path.name if record.path else "memory"
         return f"250 2.0.0 OK: queued as {name}"

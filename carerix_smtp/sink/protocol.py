@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
@@ -22,8 +23,8 @@ from aiosmtpd.smtp import SMTP
 from carerix_smtp.sink.faults import DROP, HANG
 
 if TYPE_CHECKING:
-    from carerix_smtp.sink.handler import SinkHandler
-    from carerix_smtp.sink.server import Sink
+    from carerix_smtp.sink.config import SinkConfig
+    from carerix_smtp.sink.faults import FaultScript
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,31 @@ def format_peer(peer: Any) -> str:
 
 
 class SinkSMTP(SMTP):
-    """One connection: aiosmtpd's SMTP plus latency, faults and accounting."""
+    """One connection: aiosmtpd's SMTP plus latency, faults and accounting.
 
-    def __init__(self, sink: Sink, handler: SinkHandler, **kwargs: Any) -> None:
+    ``handler`` holds aiosmtpd's hooks (a :class:`~carerix_smtp.sink.handler.SinkHandler`;
+    aiosmtpd finds them by name).  The server counts the connection through
+    ``on_open`` (False: over the connection limit) and ``on_close``.
+    """
+
+    def __init__(
+        self,
+        handler: object,
+        *,
+        config: SinkConfig,
+        faults: FaultScript,
+        on_open: Callable[[SinkSMTP], bool],
+        on_close: Callable[[SinkSMTP], None],
+        **kwargs: Any,
+    ) -> None:
         # aiosmtpd keeps this dict on the class and grows it on every EHLO; give each
         # connection its own so sinks in other threads do not share it.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(handler, **kwargs)
-        self._sink = sink
+        self._config = config
+        self._faults = faults
+        self._on_open = on_open
+        self._on_close = on_close
         self._greeted = False
         self._counted = False
         self._uncounted = False
@@ -75,13 +93,13 @@ class SinkSMTP(SMTP):
         if not self._counted:  # not again for the TLS layer after STARTTLS
             self._counted = True
             self._last_arrival = self.loop.time()
-            self._over_limit = not self._sink._connection_opened(self)
+            self._over_limit = not self._on_open(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted and not self._uncounted:
             self._uncounted = True
-            self._sink._connection_closed(self)
+            self._on_close(self)
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
@@ -106,7 +124,7 @@ class SinkSMTP(SMTP):
             if self._over_limit:
                 status = "421 4.7.0 Too many connections, try again later"  # type: ignore[assignment]
             else:
-                fault = self._sink._fault("connect")
+                fault = self._faults.fault("connect")
                 if fault is not None:
                     status = fault  # type: ignore[assignment]
                     self._close_after_reply = True  # RFC 5321 §3.1: no session after refusal
@@ -120,7 +138,7 @@ class SinkSMTP(SMTP):
             return
         if isinstance(status, str):
             status = _REWRITES.get(status, status)
-        latency = self._sink.config.latency_ms / 1000.0
+        latency = self._config.latency_ms / 1000.0
         if latency:
             delay = self._last_arrival + latency - self.loop.time()
             if delay > 0:
@@ -152,7 +170,7 @@ class SinkSMTP(SMTP):
         # there (handle_DATA runs at end of data).
         session, envelope = self.session, self.envelope
         if session and session.host_name and envelope and envelope.rcpt_tos and not arg:
-            fault = self._sink._fault("data")
+            fault = self._faults.fault("data")
             if fault is not None:
                 await self.push(fault)
                 return

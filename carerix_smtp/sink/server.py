@@ -281,10 +281,13 @@ class Sink:
     def _make_protocol(self) -> SinkSMTP:
         config = self.config
         starttls_ctx = self._tls.context if config.tls == "starttls" else None
-        handler = SinkHandler(self)
+        handler = SinkHandler(config, self._faults, store=self._store)
         return SinkSMTP(
-            self,
             handler,
+            config=config,
+            faults=self._faults,
+            on_open=self._connection_opened,
+            on_close=self._connection_closed,
             hostname=SERVER_NAME,
             ident="cxsmtp sink ESMTP",
             data_size_limit=config.size,  # None: no SIZE, no limit
@@ -324,10 +327,6 @@ class Sink:
             self._cond.notify_all()
         if idle and self._all_closed is not None:
             self._all_closed.set()
-
-    def _fault(self, phase: str, address: str | None = None) -> str | None:
-        """The scripted reply (or drop/hang marker) for ``phase``, or None."""
-        return self._faults.fault(phase, address)
 
     # -- called from a worker thread ----------------------------------------------
 

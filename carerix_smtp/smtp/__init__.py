@@ -5,6 +5,8 @@ Where things are:
 
 * ``session``     SmtpSession, the API: state, ``open()`` through the phases, the
   command/reply steps, QUIT;
+* ``conversation`` Conversation, what the phase modules below may use of a session
+  (a protocol SmtpSession implements; they never import session);
 * ``resolve``     DNS: MX, then A/AAAA (dnspython), IP literals, nameserver settings;
 * ``connect``     the resolve and connect phases, ConnectAttempt, connect errors;
 * ``ehlo``        the greeting, EHLO (HELO fallback) and the extensions;
@@ -13,7 +15,8 @@ Where things are:
   row per mechanism), AUTH_PREFERENCE, AuthFailedError;
 * ``transaction`` MAIL/RCPT/DATA, pipelined (RFC 2920) and chained across messages;
   Transaction, SendResult;
-* ``channel``     the socket: timed writes, buffered reply reading, ProtocolError;
+* ``channel``     the socket: timed writes, buffered reply reading, ProtocolError,
+  ChannelOwner (what a Channel uses of its session);
 * ``wire``        bytes on the wire: Reply, parse_reply, dot-stuffing (wire_chunks),
   message_size;
 * ``phases``      the phase names and PhaseTrace.

@@ -18,7 +18,7 @@ from carerix_smtp.smtp.phases import PHASE_AUTH
 from carerix_smtp.smtp.wire import CRLF, Reply
 
 if TYPE_CHECKING:
-    from carerix_smtp.smtp.session import SmtpSession
+    from carerix_smtp.smtp.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,12 @@ AUTH_PREFERENCE = tuple(MECHANISMS)
 # --- the auth phase -------------------------------------------------------------------
 
 
-def authenticate(session: SmtpSession) -> None:
+def authenticate(session: Conversation) -> None:
     """The auth phase, when the entry has a username (else nothing)."""
     username = session.entry.username
     if username is None:
         return
-    with session._phase(PHASE_AUTH) as facts:
+    with session.phase(PHASE_AUTH) as facts:
         where: dict[str, Any] = {
             "host": session.endpoint.host,
             "port": session.endpoint.port,
@@ -105,7 +105,7 @@ def authenticate(session: SmtpSession) -> None:
             log.info("%s: authenticated as %s with %s", session.where, username, mechanism)
             return
         if reply.closing or reply.temporary:
-            raise session._reply_error(PHASE_AUTH, f"AUTH {mechanism} answered", reply)
+            raise session.reply_error(PHASE_AUTH, f"AUTH {mechanism} answered", reply)
         raise AuthFailedError(
             f"{session.where}: authentication as {username!r} refused: {reply.one_line}",
             reason="refused",
@@ -116,9 +116,9 @@ def authenticate(session: SmtpSession) -> None:
         )
 
 
-def _password_to_send(session: SmtpSession, where: dict[str, Any]) -> str:
+def _password_to_send(session: Conversation, where: dict[str, Any]) -> str:
     """The password, if there is one and this connection may carry it."""
-    if session._password is None:
+    if session.password is None:
         raise SmtpPolicyError(
             f"{session.where}: server entry {session.entry.name!r} has a username but no "
             "password was given; not sending unauthenticated",
@@ -129,10 +129,10 @@ def _password_to_send(session: SmtpSession, where: dict[str, Any]) -> str:
             f"{session.where}: the connection is not encrypted; the password was not sent",
             **where,
         )
-    return session._password
+    return session.password
 
 
-def _choices(session: SmtpSession, facts: dict[str, Any], where: dict[str, Any]) -> list[str]:
+def _choices(session: Conversation, facts: dict[str, Any], where: dict[str, Any]) -> list[str]:
     """The mechanisms both sides support, ours in AUTH_PREFERENCE order."""
     offered = session.auth_mechanisms
     facts["offered"] = offered
@@ -153,7 +153,7 @@ def _choices(session: SmtpSession, facts: dict[str, Any], where: dict[str, Any])
     return choices
 
 
-def _auth_exchange(session: SmtpSession, mechanism: str, username: str, password: str) -> Reply:
+def _auth_exchange(session: Conversation, mechanism: str, username: str, password: str) -> Reply:
     """Run one SASL exchange.  Nothing here is logged (RFC 4954 credentials)."""
 
     def command(line: str, shown: str) -> Reply:
@@ -162,10 +162,10 @@ def _auth_exchange(session: SmtpSession, mechanism: str, username: str, password
     return MECHANISMS[mechanism](command, username.encode("utf-8"), password.encode("utf-8"))
 
 
-def _secret_command(session: SmtpSession, line: str, shown: str) -> Reply:
+def _secret_command(session: Conversation, line: str, shown: str) -> Reply:
     log.debug("%s C: %s", session.where, shown)  # ``shown`` never holds a secret
-    session._write(line.encode("utf-8") + CRLF, PHASE_AUTH, session.command_timeout)
-    reply = session._channel.read_reply(PHASE_AUTH, session.command_timeout, shown, log_reply=False)
+    session.write(line.encode("utf-8") + CRLF, PHASE_AUTH, session.command_timeout)
+    reply = session.channel.read_reply(PHASE_AUTH, session.command_timeout, shown, log_reply=False)
     if reply.closing:
-        session._abort()
+        session.abort()
     return reply

@@ -1,6 +1,6 @@
 """The session's socket: writes with a timeout, replies read from a buffer with a
 deadline, and the errors of a connection that broke, timed out or does not speak
-SMTP.  One :class:`Channel` per :class:`SmtpSession`; blocking I/O.
+SMTP.  One :class:`Channel` per session (its :class:`ChannelOwner`); blocking I/O.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from carerix_smtp.errors import SmtpConnectError, SmtpError, SmtpTimeoutError
 from carerix_smtp.smtp.wire import Reply, parse_reply
 
 if TYPE_CHECKING:
-    from carerix_smtp.smtp.session import SmtpSession
+    from carerix_smtp.config.hosts import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,30 @@ class ProtocolError(SmtpConnectError):
     reason = "not-smtp"
 
 
+class ChannelOwner(Protocol):
+    """What a :class:`Channel` uses of its session: the peer's name for messages,
+    and closing the session when the connection broke."""
+
+    endpoint: Endpoint
+
+    @property
+    def where(self) -> str: ...
+
+    def require_open(self) -> None:
+        """Raise if the session is closed."""
+        ...
+
+    def abort(self) -> None:
+        """Close the session (and this channel) without QUIT."""
+        ...
+
+
 class Channel:
     """The connected socket of ``session`` (None when closed) and the bytes received
     but not yet read as a reply.  Errors name the session's peer; a broken connection
     closes the session (unless the caller keeps it, ``abort=False``)."""
 
-    def __init__(self, session: SmtpSession) -> None:
+    def __init__(self, session: ChannelOwner) -> None:
         self._session = session
         self.sock: socket.socket | None = None
         self.rbuf = bytearray()
@@ -54,7 +72,7 @@ class Channel:
     def write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
         sock = self.sock
         if sock is None:
-            self._session._require_open()
+            self._session.require_open()
             return
         try:
             self._settimeout(sock, timeout)
@@ -121,7 +139,7 @@ class Channel:
     def _fill(self, phase: str, deadline: float, timeout: float, what: str, abort: bool) -> None:
         sock = self.sock
         if sock is None:
-            self._session._require_open()
+            self._session.require_open()
             return
         remaining = deadline - time.monotonic()
         try:
@@ -158,14 +176,14 @@ class Channel:
         """The error for a connection that timed out or broke; the session is closed first
         unless the caller keeps it (``abort=False``)."""
         if abort:
-            self._session._abort()
+            self._session.abort()
         return cls(
             message, host=self._session.endpoint.host, port=self._session.endpoint.port, phase=phase
         )
 
     def _protocol_error(self, phase: str, what: str, abort: bool) -> Any:
         if abort:
-            self._session._abort()
+            self._session.abort()
         raise ProtocolError(
             f"{self.where}: {phase}: {what}",
             host=self._session.endpoint.host,

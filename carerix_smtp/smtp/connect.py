@@ -10,14 +10,12 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from carerix_smtp.errors import SmtpConnectError, SmtpTimeoutError
+from carerix_smtp.smtp.conversation import Conversation
 from carerix_smtp.smtp.phases import PHASE_CONNECT, PHASE_RESOLVE
 from carerix_smtp.smtp.resolve import Target, resolve_endpoint
-
-if TYPE_CHECKING:
-    from carerix_smtp.smtp.session import SmtpSession
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +61,35 @@ class ConnectTimeoutError(SmtpTimeoutError):
 # --- the phases ----------------------------------------------------------------
 
 
-def resolve(session: SmtpSession) -> None:
+class Connecting(Conversation, Protocol):
+    """A :class:`Conversation` that also keeps what each address did."""
+
+    attempts: list[ConnectAttempt]
+
+
+def resolve(session: Conversation) -> None:
     """The resolve phase: the addresses to try, in order (or the lookup given)."""
-    with session._phase(PHASE_RESOLVE) as facts:
-        if session._given_resolution is not None:
+    with session.phase(PHASE_RESOLVE) as facts:
+        if session.given_resolution is not None:
             # Reuse an earlier lookup (several connections, one DNS round).
-            session.resolution = session._given_resolution
+            session.resolution = session.given_resolution
         else:
             session.resolution = resolve_endpoint(
-                session.endpoint, session._resolver, timeout=session.dns_timeout
+                session.endpoint, session.resolver, timeout=session.dns_timeout
             )
         facts.update(session.resolution.to_dict())
 
 
-def connect(session: SmtpSession) -> None:
+def connect(session: Connecting) -> None:
     """The connect phase: the first address that accepts becomes the session's socket."""
     assert session.resolution is not None
-    with session._phase(PHASE_CONNECT) as facts:
+    with session.phase(PHASE_CONNECT) as facts:
         session.attempts = []
         for target in session.resolution.targets:
             sock = _try_connect(session, target)
             facts["tried"] = [a.to_dict() for a in session.attempts]
             if sock is not None:
-                session._channel.sock = sock
+                session.channel.sock = sock
                 session.peer = target
                 session.closed = False
                 facts["address"] = target.display
@@ -93,7 +97,7 @@ def connect(session: SmtpSession) -> None:
         _raise_connect_failed(session)
 
 
-def _try_connect(session: SmtpSession, target: Target) -> socket.socket | None:
+def _try_connect(session: Connecting, target: Target) -> socket.socket | None:
     family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -119,7 +123,7 @@ def _try_connect(session: SmtpSession, target: Target) -> socket.socket | None:
     return sock
 
 
-def _raise_connect_failed(session: SmtpSession) -> None:
+def _raise_connect_failed(session: Connecting) -> None:
     attempts = session.attempts
     shown = "; ".join(f"{a.target.display} {a.detail}" for a in attempts)
     kw: dict[str, Any] = {"host": session.endpoint.host, "port": session.endpoint.port}

@@ -12,32 +12,32 @@ from typing import TYPE_CHECKING
 from carerix_smtp.smtp.phases import PHASE_GREETING
 
 if TYPE_CHECKING:
-    from carerix_smtp.smtp.session import SmtpSession
+    from carerix_smtp.smtp.conversation import Conversation
 
 
-def read_greeting(session: SmtpSession) -> None:
+def read_greeting(session: Conversation) -> None:
     # RFC 5321 §4.5.3.2.1: wait 5 minutes for the 220 greeting (command_timeout).
-    with session._phase(PHASE_GREETING) as facts:
-        reply = session._channel.read_reply(PHASE_GREETING, session.command_timeout, "the greeting")
+    with session.phase(PHASE_GREETING) as facts:
+        reply = session.channel.read_reply(PHASE_GREETING, session.command_timeout, "the greeting")
         session.greeting = reply
         facts["banner"] = reply.one_line
         if reply.code != 220:
-            raise session._reply_error(PHASE_GREETING, "the server refused the session", reply)
+            raise session.reply_error(PHASE_GREETING, "the server refused the session", reply)
 
 
-def ehlo(session: SmtpSession, phase: str) -> None:
-    with session._phase(phase) as facts:
+def ehlo(session: Conversation, phase: str) -> None:
+    with session.phase(phase) as facts:
         name = _local_name(session)
-        reply = session._command(f"EHLO {name}", phase)
+        reply = session.command(f"EHLO {name}", phase)
         if reply.permanent and reply.code in (500, 502, 504, 550):
             # RFC 5321 §4.1.1.1 / §3.2: an old server; fall back to HELO, no extensions.
             facts["ehlo_refused"] = reply.one_line
-            reply = session._command(f"HELO {name}", phase)
+            reply = session.command(f"HELO {name}", phase)
             if not reply.ok:
-                raise session._reply_error(phase, "HELO refused", reply)
+                raise session.reply_error(phase, "HELO refused", reply)
             session.extensions = {}
         elif not reply.ok:
-            raise session._reply_error(phase, "EHLO refused", reply)
+            raise session.reply_error(phase, "EHLO refused", reply)
         else:
             session.extensions = _parse_extensions(reply.text)
         session.ehlo_reply = reply
@@ -49,16 +49,16 @@ def ehlo(session: SmtpSession, phase: str) -> None:
         facts["local_name"] = name
 
 
-def _local_name(session: SmtpSession) -> str:
+def _local_name(session: Conversation) -> str:
     """Our EHLO name: the given one, else this host's name if it is a FQDN, else an
     address literal (RFC 5321 §4.1.4) — never a getfqdn() lookup."""
-    if session._local_hostname:
-        return session._local_hostname
+    if session.local_hostname:
+        return session.local_hostname
     host = socket.gethostname()
     if "." in host and re.fullmatch(r"[A-Za-z0-9.-]+", host):
         return host
-    assert session._channel.sock is not None
-    address = session._channel.sock.getsockname()[0]
+    assert session.channel.sock is not None
+    address = session.channel.sock.getsockname()[0]
     return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
 

@@ -3,9 +3,12 @@
 ``open()`` runs the phases (resolve, connect, greeting, EHLO, TLS, AUTH), each in
 its own module (connect, ehlo, tls, auth); the mail transactions are in
 transaction.py and the socket I/O in channel.py.  This class holds the session's
-state, the phase trace, and the command/reply steps they all use; its public
-methods are the whole API.  Why our own client rather than smtplib: see the
-package docstring.
+state, the phase trace, and the command/reply steps they all use.  The phase
+modules see it only as a :class:`~carerix_smtp.smtp.conversation.Conversation`
+(the settings, the state and the steps under "conversation steps" below) and
+never import this module; callers use open/mail/rcpt/data/send/transaction/run/
+reset/noop/close/abort/interrupt.  Why our own client rather than smtplib: see
+the package docstring.
 """
 
 from __future__ import annotations
@@ -61,11 +64,11 @@ class SmtpSession:
         resolution: Resolution | None = None,
     ) -> None:
         self.entry = entry
-        self._given_resolution = resolution
-        self._password = password
-        self._resolver = resolver
-        self._ssl_context = ssl_context
-        self._local_hostname = local_hostname
+        self.given_resolution = resolution  # an earlier lookup to reuse (no DNS)
+        self.password = password
+        self.resolver = resolver
+        self.ssl_context = ssl_context
+        self.local_hostname = local_hostname
         self.endpoint = entry.endpoint
         self.mode: TlsMode = entry.tls_mode(entry.username is not None)
         cap = timeout if timeout is not None else float("inf")
@@ -88,7 +91,7 @@ class SmtpSession:
         self.trace: list[PhaseTrace] = []
         self.starttls_discarded = 0  # bytes thrown away before the handshake (RFC 3207 §6)
 
-        self._channel = Channel(self)  # the socket, once connected
+        self.channel = Channel(self)  # the socket, once connected
         self._transactions = Transactions(self)
 
     def __repr__(self) -> str:  # never the password
@@ -131,7 +134,7 @@ class SmtpSession:
             resolve(self)
             connect(self)
             if self.mode is TlsMode.IMPLICIT:
-                with self._phase(PHASE_TLS) as facts:
+                with self.phase(PHASE_TLS) as facts:
                     handshake(self, facts)
             read_greeting(self)
             ehlo(self, PHASE_EHLO)
@@ -139,11 +142,11 @@ class SmtpSession:
             if authenticate:
                 auth.authenticate(self)
         except BaseException:
-            self._abort()
+            self.abort()
             raise
 
     @contextmanager
-    def _phase(self, name: str) -> Iterator[dict[str, Any]]:
+    def phase(self, name: str) -> Iterator[dict[str, Any]]:
         record = PhaseTrace(name)
         start = time.perf_counter()
         try:
@@ -224,21 +227,22 @@ class SmtpSession:
 
     def close(self) -> None:
         """QUIT (errors swallowed) and close the socket."""
-        if self.closed or self._channel.sock is None:
-            self._abort()
+        if self.closed or self.channel.sock is None:
+            self.abort()
             return
         try:
             timeout = min(self.command_timeout, QUIT_TIMEOUT)
-            self._write(b"QUIT\r\n", PHASE_QUIT, timeout)
-            self._channel.read_reply(PHASE_QUIT, timeout, "QUIT")
+            self.write(b"QUIT\r\n", PHASE_QUIT, timeout)
+            self.channel.read_reply(PHASE_QUIT, timeout, "QUIT")
         except SmtpError as exc:
             log.debug("%s: QUIT: %s", self.where, exc)
         finally:
-            self._abort()
+            self.abort()
 
     def abort(self) -> None:
         """Close the socket at once, without QUIT (e.g. on SIGTERM or a deadline)."""
-        self._abort()
+        self.closed = True
+        self.channel.close()
 
     def interrupt(self) -> None:
         """From another thread: make a read or write blocked on this session fail at
@@ -246,15 +250,15 @@ class SmtpSession:
         session then sees a lost connection and cleans up; nothing else changes
         here.  The plain socket's shutdown, also under TLS: SSLSocket.shutdown
         would drop the TLS object under the reading thread's feet."""
-        sock = self._channel.sock
+        sock = self.channel.sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-    # -- low level ----------------------------------------------------------------------
+    # -- conversation steps (the Conversation protocol, for the phase modules) ---------
 
-    def _require_open(self) -> None:
-        if self.closed or self._channel.sock is None:
+    def require_open(self) -> None:
+        if self.closed or self.channel.sock is None:
             raise SmtpConnectError(
                 f"{self.where}: the session is closed",
                 host=self.endpoint.host,
@@ -262,26 +266,22 @@ class SmtpSession:
                 phase=PHASE_MAIL,
             )
 
-    def _abort(self) -> None:
-        self.closed = True
-        self._channel.close()
-
-    def _command(self, line: str, phase: str) -> Reply:
+    def command(self, line: str, phase: str) -> Reply:
         log.debug("%s C: %s", self.where, line)
-        self._write(line.encode("utf-8") + CRLF, phase, self.command_timeout)
-        return self._reply(phase)
+        self.write(line.encode("utf-8") + CRLF, phase, self.command_timeout)
+        return self.reply(phase)
 
-    def _reply(self, phase: str, timeout: float | None = None) -> Reply:
-        reply = self._channel.read_reply(
+    def reply(self, phase: str, timeout: float | None = None) -> Reply:
+        reply = self.channel.read_reply(
             phase, self.command_timeout if timeout is None else timeout, phase
         )
         if reply.closing:
             # RFC 5321 §3.8: 421 = service closing; the session is over.
-            self._abort()
-            raise self._reply_error(phase, "the server is closing the connection", reply)
+            self.abort()
+            raise self.reply_error(phase, "the server is closing the connection", reply)
         return reply
 
-    def _reply_error(self, phase: str, what: str, reply: Reply) -> SmtpError:
+    def reply_error(self, phase: str, what: str, reply: Reply) -> SmtpError:
         return SmtpReplyError(
             f"{self.where}: {phase}: {what}: {reply.one_line}",
             host=self.endpoint.host,
@@ -292,6 +292,6 @@ class SmtpSession:
             text=reply.text,
         )
 
-    def _write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
+    def write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
         """Every write of the session goes through here (tests count them)."""
-        self._channel.write(data, phase, timeout, abort=abort)
+        self.channel.write(data, phase, timeout, abort=abort)

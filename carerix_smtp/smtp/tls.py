@@ -10,15 +10,13 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from carerix_smtp.config.tls import TlsMode, make_ssl_context
 from carerix_smtp.errors import SmtpTLSError
+from carerix_smtp.smtp.conversation import Conversation
 from carerix_smtp.smtp.ehlo import ehlo
 from carerix_smtp.smtp.phases import PHASE_EHLO_TLS, PHASE_TLS
-
-if TYPE_CHECKING:
-    from carerix_smtp.smtp.session import SmtpSession
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +60,12 @@ class TlsFailedError(SmtpTLSError):
         self.reason = reason
 
 
+class Encrypting(Conversation, Protocol):
+    """A :class:`Conversation` that also keeps what the TLS handshake gave."""
+
+    tls: TlsInfo | None
+
+
 # Which OpenSSL verify codes mean what (X509_V_ERR_*).
 _CERT_REASONS = {
     9: "not-yet-valid",
@@ -82,16 +86,16 @@ _PLAINTEXT_TLS_ERRORS = (
 )
 
 
-def starttls(session: SmtpSession) -> None:
+def starttls(session: Encrypting) -> None:
     if session.mode in (TlsMode.IMPLICIT, TlsMode.PLAIN):
         return
     assert session.peer is not None
     if not session.has_extension("STARTTLS"):
         if session.mode is TlsMode.STARTTLS_REQUIRED:
-            with session._phase(PHASE_TLS):
+            with session.phase(PHASE_TLS):
                 what = (
                     "the password was not sent"
-                    if session._password is not None
+                    if session.password is not None
                     else "nothing was sent"
                 )
                 raise TlsFailedError(
@@ -104,8 +108,8 @@ def starttls(session: SmtpSession) -> None:
                 )
         log.info("%s: STARTTLS not offered; continuing unencrypted (no password)", session.where)
         return
-    with session._phase(PHASE_TLS) as facts:
-        reply = session._command("STARTTLS", PHASE_TLS)
+    with session.phase(PHASE_TLS) as facts:
+        reply = session.command("STARTTLS", PHASE_TLS)
         if reply.code != 220:
             if session.mode is TlsMode.STARTTLS_OPPORTUNISTIC and not reply.closing:
                 facts["refused"] = reply.one_line
@@ -114,7 +118,7 @@ def starttls(session: SmtpSession) -> None:
                 )
                 return
             if reply.closing:
-                raise session._reply_error(PHASE_TLS, "STARTTLS answered", reply)
+                raise session.reply_error(PHASE_TLS, "STARTTLS answered", reply)
             raise TlsFailedError(
                 f"{session.where}: STARTTLS refused: {reply.one_line}; stopped before AUTH and "
                 "MAIL",
@@ -126,33 +130,33 @@ def starttls(session: SmtpSession) -> None:
                 enhanced=reply.enhanced,
                 text=reply.text,
             )
-        if session._channel.rbuf:
+        if session.channel.rbuf:
             # RFC 3207 §6: anything that arrived with the 220 is not from the TLS peer
             # (a response-injection attack); it must not be read as a reply later.
-            session.starttls_discarded = len(session._channel.rbuf)
-            facts["discarded_bytes"] = len(session._channel.rbuf)
+            session.starttls_discarded = len(session.channel.rbuf)
+            facts["discarded_bytes"] = len(session.channel.rbuf)
             log.warning(
                 "%s: discarded %d bytes sent before the TLS handshake",
                 session.where,
-                len(session._channel.rbuf),
+                len(session.channel.rbuf),
             )
-            session._channel.rbuf.clear()
+            session.channel.rbuf.clear()
         handshake(session, facts)
     ehlo(session, PHASE_EHLO_TLS)
 
 
-def handshake(session: SmtpSession, facts: dict[str, Any]) -> None:
+def handshake(session: Encrypting, facts: dict[str, Any]) -> None:
     target = session.peer
-    assert session._channel.sock is not None and target is not None
-    context = session._ssl_context or make_ssl_context(
+    assert session.channel.sock is not None and target is not None
+    context = session.ssl_context or make_ssl_context(
         session.entry.ca_file, verify=session.entry.tls_verify
     )
     # SNI and certificate check against the host *name* (the MX host for MX
     # lookups), never against the address we happened to connect to.
     sock = context.wrap_socket(
-        session._channel.sock, server_hostname=target.name, do_handshake_on_connect=False
+        session.channel.sock, server_hostname=target.name, do_handshake_on_connect=False
     )
-    session._channel.sock = sock
+    session.channel.sock = sock
     sock.settimeout(session.command_timeout)
     try:
         sock.do_handshake()

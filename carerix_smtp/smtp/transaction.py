@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
 from carerix_smtp.errors import MessageError, SmtpConnectError, SmtpError
+from carerix_smtp.smtp.conversation import Conversation
 from carerix_smtp.smtp.phases import (
     PHASE_DATA,
     PHASE_DATA_END,
@@ -19,9 +20,6 @@ from carerix_smtp.smtp.phases import (
     PHASE_RSET,
 )
 from carerix_smtp.smtp.wire import Reply, command_bytes, message_size, wire_chunks
-
-if TYPE_CHECKING:
-    from carerix_smtp.smtp.session import SmtpSession
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class Transaction:
     mail_line: str
     rcpts: dict[str, str]  # recipients as given -> as written
     data: bytes | bytearray | memoryview | BinaryIO
-    session: SmtpSession | None = None
+    session: Conversation | None = None
 
     def commands(self) -> list[tuple[str, str]]:
         return [
@@ -78,12 +76,37 @@ class Transaction:
         ]
 
 
+class Transacting(Conversation, Protocol):
+    """A :class:`Conversation` that also offers the transactions.  The session
+    forwards them to :class:`Transactions`, which calls back through the session
+    (so that a wrapper of ``SmtpSession.run`` sees every transaction)."""
+
+    def transaction(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes | bytearray | memoryview | BinaryIO,
+        *,
+        smtputf8: bool = False,
+        eight_bit: bool = False,
+    ) -> Transaction | SendResult: ...
+
+    def run(
+        self,
+        tx: Transaction,
+        then: Transaction | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> SendResult: ...
+
+    def reset(self) -> None: ...
+
+
 class Transactions:
     """The transaction side of ``session`` (whose public methods forward here).
     Commands and replies go through the session, which closes itself on a 421 or
     a lost connection."""
 
-    def __init__(self, session: SmtpSession) -> None:
+    def __init__(self, session: Transacting) -> None:
         self.session = session
 
     def mail(
@@ -95,16 +118,16 @@ class Transactions:
         eight_bit: bool = False,
     ) -> Reply:
         """MAIL FROM with SIZE=/BODY=8BITMIME/SMTPUTF8 where offered.  421 raises."""
-        return self.session._command(
+        return self.session.command(
             self._mail_line(mail_from, size, smtputf8, eight_bit), PHASE_MAIL
         )
 
     def rcpt(self, address: str) -> Reply:
-        return self.session._command(f"RCPT TO:<{_check_address(address)}>", PHASE_RCPT)
+        return self.session.command(f"RCPT TO:<{_check_address(address)}>", PHASE_RCPT)
 
     def data(self, data: bytes | bytearray | memoryview | BinaryIO) -> Reply:
         """DATA, the content, the final reply.  Returns the refusal of DATA if not 354."""
-        reply = self.session._command("DATA", PHASE_DATA)
+        reply = self.session.command("DATA", PHASE_DATA)
         if reply.code != 354:
             return reply
         return self._send_content(data)
@@ -121,7 +144,7 @@ class Transactions:
         """One transaction.  Refusals are results; a lost connection, a timeout or a 421
         raises (then ``closed`` is True).  A connection lost after the final "." raises
         with phase ``data-end``: the outcome is unknown (RFC 1047)."""
-        self.session._require_open()
+        self.session.require_open()
         tx = self.session.transaction(
             mail_from, recipients, data, smtputf8=smtputf8, eight_bit=eight_bit
         )
@@ -181,22 +204,22 @@ class Transactions:
         ``meanwhile`` is called once the data is out, before waiting for its reply
         (the caller's own work overlaps the server's); it must not raise SmtpError.
         """
-        self.session._require_open()
+        self.session.require_open()
         if self.session.has_extension("PIPELINING"):
             return self._send_pipelined(tx, then, meanwhile)
         # (nothing was chained on this session: that needs PIPELINING)
-        mail_reply = self.session._command(tx.mail_line, PHASE_MAIL)
+        mail_reply = self.session.command(tx.mail_line, PHASE_MAIL)
         if not mail_reply.ok:
             self.session.reset()
             return SendResult(mail_reply, {}, None)
         rcpt_replies = {
-            r: self.session._command(f"RCPT TO:<{clean}>", PHASE_RCPT)
+            r: self.session.command(f"RCPT TO:<{clean}>", PHASE_RCPT)
             for r, clean in tx.rcpts.items()
         }
         if not any(reply.ok for reply in rcpt_replies.values()):
             self.session.reset()
             return SendResult(mail_reply, rcpt_replies, None)
-        data_cmd = self.session._command("DATA", PHASE_DATA)
+        data_cmd = self.session.command("DATA", PHASE_DATA)
         if data_cmd.code != 354:
             self.session.reset()
             return SendResult(mail_reply, rcpt_replies, data_cmd)
@@ -212,24 +235,24 @@ class Transactions:
         commands = tx.commands()
         replies: list[Reply] = []
         if tx.session is self.session:  # written behind the previous message's data
-            replies.extend(self.session._reply(phase) for _, phase in commands)
+            replies.extend(self.session.reply(phase) for _, phase in commands)
         else:
             for start in range(0, len(commands), PIPELINE_WINDOW):
                 window = commands[start : start + PIPELINE_WINDOW]
-                self.session._write(
+                self.session.write(
                     command_bytes(self.session.where, window),
                     window[0][1],
                     self.session.command_timeout,
                 )
-                replies.extend(self.session._reply(phase) for _, phase in window)
+                replies.extend(self.session.reply(phase) for _, phase in window)
         tx.session = self.session
         mail_reply, data_cmd = replies[0], replies[-1]
         rcpt_replies = dict(zip(tx.rcpts, replies[1:-1], strict=True))
         accepted = mail_reply.ok and any(reply.ok for reply in rcpt_replies.values())
         if data_cmd.code == 354 and not accepted:
             # A server that should have refused DATA (RFC 2920 §3.1): end it empty.
-            self.session._write(b".\r\n", PHASE_DATA, self.session.command_timeout)
-            self.session._reply(PHASE_DATA_END, self.session.data_timeout)
+            self.session.write(b".\r\n", PHASE_DATA, self.session.command_timeout)
+            self.session.reply(PHASE_DATA_END, self.session.data_timeout)
             data_cmd = Reply(554, "5.5.1", "no valid recipients", local=True)
         if not accepted:
             self.session.reset()
@@ -283,45 +306,45 @@ class Transactions:
         if meanwhile is not None:
             meanwhile()
         # RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".".
-        return self.session._reply(PHASE_DATA_END, self.session.data_timeout)
+        return self.session.reply(PHASE_DATA_END, self.session.data_timeout)
 
     def _write_data(self, chunk: bytes, phase: str) -> Reply | None:
         """Write a data chunk.  When the write fails because the server answered early
         and hung up (e.g. 552 message too big), return that answer: a refusal is a
         result.  The session is closed then."""
         try:
-            self.session._write(chunk, phase, self.session.command_timeout, abort=False)
+            self.session.write(chunk, phase, self.session.command_timeout, abort=False)
         except SmtpConnectError:
             reply = self._salvage_reply()
-            self.session._abort()
+            self.session.abort()
             if reply is None:
                 raise
             if reply.closing:
-                raise self.session._reply_error(
+                raise self.session.reply_error(
                     phase, "the server is closing the connection", reply
                 ) from None
             return reply
         except SmtpError:
-            self.session._abort()
+            self.session.abort()
             raise
         return None
 
     def _salvage_reply(self) -> Reply | None:
         try:
-            return self.session._channel.read_reply(PHASE_DATA, 1.0, "a reply", abort=False)
+            return self.session.channel.read_reply(PHASE_DATA, 1.0, "a reply", abort=False)
         except SmtpError:
             return None
 
     def reset(self) -> None:
         """RSET (RFC 5321 §4.1.1.5); a refused RSET closes the session."""
-        self.session._require_open()
-        reply = self.session._command("RSET", PHASE_RSET)
+        self.session.require_open()
+        reply = self.session.command("RSET", PHASE_RSET)
         if not reply.ok:
-            self.session._abort()
-            raise self.session._reply_error(PHASE_RSET, "RSET refused", reply)
+            self.session.abort()
+            raise self.session.reply_error(PHASE_RSET, "RSET refused", reply)
 
     def noop(self) -> Reply:
-        return self.session._command("NOOP", "noop")
+        return self.session.command("NOOP", "noop")
 
 
 def _check_address(address: str) -> str:

@@ -782,9 +782,9 @@ def _counting_factory(writes: list[str]) -> Any:
     from carerix_smtp.smtp.session import SmtpSession
 
     class Counting(SmtpSession):
-        def _write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
+        def write(self, data: bytes, phase: str, timeout: float, *, abort: bool = True) -> None:
             writes.append(phase)
-            super()._write(data, phase, timeout, abort=abort)
+            super().write(data, phase, timeout, abort=abort)
 
     return lambda entry, password: Counting(entry, password, local_hostname="test")
 

@@ -695,7 +695,7 @@ def test_interrupt_wakes_a_session_blocked_in_another_thread() -> None:
         thread = threading.Thread(target=opener)
         thread.start()
         deadline = time.monotonic() + 5
-        while session._channel.sock is None and time.monotonic() < deadline:
+        while session.channel.sock is None and time.monotonic() < deadline:
             time.sleep(0.005)  # poll with a deadline: connected, waiting for the greeting
         started = time.monotonic()
         session.interrupt()
