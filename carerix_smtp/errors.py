@@ -8,6 +8,7 @@ with :attr:`CxsmtpError.exit_code`; nothing else in the package prints.
 
 from __future__ import annotations
 
+import errno as errnos
 from enum import IntEnum
 
 
@@ -100,6 +101,65 @@ class GrantExceededError(StateError):
     """More messages were confirmed than a batch grant allowed (a bug in the caller)."""
 
     exit_code = ExitCode.SOFTWARE
+
+
+class StorageError(CxsmtpError):
+    """A file or directory of the spool or the state dir could not be read or written:
+    the disk is full, an I/O error, a permission, a symlink where none may be.
+
+    The message names the path and the operating system's reason.  The exit code
+    says whether trying again later may help (75: ENOSPC, EDQUOT, EIO and other
+    passing conditions), permission is missing (77), or something else failed (74).
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, what: str, path: object = None) -> StorageError:
+        """``cxsmtp: error: cannot <what> <path>: <strerror>`` from an OSError."""
+        where = path if path is not None else exc.filename
+        reason = exc.strerror or str(exc)
+        text = (
+            f"cannot {what} {where}: {reason}" if where is not None else f"cannot {what}: {reason}"
+        )
+        return cls(text, errno=exc.errno)
+
+    @property
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
+        return storage_exit_code(self.errno)
+
+
+def storage_exit_code(err: int | None) -> ExitCode:
+    """The exit code for an OSError's errno: 75 where a later run may succeed."""
+    if err in _RETRY_LATER:
+        return ExitCode.TEMPFAIL
+    if err in (errnos.EACCES, errnos.EPERM):
+        return ExitCode.NOPERM
+    return ExitCode.IOERR
+
+
+# Conditions that may be gone by the next run: a full disk or quota, a passing I/O fault.
+_RETRY_LATER = frozenset(
+    getattr(errnos, name)
+    for name in ("ENOSPC", "EDQUOT", "EIO", "EAGAIN", "EBUSY", "ENOMEM", "EINTR", "ETIMEDOUT")
+    if hasattr(errnos, name)
+)
+
+
+class SymlinkRefusedError(StorageError):
+    """A spool or state-dir path is a symbolic link where cxsmtp only accepts a real
+    directory or file (exit 78): it never moves or creates files through one."""
+
+    @property
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
+        return ExitCode.CONFIG
+
+
+class LedgerCorruptError(StateError):
+    """The rate ledger's database is damaged; ``cxsmtp doctor`` moves it aside and
+    rebuilds the counts from the spools' delivery logs (exit 73)."""
 
 
 class SinkStartError(CxsmtpError):
