@@ -5,19 +5,23 @@ finished; the claimed file's header block can be rewritten in place."""
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from carerix_smtp.errors import StorageError
 from carerix_smtp.spool.layout import (
+    CLAIM_DIRS,
     RECORD_SUFFIX,
+    TOP,
     Kind,
     SpoolLayout,
     file_type,
-    remove,
+    origin,
     same_file,
+    storage,
     variant,
+    write_all,
 )
 from carerix_smtp.spool.listing import Candidate
 from carerix_smtp.spool.records import MessageState, read_sidecar
@@ -37,6 +41,12 @@ class Claim:
     state: MessageState | None  # the deferred sidecar, if any
     dev: int = 0  # st_dev, st_ino: which file it is, wherever it is (journal lines)
     ino: int = 0
+    where: str = ""  # the directory it is in, relative to SPOOL (SpoolLayout.fd)
+
+    @property
+    def leaf(self) -> str:
+        """Its name in ``where``."""
+        return self.path.name
 
 
 class Claims:
@@ -48,10 +58,6 @@ class Claims:
         self._book = book  # shared with the journal and the delivery log
         self._token_prefix = layout.token_prefix
         self._token_seq = 0
-        self._top_str = layout.top_str
-        self._deferred_str = layout.deferred_str
-        self._claims_str = layout.claims_str
-        self._claim_dirs = layout.claim_dirs
 
     def new_token(self) -> str:
         with self._book:
@@ -61,28 +67,30 @@ class Claims:
     def claim(self, candidate: Candidate) -> Claim | None:
         """Take ``candidate`` out of the queue; None when it has gone meanwhile."""
         claimed_name = f"{self.new_token()}~{candidate.name}"
-        target = f"{self._claims_str}/{candidate.kind}/{claimed_name}"
-        origin = self._deferred_str if candidate.kind == "deferred" else self._top_str
+        layout, kind = self._layout, candidate.kind
+        src_fd, dst_fd = layout.fd(origin(kind)), layout.fd(CLAIM_DIRS[kind])
         try:
-            os.rename(f"{origin}/{candidate.name}", target)
+            os.rename(candidate.name, claimed_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            where = layout.where(origin(kind), candidate.name)
+            raise StorageError.from_os_error(exc, "claim", where) from exc
         # No fsync of claims/ here: see "Durability" in carerix_smtp/spool/journal.py.
         return self.from_path(
-            candidate.kind,
-            candidate.name,
-            self._claim_dirs[candidate.kind] / claimed_name,  # joining a name: cheap
-            f"{candidate.kind}/{claimed_name}",
+            kind, candidate.name, CLAIM_DIRS[kind], claimed_name, f"{kind}/{claimed_name}"
         )
 
-    def from_path(self, kind: Kind, name: str, path: Path, key: str) -> Claim:
-        """The Claim for a file already in claims/ (or wherever ``path`` is)."""
-        st = os.lstat(path)
+    def from_path(self, kind: Kind, name: str, where: str, leaf: str, key: str) -> Claim:
+        """The Claim for a file already in claims/ (or ``leaf`` in directory ``where``)."""
+        layout = self._layout
+        with storage("stat", layout.where(where, leaf)):
+            st = os.stat(leaf, dir_fd=layout.fd(where), follow_symlinks=False)
         state = self._read_sidecar(name) if kind == "deferred" else None
         return Claim(
             kind,
             name,
-            path,
+            self._layout.dir(where) / leaf,  # joining a name: cheap
             key,
             st.st_size,
             st.st_mtime,
@@ -90,50 +98,64 @@ class Claims:
             state,
             st.st_dev,
             st.st_ino,
+            where,
         )
 
     def rewrite_head(self, claim: Claim, head: bytes, body_start: int) -> None:
         """Replace the claimed file's header block (bytes before ``body_start``) with
         ``head``; the body is copied as is, the mtime kept.  Temp file + rename: a
         crash leaves the old or the new file, and a dot-file that recovery removes."""
-        st = os.lstat(claim.path)
-        tmp = claim.path.with_name(f".{claim.path.name}.tmp")
+        layout, where, leaf = self._layout, claim.where, claim.leaf
+        tmp = f".{leaf}.tmp"
+        dir_fd = layout.fd(where)
+        src = layout.open_file(where, leaf, os.O_RDONLY)
         try:
-            with open(claim.path, "rb") as src, open(tmp, "wb") as dst:
-                dst.write(head)
-                src.seek(body_start)
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                if self._layout.durable:
-                    os.fsync(dst.fileno())
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.replace(tmp, claim.path)
+            dst = layout.open_file(where, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except BaseException:
-            remove(tmp)
+            os.close(src)
+            raise
+        try:
+            with storage("rewrite the header of", claim.path):
+                try:
+                    st = os.fstat(src)
+                    write_all(dst, head)
+                    os.lseek(src, body_start, os.SEEK_SET)
+                    while chunk := os.read(src, 1 << 20):
+                        write_all(dst, chunk)
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    if layout.durable:
+                        os.fsync(dst)
+                finally:
+                    os.close(src)
+                    os.close(dst)
+                os.replace(tmp, leaf, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            layout.remove(where, tmp)
             raise
         # A new file (inode) under the claim's name: the claim rename must be on disk
         # before it, or a power failure could leave both the old file in the queue
         # and the new one in claims/ (claim() does not fsync; this is the rare case).
-        self._layout.fsync_dir(claim.path.parent)
-        st = os.lstat(claim.path)
+        layout.fsync_dir(where)
+        st = layout.lstat(where, leaf) or st
         claim.size, claim.dev, claim.ino = st.st_size, st.st_dev, st.st_ino
 
     def requeue(self, claim: Claim) -> Path:
         """Put a claim back where it came from, unchanged."""
+        layout = self._layout
         if claim.kind == "deferred":
-            target = self._layout.dir("deferred") / claim.name
-            if os.path.lexists(target):
-                target = self._layout.dir("deferred") / variant(claim.name)
-            os.rename(claim.path, target)
+            rel = "deferred"
+            target = variant(claim.name) if layout.exists(rel, claim.name) else claim.name
+            layout.rename(claim.where, claim.leaf, rel, target)
         else:
-            top = self._layout.path / claim.name
-            if os.path.lexists(top) and same_file(top, claim.path):
-                os.unlink(claim.path)  # a crash between link and unlink
-                target = top
+            rel = TOP
+            here = layout.lstat(claim.where, claim.leaf)
+            if same_file(layout.lstat(rel, claim.name), here):
+                layout.remove(claim.where, claim.leaf)  # a crash between link and unlink
+                target = claim.name
             else:
-                target = self._layout.move_noreplace(claim.path, self._layout.path, claim.name)
-        self._layout.fsync_dir(target.parent)
-        return target
+                target = layout.move_noreplace(claim.where, claim.leaf, rel, claim.name)
+        layout.fsync_dir(rel)
+        return layout.dir(rel) / target
 
     def _read_sidecar(self, name: str) -> MessageState | None:
-        return read_sidecar(self._layout.dir("deferred") / (name + RECORD_SUFFIX))
+        return read_sidecar(self._layout, "deferred", name + RECORD_SUFFIX)

@@ -5,14 +5,23 @@ Why one fsync per message is enough is explained under "Durability" below."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from carerix_smtp.spool.layout import SUFFIX, SpoolLayout
+from carerix_smtp.errors import StorageError
+from carerix_smtp.spool.layout import (
+    CLAIM_DIRS,
+    STATE_DIR,
+    SUFFIX,
+    TOP,
+    SpoolLayout,
+    storage,
+    write_all,
+)
 from carerix_smtp.spool.records import MessageState
 
 # Outcomes between two checkpoints (records fsynced, journal emptied; "Durability"):
@@ -60,27 +69,26 @@ CHECKPOINT_LINES = 1000
 class Journal:
     """The redo log file: append a line, read the lines back, checkpoint."""
 
+    NAME = "journal"
+
     def __init__(self, layout: SpoolLayout, book: threading.Lock) -> None:
         self._layout = layout
         self.path = layout.journal_path
         self._book = book  # shared with the claim tokens and the delivery log
         self._fd: int | None = None
         self.lines = 0  # since the last checkpoint
-        self.unsynced: set[str] = set()  # records written since the last checkpoint
+        # records written since the last checkpoint: (directory, name) as SpoolLayout.fd
+        self.unsynced: set[tuple[str, str]] = set()
 
     def append(self, line: bytes) -> None:
         """Append one line and put it on disk (call with ``self._book`` held)."""
         if self._fd is None:
-            self._fd = os.open(
-                self.path,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                0o600,
-            )
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        if self._layout.durable:
-            _fdatasync(self._fd)  # an append: the new size is part of the data
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            self._fd = self._layout.open_file(STATE_DIR, self.NAME, flags, 0o600)
+        with storage("append to", self.path):
+            write_all(self._fd, line)
+            if self._layout.durable:
+                _fdatasync(self._fd)  # an append: the new size is part of the data
         self.lines += 1
 
     def close(self) -> None:
@@ -93,16 +101,19 @@ class Journal:
         """The journal's lines, oldest first (a torn last line is ignored)."""
         entries: list[dict[str, Any]] = []
         try:
-            with open(self.path, "rb") as handle:
-                for line in handle:
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(entry, dict) and isinstance(entry.get("claim"), str):
-                        entries.append(entry)
-        except FileNotFoundError:
-            pass
+            fd = self._layout.open_file(STATE_DIR, self.NAME, os.O_RDONLY)
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                return entries
+            raise
+        with storage("read", self.path), os.fdopen(fd, "rb") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("claim"), str):
+                    entries.append(entry)
         return entries
 
     def checkpoint(self) -> None:
@@ -112,23 +123,23 @@ class Journal:
             self.sync_unsynced()
         else:
             self.unsynced.clear()
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # O_APPEND: the next line goes at 0
-            fd = self._fd
-        else:
+        fd = self._fd
+        if fd is None:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
+                fd = self._layout.open_file(STATE_DIR, self.NAME, os.O_WRONLY)
+            except StorageError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
                 self.lines = 0
                 return
-            if os.fstat(fd).st_size == 0:  # empty already (a run with nothing to do)
-                os.close(fd)
-                self.lines = 0
-                return
-            os.ftruncate(fd, 0)
         try:
-            if self._layout.durable:
-                os.fsync(fd)  # the truncation before any new line (see above)
+            with storage("empty", self.path):
+                if fd != self._fd and os.fstat(fd).st_size == 0:
+                    self.lines = 0  # empty already (a run with nothing to do)
+                    return
+                os.ftruncate(fd, 0)  # O_APPEND: the next line goes at 0
+                if self._layout.durable:
+                    os.fsync(fd)  # the truncation before any new line (see above)
         finally:
             if fd != self._fd:
                 os.close(fd)
@@ -140,26 +151,21 @@ class Journal:
         files, self.unsynced = self.unsynced, set()
         if not files:
             return  # no outcome since the last checkpoint: nothing moved that matters
-        for path in sorted(files):
+        layout = self._layout
+        for rel, name in sorted(files):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # replaced or removed since: its successor is in the set
+                fd = layout.open_file(rel, name, os.O_RDONLY)
+            except StorageError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue  # replaced or removed since: its successor is in the set
+                raise
             try:
-                os.fsync(fd)
+                with storage("sync", layout.where(rel, name)):
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-        layout = self._layout
-        for directory in (
-            layout.path,
-            layout.dir("deferred"),
-            layout.dir("sent"),
-            layout.dir("failed"),
-            layout.claims_dir / "queued",
-            layout.claims_dir / "deferred",
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                layout.fsync_dir(directory)
+        for rel in (TOP, "deferred", "sent", "failed", *CLAIM_DIRS.values()):
+            layout.fsync_dir(rel)
 
     def checkpoint_due(self) -> bool:
         """True when CHECKPOINT_LINES outcomes were journaled since the last one."""
@@ -190,17 +196,13 @@ def line_identity(entry: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def is_file_of(path: Path, entry: dict[str, Any], state: MessageState) -> bool:
-    """Is ``path`` the file a journal line is about?  Same device and inode (kept by
-    a rename), size and mtime (kept too, except that a deferred message's mtime
-    may already be its next attempt): an inode number reused by a new file after
-    the crash does not pass for the old one."""
+def is_file_of(st: os.stat_result | None, entry: dict[str, Any], state: MessageState) -> bool:
+    """Is the file ``st`` is the lstat of the file a journal line is about?  Same
+    device and inode (kept by a rename), size and mtime (kept too, except that a
+    deferred message's mtime may already be its next attempt): an inode number
+    reused by a new file after the crash does not pass for the old one."""
     ident = entry.get("file")
-    if not isinstance(ident, list) or len(ident) != 4:
-        return False
-    try:
-        st = os.lstat(path)
-    except OSError:
+    if st is None or not isinstance(ident, list) or len(ident) != 4:
         return False
     dev, ino, size, mtime = ident
     if (st.st_dev, st.st_ino, st.st_size) != (dev, ino, size):

@@ -16,9 +16,11 @@ from carerix_smtp.spool.layout import (
     KINDS,
     STALE_TMP_AGE,
     SUFFIX,
+    TOP,
     Kind,
     SpoolLayout,
     file_type,
+    origin,
 )
 from carerix_smtp.spool.records import iso, read_records
 
@@ -230,7 +232,7 @@ class Listing:
                 rank = RANK[kind]
                 if after is not None and rank < after[0]:
                     continue
-                for mtime, name, size, mode in list_dir(self._layout.origin_dir(kind)):
+                for mtime, name, size, mode in _entries(self._layout, origin(kind)):
                     if rank == 0 and mtime > now:
                         continue  # deferred, not due yet
                     if after is not None and (rank, mtime, name) <= after:
@@ -245,17 +247,17 @@ class Listing:
         ]
         return held, counted
 
-    def _scan(self, kind: Kind, directory: Path) -> Iterator[Candidate]:
-        for mtime, name, size, mode in list_dir(directory):
+    def _scan(self, kind: Kind, rel: str) -> Iterator[Candidate]:
+        for mtime, name, size, mode in _entries(self._layout, rel):
             yield Candidate(kind, name, size, mtime, file_type(mode))
 
     def scan(self, kind: Kind) -> Iterator[Candidate]:
         """Every *.eml entry of the queue (``queued``) or of deferred/, unordered."""
-        return self._scan(kind, self._layout.origin_dir(kind))
+        return self._scan(kind, origin(kind))
 
     def next_retry(self) -> float | None:
         """The earliest next-attempt time in deferred/ (streamed: no list)."""
-        return min((e[0] for e in list_dir(self._layout.dir("deferred"))), default=None)
+        return min((e[0] for e in _entries(self._layout, "deferred")), default=None)
 
     def status(self, now: float | None = None) -> SpoolStatus:
         """Counts per state, bytes, oldest, next retry, failed recipients; read-only."""
@@ -263,32 +265,31 @@ class Listing:
         layout.check(writable=False)
         now = self._clock() if now is None else now
         result = SpoolStatus(path=layout.path)
-        for c in self._scan("queued", layout.path):
+        for c in self._scan("queued", TOP):
             result.queued.add(c.size, c.mtime)
-        for c in self._scan("deferred", layout.dir("deferred")):
+        for c in self._scan("deferred", "deferred"):
             result.deferred.add(c.size, c.mtime)
             if c.mtime <= now:
                 result.due_now += 1
             if result.next_retry is None or c.mtime < result.next_retry:
                 result.next_retry = c.mtime
         for sub in ("sent", "failed"):
-            for c in self._scan("queued", layout.dir(sub)):
+            for c in self._scan("queued", sub):
                 getattr(result, sub).add(c.size, c.mtime)
         result.in_flight = len([p for p in layout.claimed() if not p.name.startswith(".")])
         result.running_pid = layout.holder_pid()
         self._add_failures(result)
-        with contextlib.suppress(FileNotFoundError), os.scandir(layout.dir("tmp")) as it:
-            for entry in it:
-                with contextlib.suppress(OSError):
-                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_AGE:
-                        result.stale_tmp.append(f"tmp/{entry.name}")
+        for entry in layout.scandir("tmp"):
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_AGE:
+                    result.stale_tmp.append(f"tmp/{entry.name}")
         result.stale_tmp.sort()
         return result
 
     def _add_failures(self, result: SpoolStatus) -> None:
         """Failed messages, and failed or pending recipients, from the records."""
         for sub in ("failed", "deferred", "sent"):
-            for state in read_records(self._layout.dir(sub)):
+            for state in read_records(self._layout, sub):
                 where = f"{sub}/{state.name}"
                 if sub == "failed":
                     result.failed_messages.append(FailedMessage(where, state.reason))
@@ -304,20 +305,30 @@ class Listing:
                         )
 
 
+def _entries(layout: SpoolLayout, rel: str) -> Iterator[tuple[float, str, int, int]]:
+    """(mtime, name, size, st_mode) of every *.eml entry (not dot-files) of directory
+    ``rel``, unordered, through the layout's descriptors (never a symlinked
+    directory); symlinks are not followed.  A missing directory has none."""
+    return _eml_entries(layout.scandir(rel))
+
+
 def list_dir(directory: Path) -> Iterator[tuple[float, str, int, int]]:
-    """(mtime, name, size, st_mode) of every *.eml entry (not dot-files), unordered;
-    symlinks are not followed.  A missing directory has none."""
+    """The same for a directory by path (read-only callers that checked the layout)."""
     try:
         it = os.scandir(directory)
     except FileNotFoundError:
         return
     with it:
-        for entry in it:
-            name = entry.name
-            if not name.endswith(SUFFIX) or name.startswith("."):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            yield st.st_mtime, name, st.st_size, st.st_mode
+        yield from _eml_entries(it)
+
+
+def _eml_entries(entries: Iterable[os.DirEntry[str]]) -> Iterator[tuple[float, str, int, int]]:
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(SUFFIX) or name.startswith("."):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        yield st.st_mtime, name, st.st_size, st.st_mode

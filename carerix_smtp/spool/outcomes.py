@@ -13,7 +13,7 @@ from typing import Any
 
 from carerix_smtp.spool.claims import Claim
 from carerix_smtp.spool.journal import Journal
-from carerix_smtp.spool.layout import RECORD_SUFFIX, SpoolLayout, remove, variant
+from carerix_smtp.spool.layout import RECORD_SUFFIX, SpoolLayout, storage, variant
 from carerix_smtp.spool.records import MessageState, dumps
 
 
@@ -24,9 +24,6 @@ class Outcomes:
         self._layout = layout
         self._journal = journal
         self._book = book  # shared with the claim tokens and the delivery log
-        self._top_str = layout.top_str
-        self._deferred_str = layout.deferred_str
-        self._dest_dirs = layout.dest_dirs
 
     def record(self, claim: Claim, state: MessageState) -> Path:
         """Journal the state (fdatasync), then write the record and move the claim
@@ -46,10 +43,10 @@ class Outcomes:
     ) -> Path:
         if dest not in ("sent", "failed", "deferred"):
             dest = state.destination()
-        directory = f"{self._top_str}/{dest}"
+        layout = self._layout
         if not journal:
             name = name or claim.name
-            if os.path.lexists(f"{directory}/{name}"):
+            if layout.exists(dest, name):
                 name = variant(name)
             return self.place(claim, state, dest, name, move=True)
         with self._book:
@@ -57,7 +54,7 @@ class Outcomes:
             # into ``directory``) before the line is written, so that the line says
             # where the file goes.
             name = claim.name
-            if os.path.lexists(f"{directory}/{name}"):
+            if layout.exists(dest, name):
                 name = variant(name)
             state.name = name
             state.status = dest
@@ -89,18 +86,24 @@ class Outcomes:
     ) -> Path:
         """Write the record beside ``dest/name`` and move the claim there (``move``);
         redoing it is harmless.  No fsync: the journal line covers both."""
-        directory = f"{self._top_str}/{dest}"  # pathlib's joins cost more than the I/O
+        layout = self._layout
         state.name = name
         state.status = dest
         if record is None:
             record = dumps(state.to_json())
-        record_path = f"{directory}/{name}{RECORD_SUFFIX}"
-        self._layout.write_file(record_path, record + b"\n", sync=False)
-        self._journal.unsynced.add(record_path)
+        record_name = name + RECORD_SUFFIX
+        layout.write_file(dest, record_name, record + b"\n", sync=False)
+        self._journal.unsynced.add((dest, record_name))
         if dest == "deferred" and state.next_attempt is not None and claim.file_type != "symlink":
-            os.utime(claim.path, (state.next_attempt, state.next_attempt))
+            with storage("set the next attempt time of", claim.path):
+                os.utime(
+                    claim.leaf,
+                    (state.next_attempt, state.next_attempt),
+                    dir_fd=layout.fd(claim.where),
+                    follow_symlinks=False,
+                )
         if move:
-            os.rename(claim.path, f"{directory}/{name}")
+            layout.rename(claim.where, claim.leaf, dest, name)
         if claim.kind == "deferred" and not (dest == "deferred" and name == claim.name):
-            remove(Path(f"{self._deferred_str}/{claim.name}{RECORD_SUFFIX}"))
-        return self._dest_dirs[dest] / name
+            layout.remove("deferred", claim.name + RECORD_SUFFIX)
+        return layout.dir(dest) / name

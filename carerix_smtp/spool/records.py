@@ -5,7 +5,6 @@ per attempt in ``.cxsmtp/delivery.log``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -14,10 +13,17 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from carerix_smtp.spool.layout import RECORD_SUFFIX, SUFFIX, Destination
+from carerix_smtp.spool.layout import (
+    RECORD_SUFFIX,
+    STATE_DIR,
+    SUFFIX,
+    Destination,
+    SpoolLayout,
+    storage,
+    write_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,30 +202,33 @@ def backoff(attempts: int, initial: float, maximum: float) -> float:
 # --- reading records back ----------------------------------------------------
 
 
-def read_records(directory: Path) -> Iterable[MessageState]:
-    try:
-        it = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    with it:
-        for entry in it:
-            if not entry.name.endswith(SUFFIX + RECORD_SUFFIX) or entry.name.startswith("."):
-                continue
-            try:
-                with open(entry.path, "rb") as handle:
-                    yield MessageState.from_json(json.load(handle))
-            except (OSError, ValueError, TypeError):
-                continue
+def read_records(layout: SpoolLayout, rel: str) -> Iterable[MessageState]:
+    """The records in directory ``rel`` (unreadable ones skipped)."""
+    for entry in layout.scandir(rel):
+        if not entry.name.endswith(SUFFIX + RECORD_SUFFIX) or entry.name.startswith("."):
+            continue
+        try:
+            yield MessageState.from_json(json.loads(read_bytes(layout, rel, entry.name)))
+        except (OSError, ValueError, TypeError):
+            continue
 
 
-def read_sidecar(path: Path) -> MessageState | None:
+def read_bytes(layout: SpoolLayout, rel: str, name: str) -> bytes:
+    """The content of ``name`` in ``rel`` (never through a symlink: OSError ELOOP)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layout.fd(rel))
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def read_sidecar(layout: SpoolLayout, rel: str, name: str) -> MessageState | None:
     """A deferred message's sidecar (``deferred/NAME.eml.json``); None when there is
     none or it cannot be read (logged)."""
     try:
-        return MessageState.from_json(json.loads(path.read_bytes()))
+        return MessageState.from_json(json.loads(read_bytes(layout, rel, name)))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as exc:
+        path = layout.where(rel, name)
         log.warning("%s: unreadable state record (%s); treating as a new message", path, exc)
         return None
 
@@ -230,8 +239,13 @@ def read_sidecar(path: Path) -> MessageState | None:
 class DeliveryLog:
     """``.cxsmtp/delivery.log``: one JSON line per attempt (who got it, who not, why)."""
 
-    def __init__(self, path: Path, clock: Callable[[], float], book: threading.Lock) -> None:
-        self.path = path
+    NAME = "delivery.log"
+
+    def __init__(
+        self, layout: SpoolLayout, clock: Callable[[], float], book: threading.Lock
+    ) -> None:
+        self._layout = layout
+        self.path = layout.delivery_log_path
         self._clock = clock
         self._book = book  # shared with the journal and the claim tokens
         self._fd: int | None = None
@@ -241,29 +255,29 @@ class DeliveryLog:
         """One JSON line per attempt in .cxsmtp/delivery.log (not fsynced: a log).
 
         The file stays open until ``finish`` or the end of the lock; beyond
-        DELIVERY_LOG_MAX bytes it is rotated once, to delivery.log.1.
+        DELIVERY_LOG_MAX bytes it is rotated once, to delivery.log.1.  A failed
+        write is a StorageError: the run stops rather than lose the "who did not
+        get it, and why".
         """
         line = {"time": iso(self._clock()), **entry}
         text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
         data = text.encode("utf-8", "backslashreplace")  # a lone surrogate: \udcxx, still JSON
         with self._book:
-            try:
-                if self._fd is None or self._size > DELIVERY_LOG_MAX:
-                    self._open()
-                assert self._fd is not None
-                os.write(self._fd, data)
-                self._size += len(data)
-            except OSError as exc:
-                log.warning("cannot write %s: %s", self.path, exc.strerror)
+            if self._fd is None or self._size > DELIVERY_LOG_MAX:
+                self._open()
+            assert self._fd is not None
+            with storage("write", self.path):
+                write_all(self._fd, data)
+            self._size += len(data)
 
     def _open(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self.path).st_size > DELIVERY_LOG_MAX:
-                os.replace(self.path, self.path.with_suffix(".log.1"))
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.close()
+        layout = self._layout
+        size = layout.lstat(STATE_DIR, self.NAME)
+        if size is not None and size.st_size > DELIVERY_LOG_MAX:
+            layout.rename(STATE_DIR, self.NAME, STATE_DIR, self.NAME + ".1")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self._fd = layout.open_file(STATE_DIR, self.NAME, flags, 0o600)
         self._size = os.fstat(self._fd).st_size
 
     def close(self) -> None:

@@ -4,7 +4,6 @@ possible duplicates; the other journal lines are redone; stray temp files go."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -15,7 +14,14 @@ from typing import Any
 
 from carerix_smtp.spool.claims import Claim, Claims
 from carerix_smtp.spool.journal import Journal, is_file_of, line_identity, line_name
-from carerix_smtp.spool.layout import RECORD_SUFFIX, SUFFIX, Kind, SpoolLayout, remove
+from carerix_smtp.spool.layout import (
+    CLAIM_DIRS,
+    RECORD_SUFFIX,
+    SUFFIX,
+    Kind,
+    SpoolLayout,
+    origin,
+)
 from carerix_smtp.spool.listing import RANK
 from carerix_smtp.spool.outcomes import Outcomes
 from carerix_smtp.spool.records import DeliveryLog, MessageState
@@ -79,15 +85,16 @@ class Recovery:
         """One entry left in claims/: where its journaled outcome says, or back to
         the queue; a rewrite's temp file is removed."""
         kind: Kind = "deferred" if path.parent.name == "deferred" else "queued"
+        where = CLAIM_DIRS[kind]
         if path.name.startswith("."):  # a rewrite's temp file
-            remove(path)
+            self._layout.remove(where, path.name)
             report.removed.append(str(path.relative_to(self._layout.path)))
             return
         _, sep, name = path.name.partition("~")
         if not sep:
             name = path.name
         key = f"{kind}/{path.name}"
-        claim = self._claims.from_path(kind, name, path, key)
+        claim = self._claims.from_path(kind, name, where, path.name, key)
         entry = by_claim.get(key)
         if entry is not None and isinstance(entry.get("state"), dict):
             state = MessageState.from_json(entry["state"])
@@ -152,15 +159,17 @@ class Recovery:
             return None
         origin_name = claimed.partition("~")[2] or claimed
         state = MessageState.from_json(entry["state"])
-        target = self._layout.dir(dest) / name
-        if is_file_of(target, entry, state):  # moved; its record may be lost
-            claim = self._claims.from_path(kind, origin_name, target, entry["claim"])
+        layout = self._layout
+        if is_file_of(layout.lstat(dest, name), entry, state):  # moved; its record may be lost
+            claim = self._claims.from_path(kind, origin_name, dest, name, entry["claim"])
             self._outcomes.place(claim, state, dest, name, move=False)
             return None
-        origin = self._layout.origin_dir(kind) / origin_name
-        if Path(origin_name).name == origin_name and is_file_of(origin, entry, state):
+        where = origin(kind)
+        if Path(origin_name).name == origin_name and is_file_of(
+            layout.lstat(where, origin_name), entry, state
+        ):
             # the claim rename was lost to a power failure; the outcome was not
-            claim = self._claims.from_path(kind, origin_name, origin, entry["claim"])
+            claim = self._claims.from_path(kind, origin_name, where, origin_name, entry["claim"])
             log.warning(
                 "%s: outcome journaled by a run that stopped; moved to %s without sending",
                 origin_name,
@@ -172,9 +181,7 @@ class Recovery:
     def _remove_strays(self) -> list[str]:
         removed: list[str] = []
         for sub in ("deferred", "sent", "failed"):
-            directory = self._layout.dir(sub)
-            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
-                names = {e.name for e in it}
+            names = {e.name for e in self._layout.scandir(sub)}
             for name in names:
                 orphan = (
                     sub == "deferred"
@@ -182,7 +189,7 @@ class Recovery:
                     and name[: -len(RECORD_SUFFIX)] not in names
                 )
                 if orphan or (name.startswith(".cxsmtp-") and name.endswith(".tmp")):
-                    remove(directory / name)
+                    self._layout.remove(sub, name)
                     removed.append(f"{sub}/{name}")
         return removed
 

@@ -64,10 +64,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from carerix_smtp.errors import InputError, SpoolError
+from carerix_smtp.errors import InputError, StorageError
 from carerix_smtp.spool.claims import Claim, Claims
 from carerix_smtp.spool.journal import Journal
-from carerix_smtp.spool.layout import RECORD_SUFFIX, SUFFIX, Kind, SpoolLayout, remove
+from carerix_smtp.spool.layout import (
+    RECORD_SUFFIX,
+    SUFFIX,
+    TOP,
+    Kind,
+    SpoolLayout,
+    storage,
+    write_all,
+)
 from carerix_smtp.spool.listing import (
     DEFAULT_CANDIDATE_LIMIT,
     Candidate,
@@ -79,6 +87,7 @@ from carerix_smtp.spool.outcomes import Outcomes
 from carerix_smtp.spool.records import DeliveryLog, MessageState
 from carerix_smtp.spool.recovery import Recovery, RecoveryReport
 
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+=@-]+")
 
 
@@ -113,7 +122,7 @@ class Spool:
         self._claims = Claims(layout, self._book)
         self._journal = Journal(layout, self._book)
         self._outcomes = Outcomes(layout, self._journal, self._book)
-        self._delivery_log = DeliveryLog(self.delivery_log_path, clock, self._book)
+        self._delivery_log = DeliveryLog(layout, clock, self._book)
         self._recovery = Recovery(
             layout, self._journal, self._claims, self._outcomes, self._delivery_log
         )
@@ -225,55 +234,50 @@ class Spool:
     def enqueue(self, data: bytes, *, hint: str = "") -> Path:
         """Write ``data`` as a new queued message (via SPOOL/tmp/ + rename); return its path."""
         self.check(writable=True)
-        tmp_dir = self.dir("tmp")
-        try:
-            tmp_dir.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise SpoolError(f"spool {self.path}: cannot create tmp/: {exc.strerror}") from None
+        layout = self._layout
         now = self.clock()
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         stem = _UNSAFE_NAME.sub("_", Path(hint).stem)[:40].strip("._") if hint else ""
         name = f"{stamp}-{secrets.token_hex(3)}" + (f"-{stem}" if stem else "") + SUFFIX
-        tmp = tmp_dir / f".{name}.part"
+        tmp = f".{name}.part"
+        layout.fd("tmp", create=True)  # made when missing; never through a symlink
+        fd = layout.open_file("tmp", tmp, _NEW_FILE, 0o644)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            target = self._layout.move_noreplace(tmp, self.path, name)
-            self._layout.fsync_dir(self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise SpoolError(f"spool {self.path}: cannot write {name}: {exc.strerror}") from None
-        return target
+            with storage("write", layout.where("tmp", tmp)):
+                try:
+                    write_all(fd, data)
+                    if self.durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            target = layout.move_noreplace("tmp", tmp, TOP, name)
+            layout.fsync_dir(TOP)
+        except BaseException:
+            with contextlib.suppress(OSError, StorageError):
+                layout.remove("tmp", tmp)
+            raise
+        return self.path / target
 
     def retry(self, names: Sequence[str] = (), *, everything: bool = False) -> list[str]:
         """Failed messages back to the queue, deferred ones due now; returns what moved.
 
         Call under the lock.  Unknown names raise InputError before anything moves.
         """
-        failed_dir, deferred_dir = self.dir("failed"), self.dir("deferred")
+        layout = self._layout
         wanted: list[tuple[str, str]] = []
         if everything:
-            for kind, directory in (("failed", failed_dir), ("deferred", deferred_dir)):
-                with contextlib.suppress(FileNotFoundError), os.scandir(directory) as it:
-                    wanted.extend(
-                        (kind, e.name)
-                        for e in it
-                        if e.name.endswith(SUFFIX) and not e.name.startswith(".")
-                    )
+            for kind in ("failed", "deferred"):
+                wanted.extend(
+                    (kind, e.name)
+                    for e in layout.scandir(kind)
+                    if e.name.endswith(SUFFIX) and not e.name.startswith(".")
+                )
         else:
             for raw in names:
                 name = Path(raw).name
-                if os.path.lexists(failed_dir / name):
+                if layout.exists("failed", name):
                     wanted.append(("failed", name))
-                elif os.path.lexists(deferred_dir / name):
+                elif layout.exists("deferred", name):
                     wanted.append(("deferred", name))
                 else:
                     raise InputError(
@@ -283,11 +287,12 @@ class Spool:
         now = self.clock()
         for kind, name in sorted(wanted):
             if kind == "deferred":
-                os.utime(deferred_dir / name, (now, now), follow_symlinks=False)
+                with storage("set the next attempt time of", layout.where(kind, name)):
+                    os.utime(name, (now, now), dir_fd=layout.fd(kind), follow_symlinks=False)
                 moved.append(f"deferred/{name}")
                 continue
-            target = self._layout.move_noreplace(failed_dir / name, self.path, name)
-            remove(failed_dir / (name + RECORD_SUFFIX))
-            moved.append(target.name)
-        self._layout.fsync_dir(self.path)
+            target = layout.move_noreplace("failed", name, TOP, name)
+            layout.remove("failed", name + RECORD_SUFFIX)
+            moved.append(target)
+        layout.fsync_dir(TOP)
         return moved
