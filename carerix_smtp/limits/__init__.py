@@ -7,7 +7,10 @@
   ``Wait``, ``Usage``) and the semantics any store must keep;
 - ``owner``: who holds a batch reservation and whether it can still send;
 - ``sqlite`` (``Ledger``), ``sqlite_connection``, ``sqlite_reservations``,
-  ``sqlite_state``: the SQLite store, ``STATE_DIR/ledger.sqlite3``.
+  ``sqlite_state``: the SQLite store, ``STATE_DIR/ledger.sqlite3``;
+  ``sqlite_files``: its files (never through a symlink) and its errors;
+- ``repair``: checking a ledger and rebuilding a damaged one from known sends
+  (the core of ``cxsmtp doctor``).
 
 May import config/ (for :meth:`Limits.from_entry`, at type-checking time only)
 and errors; nothing from smtp/, spool/, send/ or cli/.

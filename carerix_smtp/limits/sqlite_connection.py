@@ -4,21 +4,30 @@ One SQLite file (``STATE_DIR/ledger.sqlite3``, mode 0600) in WAL mode with a
 busy timeout; every decision runs inside one ``BEGIN IMMEDIATE`` write
 transaction, so grants are serialised across processes.  A new file gets the
 schema below (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`); a file of
-another version is refused.
+another version is refused.  An existing file gets ``PRAGMA quick_check`` on
+open (milliseconds for two days of sends), so a damaged ledger is reported
+before anything is sent, with the way out (``cxsmtp doctor``); the files are
+never used through a symlink (:mod:`~carerix_smtp.limits.sqlite_files`).
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from carerix_smtp.limits.ledger import LedgerBusyError, LedgerError
+from carerix_smtp.errors import StorageError
+from carerix_smtp.limits.ledger import LedgerError
+from carerix_smtp.limits.sqlite_files import (
+    corrupt_error,
+    ledger_error,
+    prepare_ledger_file,
+    refuse_symlinks,
+)
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "LedgerDatabase"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "LedgerDatabase", "create_schema", "integrity_problem"]
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -83,15 +92,7 @@ class LedgerDatabase:
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # sqlite would use 0644
-            os.close(fd)
-        except OSError as exc:
-            raise LedgerError(
-                f"{self.path}: cannot create the rate ledger: {exc.strerror}",
-                hint="check --state-dir / CXSMTP_STATE_DIR and its permissions",
-            ) from None
+        prepare_ledger_file(self.path)  # state dir 0700, file 0600, no symlinks
         try:
             conn = sqlite3.connect(
                 str(self.path),
@@ -104,6 +105,7 @@ class LedgerDatabase:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
+            refuse_symlinks(self.path)  # again, now that SQLite has opened -wal and -shm
             conn.execute("PRAGMA synchronous = NORMAL")
             self._synchronous = "NORMAL"
             self._migrate(conn)
@@ -117,38 +119,28 @@ class LedgerDatabase:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
-                    raise LedgerError(
-                        f"{self.path}: rate ledger of an unknown version {version} "
-                        f"(this cxsmtp writes version {SCHEMA_VERSION})"
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        if version == SCHEMA_VERSION:
+            problem = integrity_problem(conn)
+            if problem:
+                raise corrupt_error(self.path, problem)
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                create_schema(conn)
+            elif version != SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path}: rate ledger of an unknown version {version} "
+                    f"(this cxsmtp writes version {SCHEMA_VERSION})"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
-    def error(self, exc: sqlite3.Error) -> LedgerError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return LedgerBusyError(
-                f"{self.path}: the rate ledger stayed busy for {self.busy_timeout:g} s "
-                "(other cxsmtp processes are using it); try again"
-            )
-        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
-            return LedgerError(
-                f"{self.path}: not a cxsmtp rate ledger (SQLite says: {text})",
-                hint="move the file away; cxsmtp then starts a new, empty ledger",
-            )
-        return LedgerError(f"{self.path}: rate ledger: {text}")
+    def error(self, exc: sqlite3.Error) -> LedgerError | StorageError:
+        return ledger_error(exc, self.path, self.busy_timeout)
 
     @contextmanager
     def write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -165,6 +157,10 @@ class LedgerDatabase:
                 raise self.error(exc) from None
             try:
                 yield conn
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):  # already rolled back
+                    conn.execute("ROLLBACK")
+                raise self.error(exc) from None
             except BaseException:
                 with suppress(sqlite3.Error):  # already rolled back
                     conn.execute("ROLLBACK")
@@ -188,3 +184,24 @@ class LedgerDatabase:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The tables of a new ledger, inside the caller's transaction."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def integrity_problem(conn: sqlite3.Connection) -> str:
+    """SQLite's ``quick_check`` on one line, or "" when the file is sound.
+
+    quick_check reads every page (O(size), no index-to-table cross check); an
+    error that SQLite raises while reading is left to the caller.
+    """
+    rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    if [tuple(row) for row in rows] == [("ok",)]:
+        return ""
+    text = "; ".join(str(row[0]) for row in rows).replace("\n", " ")
+    return f"integrity check: {text[:160]}"

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 
 from carerix_smtp.limits.owner import Owner, OwnerState, owner_state
 from carerix_smtp.limits.rule import Limits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["close_reservation", "insert_reservation", "insert_send", "reclaim"]
+__all__ = [
+    "close_reservation",
+    "insert_reservation",
+    "insert_send",
+    "live_reservations",
+    "reclaim",
+    "restore_sends",
+]
 
 
 def reclaim(conn: sqlite3.Connection, now: float, me: Owner) -> None:
@@ -125,4 +133,61 @@ def close_reservation(conn: sqlite3.Connection, reservation_id: int, now: float)
     conn.execute(
         "UPDATE reservations SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
         (now, reservation_id),
+    )
+
+
+def live_reservations(conn: sqlite3.Connection, now: float, me: Owner) -> int:
+    """Reservations whose owner may still send (those :func:`reclaim` would keep)."""
+    rows = conn.execute(
+        "SELECT expires_at, owner_host, owner_boot, owner_pidns, owner_pid, owner_start"
+        " FROM reservations WHERE closed_at IS NULL"
+    ).fetchall()
+    live = 0
+    for expires_at, host, boot, pidns, pid, start in rows:
+        state = owner_state(Owner(host, boot, pidns, pid, start), me)
+        if state is OwnerState.ALIVE or (state is OwnerState.UNKNOWN and now < expires_at):
+            live += 1
+    return live
+
+
+def restore_sends(
+    conn: sqlite3.Connection,
+    server: str,
+    sends: Sequence[tuple[float, int]],
+    now: float,
+    owner: Owner,
+) -> None:
+    """Record ``(stamp, bytes)`` sends of ``server`` known from elsewhere (a repair).
+
+    They become confirmed sends, as :func:`insert_send` records them, under one
+    closed reservation opened at the newest of them (at most ``now``): so the
+    batch interval also counts from the last send before the repair -- later than
+    that batch really started, which only makes the next one wait longer.
+    """
+    if not sends:
+        return
+    newest = min(now, max(stamp for stamp, _ in sends))
+    cursor = conn.execute(
+        "INSERT INTO reservations (server, opened_at, deadline_at, expires_at, slots, used,"
+        " in_flight, owner_host, owner_boot, owner_pidns, owner_pid, owner_start, closed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+        (
+            server,
+            newest,
+            newest,
+            newest,
+            len(sends),
+            len(sends),
+            owner.host,
+            owner.boot,
+            owner.pidns,
+            owner.pid,
+            owner.start,
+            now,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO sends (server, time, bytes, message_id, presumed, reservation)"
+        " VALUES (?, ?, ?, NULL, 0, ?)",
+        [(server, stamp, size, cursor.lastrowid) for stamp, size in sends],
     )

@@ -342,9 +342,10 @@ def test_a_clock_stepped_back_makes_it_wait_not_overshoot(ledger: Ledger, clock:
 
 
 def test_not_a_database(tmp_path: Path) -> None:
+    """More damage, symlinks and repairs: test_ledger_repair.py."""
     path = tmp_path / "ledger.sqlite3"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(LedgerError, match="not a cxsmtp rate ledger") as info:
+    with pytest.raises(LedgerError, match="is damaged \\(file is not a database\\)") as info:
         Ledger(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, CxsmtpError)
@@ -353,7 +354,7 @@ def test_not_a_database(tmp_path: Path) -> None:
 def test_unwritable_state_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(LedgerError, match="cannot create the rate ledger"):
+    with pytest.raises(LedgerError, match=f"cannot create the state dir {blocker}: File exists"):
         Ledger(blocker / "ledger.sqlite3")
 
 
