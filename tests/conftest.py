@@ -4,10 +4,11 @@ helpers to run the real ``cxsmtp`` as a subprocess, and trustme certificates."""
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,28 @@ def cxsmtp_argv() -> list[str]:
     return [sys.executable, "-m", "carerix_smtp"]
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def assert_no_traceback(argv: Sequence[str], stderr: str) -> None:
+    """cron mails stderr: a traceback may reach it only when ``--debug`` asked for one
+    (issue 10).  Every CLI run of the suite goes through here."""
+    if "--debug" in argv:
+        return
+    assert TRACEBACK not in stderr, (
+        f"cxsmtp {' '.join(argv)} printed a traceback without --debug:\n{stderr}"
+    )
+
+
 def run_cxsmtp(
     *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``cxsmtp`` in a subprocess (environment of the test, plus ``env``)."""
+    """Run the real ``cxsmtp`` in a subprocess (environment of the test, plus ``env``);
+    fails the test if a traceback reached stderr without ``--debug``."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run(
+    result = subprocess.run(
         [*cxsmtp_argv(), *args],
         input=input,
         capture_output=True,
@@ -79,6 +94,42 @@ def run_cxsmtp(
         timeout=timeout,
         check=False,
     )
+    assert_no_traceback(args, result.stderr)
+    return result
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_from_cli_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check for every ``CliRunner.invoke`` of the suite; and cxsmtp's own
+    app lets no exception but SystemExit escape (its guard turns them into one line)."""
+    testing = sys.modules.get("typer.testing")  # imported by the test modules that use it
+    if testing is None:
+        return
+    original = testing.CliRunner.invoke
+
+    def invoke(self: Any, app: Any, args: Any = None, *rest: Any, **kw: Any) -> Any:
+        result = original(self, app, args, *rest, **kw)
+        argv = shlex.split(args) if isinstance(args, str) else [str(a) for a in args or ()]
+        assert_no_traceback(argv, _runner_output(result))
+        escaped = result.exception
+        cli = sys.modules.get("carerix_smtp.cli.app")
+        ours = cli is not None and app is cli.app
+        if ours and escaped is not None and not isinstance(escaped, SystemExit):
+            raise AssertionError(
+                f"cxsmtp {' '.join(argv)}: {type(escaped).__name__} escaped the CLI's guard"
+            ) from escaped
+        return result
+
+    monkeypatch.setattr(testing.CliRunner, "invoke", invoke)
+
+
+def _runner_output(result: Any) -> str:
+    """What a CliRunner run printed (stderr is separate in click >= 8.2, else mixed in)."""
+    try:
+        stderr = result.stderr
+    except ValueError:  # stderr not captured separately
+        stderr = ""
+    return f"{result.output}{stderr}"
 
 
 @pytest.fixture

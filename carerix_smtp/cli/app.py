@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from carerix_smtp import __version__
-from carerix_smtp.cli.errors import CxsmtpGroup
+from carerix_smtp.cli.errors import CxsmtpGroup, OneLineFormatter, guard_threads, report_unexpected
 
 # Command groups, each a module with ``register(app)``.  Heavy modules are
 # imported inside the commands, so ``cxsmtp --help`` starts fast.
@@ -71,7 +72,10 @@ def main_callback(
     from carerix_smtp.config.file import resolve_config_path, resolve_state_dir
 
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="cxsmtp: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    line = "cxsmtp: %(levelname)s: %(message)s"
+    handler.setFormatter(logging.Formatter(line) if debug else OneLineFormatter(line))
+    logging.basicConfig(level=level, handlers=[handler])
     ctx.obj = CliContext(
         config_path=resolve_config_path(config),
         state_dir=resolve_state_dir(state_dir),
@@ -84,4 +88,12 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    app(prog_name="cxsmtp")
+    """The ``cxsmtp`` script.  Errors inside a command are reported by CxsmtpGroup;
+    this catches what fails around it (parsing, closing the context), so that no
+    traceback reaches cron without ``--debug`` either."""
+    debug = "--debug" in sys.argv[1:]
+    guard_threads(debug)
+    try:
+        app(prog_name="cxsmtp")
+    except Exception as exc:
+        sys.exit(report_unexpected(exc, debug))

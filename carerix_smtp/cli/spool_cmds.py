@@ -131,8 +131,11 @@ def send(
 
     A second run while one holds the spool's lock exits at once (0). Exit codes:
     0 nothing wrong (also: nothing to do, limit reached, locked), 65 some messages
-    or recipients failed permanently, 75 deferred / server unreachable /
-    interrupted, 77 authentication refused, 78 configuration or spool error.
+    or recipients failed permanently, 73 the rate ledger cannot be written or is
+    damaged (cxsmtp doctor), 75 deferred / server unreachable / interrupted / disk
+    full (the next run goes on), 77 authentication refused, 78 configuration or
+    spool error. A file that cannot be written is named in the error (75 full
+    disk or I/O error, 77 permission, 74 otherwise).
 
     Example (crontab):  */5 * * * *  cxsmtp send /var/spool/mailing
     """

@@ -24,7 +24,7 @@ from carerix_smtp.send.outcome import (
     state_for,
 )
 from carerix_smtp.send.report import ProgressEvent
-from carerix_smtp.send.stopping import Stopping, stop_for
+from carerix_smtp.send.stopping import Stopping, cleanup, stop_for
 from carerix_smtp.spool.records import MessageState
 
 if TYPE_CHECKING:
@@ -80,7 +80,15 @@ class Delivery:
             following = (then.message, list(state_for(then.claim, then.message).pending))
         start = self.clock()
         counted = False  # the data may have been accepted: the limits count it
-        try:
+
+        def settle() -> None:
+            if counted:
+                gate.confirm(message.message_id or claim.name, message.size)
+            else:
+                release_admission(gate, message.size)
+
+        # After an error (the spool's disk is full...) that error is the one reported.
+        with cleanup(settle):
             try:
                 with self.servers.network():
                     attempt = conn.deliver(message, recipients, self.clock, following, meanwhile)
@@ -111,11 +119,6 @@ class Delivery:
             # Accepted by someone, or lost after the final ".": possibly delivered.
             counted = bool(attempt.recipients(ACCEPTED)) or attempt.unknown
             self.apply(claim, message, state, entry, attempt, start)
-        finally:
-            if counted:
-                gate.confirm(message.message_id or claim.name, message.size)
-            else:
-                release_admission(gate, message.size)
         if attempt.connection_lost:
             log.warning("%s: %s", entry.name, attempt.error)
         self.count_deferrals(conn, entry, attempt)

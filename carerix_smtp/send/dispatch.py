@@ -7,6 +7,7 @@ messages), or handed to the server's pool of connections.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,7 @@ from carerix_smtp.send.pool import Job, Pool
 from carerix_smtp.send.report import ProgressEvent
 from carerix_smtp.send.routing import Router
 from carerix_smtp.send.servers import Servers
-from carerix_smtp.send.stopping import Stopping, abort_requested, in_network, stop_for
+from carerix_smtp.send.stopping import Stopping, abort_requested, in_network, quietly, stop_for
 from carerix_smtp.spool.message import read_message
 
 if TYPE_CHECKING:
@@ -161,12 +162,12 @@ class Pass:
             raise
         except BaseException:
             # A failed connection thread (Stop: authentication refused on a
-            # reconnect...), a configuration error, a bug: start nothing new, let
-            # what is in flight finish.
-            self.give_back_held(feed.held)
+            # reconnect...), a configuration error, a full disk, a bug: start nothing
+            # new, let what is in flight finish.  Only this first error is reported.
+            while feed.held:
+                quietly(functools.partial(self.give_back, feed.held.popleft()))
             self.servers.halt.set()
-            for pool in self.servers.pools.values():
-                pool.drain()
+            quietly(*(pool.drain for pool in self.servers.pools.values()))
             raise
         if self.stop.is_set():
             self.summary.status = "interrupted"
@@ -284,7 +285,11 @@ class Pass:
         claim = self.spool.claim(candidate)
         if claim is None:
             return None  # gone meanwhile (a producer took it back)
-        message = self.read(claim)
+        try:
+            message = self.read(claim)
+        except BaseException:  # a full disk on rewrite_head...: unchanged, back to the queue
+            quietly(functools.partial(self.spool.requeue, claim))
+            raise
         if message is None:
             return None
         return self.admit(claim, message)
@@ -317,7 +322,7 @@ class Pass:
             entry = self.router.server_for(message)
             conn = self.servers.connection(entry)
         except ConfigError:
-            self.spool.requeue(claim)
+            quietly(functools.partial(self.spool.requeue, claim))
             raise
         if self.servers.server_done(entry.name):
             self.spool.requeue(claim)
@@ -329,7 +334,7 @@ class Pass:
             self.spool.requeue(claim)
             return None
         except BaseException:
-            self.spool.requeue(claim)
+            quietly(functools.partial(self.spool.requeue, claim))
             raise
         if not admitted:
             self.spool.requeue(claim)

@@ -87,7 +87,7 @@ from carerix_smtp.send.report import (
     Totals,
     listing_limit,
 )
-from carerix_smtp.send.stopping import Stop, Stopping
+from carerix_smtp.send.stopping import Stop, Stopping, cleanup
 from carerix_smtp.spool.spool import Spool
 
 if TYPE_CHECKING:
@@ -143,6 +143,10 @@ def run_send(
         durable=durable,
     )
     return passes.send()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _waiting_on(stop: threading.Event) -> Callable[[float], None]:
@@ -220,11 +224,8 @@ class _Passes:
                 )
             the_ledger, ours = open_ledger(self.ledger_source)
             self.ledger = the_ledger
-            try:
+            with cleanup(the_ledger.close if ours and the_ledger is not None else _nothing):
                 self.loop(candidates)
-            finally:
-                if ours and the_ledger is not None:
-                    the_ledger.close()
             summary.settle(unreachable=self.unreachable)
             summary.next_retry = spool.next_retry()
         summary.elapsed_s = monotonic() - started
@@ -273,21 +274,25 @@ class _Passes:
         )
 
     def one_pass(self, run: Pass, candidates: Sequence[Candidate]) -> bool:
-        """Run one pass; True: it ended the run (authentication refused, interrupted)."""
+        """Run one pass; True: it ended the run (authentication refused, interrupted).
+
+        Any other error (a full disk: StorageError) ends the run too: the pass closes
+        its connections (QUIT) and the ledger's batches, and the error propagates
+        (the CLI prints it, exit 75 or as its class says).  What a server accepted is
+        journaled, or its claim stays for the next run's recovery.
+        """
         summary = self.summary
-        try:
-            run.run(candidates)
-        except Stop as exc:
-            summary.status = exc.status
-            summary.errors.append(str(exc.error))
-            return True
-        except Interrupted as exc:
-            summary.status = "interrupted"
-            summary.errors.append(str(exc))
-            return True
-        finally:
-            run.close()
-            self.spool.finish()
+        with cleanup(run.close, self.spool.finish):
+            try:
+                run.run(candidates)
+            except Stop as exc:
+                summary.status = exc.status
+                summary.errors.append(str(exc.error))
+                return True
+            except Interrupted as exc:
+                summary.status = "interrupted"
+                summary.errors.append(str(exc))
+                return True
         return False
 
     def note(self, run: Pass, candidates: Sequence[Candidate]) -> None:

@@ -24,6 +24,7 @@ from carerix_smtp.send.gates import BatchGate, CountGate, GateFactory, LedgerGat
 from carerix_smtp.send.stopping import (
     Stopping,
     abort_requested,
+    close_all,
     in_network,
     stop_for,
 )
@@ -247,13 +248,12 @@ class Servers:
                 raise pool.failure
 
     def close(self) -> None:
+        """End the threads, QUIT every connection, close every batch (each one even
+        when another fails, e.g. the ledger on a full disk)."""
+        steps: list[Callable[[], object]] = [pool.shutdown for pool in self.pools.values()]
         for pool in self.pools.values():
-            pool.shutdown()  # the threads end; their connections QUIT below
-        for pool in self.pools.values():
-            for worker in pool.workers:
-                if worker.conn is not self.connections.get(pool.entry.name):
-                    worker.conn.close()
-        for conn in self.connections.values():
-            conn.close()
-        for gate in self.gates.values():
-            gate.close()
+            first = self.connections.get(pool.entry.name)
+            steps += [w.conn.close for w in pool.workers if w.conn is not first]
+        steps += [conn.close for conn in self.connections.values()]
+        steps += [gate.close for gate in self.gates.values()]
+        close_all(*steps)

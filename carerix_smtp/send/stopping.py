@@ -1,7 +1,8 @@
 """How a send run stops: ``stop_on_signals`` (SIGTERM/SIGINT: finish the message
 in flight; a second signal on the wire abandons it), the marks of the network
-phases a second signal may cut, and the exceptions that end a pass early
-(``Stopping``: a stop was asked for; ``Stop``: authentication or policy refused).
+phases a second signal may cut, the exceptions that end a pass early
+(``Stopping``: a stop was asked for; ``Stop``: authentication or policy refused),
+and ``cleanup``: closing what a pass opened, also after an error (a full disk).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from carerix_smtp.errors import Interrupted, SmtpAuthError, SmtpError, SmtpPolicyError
@@ -92,3 +93,49 @@ class Stop(Exception):
 
 def stop_for(error: SmtpAuthError | SmtpPolicyError) -> Stop:
     return Stop("auth-failed" if isinstance(error, SmtpAuthError) else "config-error", error)
+
+
+def close_all(*steps: Callable[[], object]) -> None:
+    """Run every step, even when one fails; then raise the first failure."""
+    first: Exception | None = None
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            if first is None:
+                first = exc
+            else:
+                log.info("also while closing: %s", exc)
+    if first is not None:
+        raise first
+
+
+def quietly(*steps: Callable[[], object]) -> None:
+    """Clean up after a failure: run every step; their own errors are only logged.
+    The first failure is the one to report (one line, its exit code), and what a
+    step leaves undone (a claim not put back...) the next run's recovery redoes."""
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            log.info("while stopping after an error: %s", exc)
+
+
+class cleanup:  # lower case: used like a function, ``with cleanup(conn.close):``
+    """Run ``steps`` when the block ends: ``close_all`` after success, ``quietly``
+    after a failure (the block's error is the one that propagates).  A class, not
+    a generator: it runs once per message."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, *steps: Callable[[], object]) -> None:
+        self.steps = steps
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            close_all(*self.steps)
+        else:
+            quietly(*self.steps)

@@ -168,7 +168,7 @@ def test_dry_run_prints_the_plan(tmp_path: Path, configured: Any, cxsmtp: Any) -
 
 
 def test_progress_bar_on_a_terminal(tmp_path: Path, configured: Any) -> None:
-    from conftest import cxsmtp_argv
+    from conftest import assert_no_traceback, cxsmtp_argv
 
     configured()
     spool = make_spool(tmp_path, 3)
@@ -188,6 +188,8 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, configured: Any) -> None:
         output += chunk
     os.close(controller)
     assert process.wait(timeout=30) == 0
+    assert process.stderr is not None
+    assert_no_traceback(process.args, process.stderr.read().decode())
     assert b"0/3" in output  # the bar (MofN column), drawn on the terminal
     assert b"cxsmtp: ok: sent 3" in output
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import assert_no_traceback
 from servers import (
     Clock,
     config_for,
@@ -656,6 +657,7 @@ def _start_send(spool: Path) -> Any:
 
     from conftest import cxsmtp_argv
 
+    # Its stderr is read by the test, and checked with conftest.assert_no_traceback.
     return subprocess.Popen(
         [*cxsmtp_argv(), "send", str(spool)],
         stdout=subprocess.PIPE,
@@ -678,6 +680,7 @@ def test_sigterm_with_several_connections_exits_75_and_loses_nothing(
     assert sink.wait_until(lambda s: len(s.messages) >= 30, timeout=30)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
+    assert_no_traceback(process.args, err)
     assert process.returncode == 75, err
     assert "SIGTERM received" in err
     state = Spool(spool)
@@ -689,6 +692,7 @@ def test_sigterm_with_several_connections_exits_75_and_loses_nothing(
     assert len(names(spool)) == 300 - sent_first
     final = _start_send(spool)
     _, err = final.communicate(timeout=60)
+    assert_no_traceback(final.args, err)
     assert final.returncode == 0, err
     assert sorted(Counter(message_ids(sink)).values()) == [1] * 300  # a clean stop: none twice
 
@@ -726,6 +730,7 @@ def test_second_sigterm_cuts_every_connection(
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=20)
+        assert_no_traceback(process.args, err)
     finally:
         sink_log.removeHandler(flag)
         sink_log.setLevel(level)
@@ -760,10 +765,12 @@ def test_sigkill_with_several_connections_at_most_one_duplicate_each(
                 time.sleep(rng.uniform(0, 0.004))  # a random point: reply, journal, rename...
             process.kill()
         finally:
-            process.communicate(timeout=30)
+            _, err = process.communicate(timeout=30)
+        assert_no_traceback(process.args, err)
         kills += process.returncode == -signal.SIGKILL
     final = _start_send(spool)
     _, err = final.communicate(timeout=60)
+    assert_no_traceback(final.args, err)
     assert final.returncode == 0, err
     received = Counter(message_ids(sink))
     assert set(received) == {f"<{n}.test@x.example>" for n in range(total)}, "a message was lost"
