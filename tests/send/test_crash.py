@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults.fault_helpers import kill_process_group
 from servers import entry_for, make_spool, message_ids, names
 
 from carerix_smtp.config.file import Config, save_config
@@ -44,6 +45,7 @@ def start_send(spool: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: the kill reaches every process
     )
 
 
@@ -62,9 +64,9 @@ def kill_at_random_point(spool: Path, sink: Any, rng: random.Random, total: int)
         sink.wait_until(lambda s: len(s.messages) >= target, timeout=30)
         # A random kill point: at the reply, in the journal write, in the rename…
         time.sleep(rng.uniform(0, 0.004))
-        process.kill()
     finally:
-        process.wait(timeout=30)
+        # the whole group, and a check that every process of it is gone (issue 10)
+        kill_process_group(process)
     return process.returncode == -signal.SIGKILL
 
 
