@@ -22,10 +22,11 @@ app = typer.Typer(
     name="cxsmtp",
     help=(
         "Keep SMTP server entries, find out why a server does not work, and bulk-send "
-        "a spool of .eml files from cron within the provider's limits."
+        "a spool of .eml files from cron within the provider's limits.  The options "
+        "below may also follow the command (cxsmtp send SPOOL --debug)."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (cli/completion.py)
     # Locals hold passwords: never show them in a traceback.
     pretty_exceptions_show_locals=False,
     pretty_exceptions_enable=False,
@@ -47,6 +48,7 @@ def main_callback(
         Path | None,
         typer.Option(
             "--config",
+            metavar="PATH",
             envvar="CXSMTP_CONFIG",
             help="Configuration file [default: the user config dir's cxsmtp/config.toml].",
             show_default=False,
@@ -56,6 +58,7 @@ def main_callback(
         Path | None,
         typer.Option(
             "--state-dir",
+            metavar="PATH",
             envvar="CXSMTP_STATE_DIR",
             help="Directory for state that survives runs (the rate ledger).",
             show_default=False,

@@ -16,6 +16,7 @@ usage errors and Ctrl-C (exit 130, click's way) pass through unchanged.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import sys
 import threading
@@ -83,15 +84,46 @@ def _debug_of(ctx: Any) -> bool:
     return bool(getattr(ctx.obj, "debug", False) or params.get("debug"))
 
 
+JSON_KEY = "cxsmtp.json"  # ctx.meta (shared by every context of a run): --json given
+
+
+def print_json_error(code: int, kind: str, message: str, hint: str | None) -> None:
+    """The one JSON object a ``--json`` command prints on stdout when it fails."""
+    error = {"code": code, "kind": kind, "message": message, "hint": hint}
+    print(json.dumps({"ok": False, "error": error}, indent=2), flush=True)
+
+
+def _json_usage_error(exc: ClickUsageError) -> None:
+    ctx = exc.ctx
+    if ctx is not None and ctx.meta.get(JSON_KEY):
+        print_json_error(int(ExitCode.USAGE), "UsageError", exc.format_message(), None)
+
+
 class CxsmtpGroup(TyperGroup):
     """Root group: maps CxsmtpError to its exit code, usage errors to EX_USAGE (64),
-    and any other exception to one line (see the module docstring)."""
+    and any other exception to one line (see the module docstring); with ``--json``
+    also one JSON object on stdout.  Global options may follow the subcommand
+    (cli/argv.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from carerix_smtp.cli.render import tidy_help
+
+        tidy_help(self)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from carerix_smtp.cli.argv import hoist_global_options
+
+        argv = hoist_global_options(self, ctx, list(args))
+        ctx.meta[JSON_KEY] = argv.json
+        return list(super().parse_args(ctx, argv.args))
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().make_context(*args, **kwargs)
         except ClickUsageError as exc:
             exc.exit_code = int(ExitCode.USAGE)
+            _json_usage_error(exc)
             raise
 
     def invoke(self, ctx: Any) -> Any:
@@ -99,18 +131,34 @@ class CxsmtpGroup(TyperGroup):
             return super().invoke(ctx)
         except ClickUsageError as exc:
             exc.exit_code = int(ExitCode.USAGE)
+            _json_usage_error(exc)
             raise
         except _CLICK_EXITS:
             raise
         except CxsmtpError as exc:
-            report_error(exc, _debug_of(ctx))
-            raise typer.Exit(int(exc.exit_code)) from None
+            raise typer.Exit(self._report(ctx, exc)) from None
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 raise  # stdout closed by the reader (``| head``): click exits quietly
-            raise typer.Exit(report_unexpected(exc, _debug_of(ctx))) from None
+            storage = StorageError.from_os_error(exc, "access")
+            storage.__traceback__ = exc.__traceback__
+            raise typer.Exit(self._report(ctx, storage)) from None
         except Exception as exc:
-            raise typer.Exit(report_unexpected(exc, _debug_of(ctx))) from None
+            code = report_unexpected(exc, _debug_of(ctx))
+            if ctx.meta.get(JSON_KEY):
+                message = unexpected_line(exc, debug=True).removeprefix("cxsmtp: error: ")
+                print_json_error(
+                    code, type(exc).__name__, message, "run with --debug for the traceback"
+                )
+            raise typer.Exit(code) from None
+
+    @staticmethod
+    def _report(ctx: Any, exc: CxsmtpError) -> int:
+        report_error(exc, _debug_of(ctx))
+        code = int(exc.exit_code)
+        if ctx.meta.get(JSON_KEY):
+            print_json_error(code, type(exc).__name__, str(exc), exc.hint)
+        return code
 
 
 class OneLineFormatter(logging.Formatter):

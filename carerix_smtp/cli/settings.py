@@ -1,8 +1,9 @@
-"""``cxsmtp settings …``: the seed's Maintenance > Settings (emailSendLimit)."""
+"""``cxsmtp settings …``: the global settings (the 24-hour send limit, the default
+server, nameservers) and the per-sender server choices."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,28 +13,55 @@ from carerix_smtp.cli.render import print_fields, print_json
 settings_app = typer.Typer(help="Show and change global settings.", no_args_is_help=True)
 
 
-def show(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show the global settings."""
+def show(
+    ctx: typer.Context,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object: config_file, email_send_limit, send_limit_window, "
+            "default_server, nameservers, servers and users (sender address -> server).",
+        ),
+    ] = False,
+) -> None:
+    """Show the global settings and which server each sender address uses."""
     from carerix_smtp.config.servers import describe_settings
 
     data = describe_settings(get_context(ctx).load_config())
     if json_:
         print_json(data)
-    else:
-        print_fields(data)
+        return
+    users: dict[str, str] = data.pop("users")
+    print_fields(data)
+    _print_users(users)
+
+
+def _print_users(users: dict[str, Any]) -> None:
+    """The per-sender choices as a two-column table (``server use NAME --user ADDRESS``)."""
+    if not users:
+        typer.echo("users: none (every sender uses the default server)")
+        return
+    typer.echo("users:")
+    width = max(len("sender"), *(len(address) for address in users))
+    typer.echo(f"  {'sender'.ljust(width)}  server")
+    for address, server in users.items():
+        typer.echo(f"  {address.ljust(width)}  {server}")
 
 
 def set_(
     ctx: typer.Context,
     key: Annotated[
         str,
-        typer.Argument(help="email-send-limit, send-limit-window, default-server or nameservers."),
+        typer.Argument(
+            metavar="KEY",
+            help="email-send-limit, send-limit-window, default-server or nameservers.",
+        ),
     ],
-    value: Annotated[str, typer.Argument(help="The new value.")],
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],
 ) -> None:
     """Change a setting.
 
-    Example: cxsmtp settings set email-send-limit 20000   (seed default: 10,000 per 24 hours)
+    Example: cxsmtp settings set email-send-limit 20000   (default: 10,000 per 24 hours)
     """
     from carerix_smtp.config.servers import set_setting
 

@@ -35,15 +35,21 @@ OutOpt = Annotated[
 TlsOpt = Annotated[
     TlsChoice | None,
     typer.Option(
-        "--tls", help="implicit (TLS from the first byte) or starttls.", show_default=False
+        "--tls",
+        metavar="implicit|starttls",
+        help="implicit (TLS from the first byte) or starttls.",
+        show_default=False,
     ),
 ]
 CertOpt = Annotated[
     Path | None,
-    typer.Option("--cert", help="PEM certificate [default: generated].", show_default=False),
+    typer.Option(
+        "--cert", metavar="PATH", help="PEM certificate [default: generated].", show_default=False
+    ),
 ]
 KeyOpt = Annotated[
-    Path | None, typer.Option("--key", help="PEM key for --cert.", show_default=False)
+    Path | None,
+    typer.Option("--key", metavar="PATH", help="PEM key for --cert.", show_default=False),
 ]
 CaOutOpt = Annotated[
     Path | None,

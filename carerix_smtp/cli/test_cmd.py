@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from carerix_smtp.cli.completion import complete_server_name
 from carerix_smtp.cli.context import get_context
 
 if TYPE_CHECKING:
@@ -25,7 +26,9 @@ def test(
     name: Annotated[
         str | None,
         typer.Argument(
-            help="Server entry to test [default: the default server].", show_default=False
+            help="Server entry to test [default: the default server].",
+            show_default=False,
+            autocompletion=complete_server_name,
         ),
     ] = None,
     to: Annotated[
@@ -44,7 +47,9 @@ def test(
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", help="Seconds to wait in each phase.", min=0.1, metavar="S"),
+        typer.Option(
+            "--timeout", help="Seconds to wait in each phase.", min=0.1, metavar="SECONDS"
+        ),
     ] = 30.0,
     wait_until_ready: Annotated[
         str | None,
