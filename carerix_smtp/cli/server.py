@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from carerix_smtp.cli.completion import complete_server_name
 from carerix_smtp.cli.context import get_context
 from carerix_smtp.cli.errors import warn
 from carerix_smtp.cli.render import format_value, print_fields, print_json
+
+if TYPE_CHECKING:
+    from carerix_smtp.config.servers import Edited
 
 server_app = typer.Typer(
     help="Add, show, change, select and remove SMTP server entries.",
@@ -21,12 +25,15 @@ LoginOpt = Annotated[
     str | None,
     typer.Option(
         "--login",
-        help='Seed style "USERNAME PASSWORD", split at the first space. Visible in the '
+        metavar='"USER PASSWORD"',
+        help="Username and password in one value, split at the first space. Visible in the "
         "process list: prefer --username with --password-stdin.",
         show_default=False,
     ),
 ]
-UsernameOpt = Annotated[str | None, typer.Option("--username", "-u", help="Login name.")]
+UsernameOpt = Annotated[
+    str | None, typer.Option("--username", "-u", metavar="USER", help="Login name.")
+]
 PasswordStdinOpt = Annotated[
     bool,
     typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
@@ -35,7 +42,7 @@ LargeOpt = Annotated[
     bool | None,
     typer.Option(
         "--accepts-large-amounts/--no-accepts-large-amounts",
-        help="Seed's extra option: 6,000 emails an hour instead of 1,200.",
+        help="The account may send 6,000 emails an hour instead of 1,200.",
         show_default=False,
     ),
 ]
@@ -43,13 +50,16 @@ SecurityOpt = Annotated[
     str | None,
     typer.Option(
         "--security",
+        metavar="MODE",
         help="auto (by port: 465 SSL, 587 STARTTLS), ssl, starttls or none.",
         show_default=False,
     ),
 ]
 CaFileOpt = Annotated[
     Path | None,
-    typer.Option("--ca-file", help="Trust this PEM CA bundle instead of the system store."),
+    typer.Option(
+        "--ca-file", metavar="PATH", help="Trust this PEM CA bundle instead of the system store."
+    ),
 ]
 NoVerifyOpt = Annotated[
     bool | None,
@@ -71,6 +81,7 @@ PasswordCommandOpt = Annotated[
     str | None,
     typer.Option(
         "--password-command",
+        metavar="COMMAND",
         help="Command whose first output line is the password (run without a shell).",
     ),
 ]
@@ -79,12 +90,37 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
+        metavar="KEY=VALUE",
         help="Change a limit or timeout, e.g. --set batch_deadline=30 (repeatable); "
         "'cxsmtp server show NAME' lists the keys.",
         show_default=False,
     ),
 ]
+UnsetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--unset",
+        metavar="KEY",
+        help="Remove an optional key or return a limit to its default, e.g. --unset username "
+        "(repeatable); unsetting username also removes the stored password.",
+        show_default=False,
+    ),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Remove the default server even if no default is left."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+PasswordStoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--password-store",
+        metavar="keyring|file",
+        help="Where to store the password: keyring, or file (credentials.toml beside the "
+        "config, mode 0600, unencrypted). Default: the keyring when one is usable, else file.",
+        show_default=False,
+    ),
+]
 
 
 def _read_password(
@@ -110,7 +146,7 @@ def _read_password(
     elif password_stdin:
         if username is None:
             raise UsageError("--password-stdin needs --username")
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _stdin_password()
         if not password:
             raise UsageError("--password-stdin: the first line of standard input is empty")
     elif (
@@ -118,6 +154,35 @@ def _read_password(
     ):
         password = typer.prompt(f"Password for {username}", hide_input=True) or None
     return username, password
+
+
+def _stdin_password() -> str:
+    """The first line of stdin; refused on a terminal, where it would wait and echo."""
+    from carerix_smtp.errors import UsageError
+
+    if sys.stdin.isatty():
+        raise UsageError("stdin is a terminal; pipe the password in or leave out --password-stdin")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _password_wanted(
+    login: str | None, username: str | None, password_stdin: bool, password_command: str | None
+) -> bool:
+    """Will ``add`` read a password (so the store must be chosen before any prompt)?"""
+    if password_stdin and sys.stdin.isatty():
+        _stdin_password()  # refused before anything else is asked
+    prompt = username is not None and password_command is None and sys.stdin.isatty()
+    return login is not None or password_stdin or prompt
+
+
+def _report_store(name: str, choice: Any, credentials: Path) -> str:
+    """Warn once when the password went into the plain file; the words for the message."""
+    from carerix_smtp.config.passwords import unencrypted_warning
+
+    if choice.store == "file":
+        warn(unencrypted_warning(name, credentials, choice))
+        return f"password stored in {credentials}"
+    return "password stored in the keyring"
 
 
 def _fields(
@@ -146,11 +211,7 @@ def _fields(
 
             raise UsageError(f"--security: {exc}") from None
     if ca_file is not None:
-        if not ca_file.is_file():
-            from carerix_smtp.errors import InputError
-
-            raise InputError(f"--ca-file {ca_file}: no such file")
-        fields["ca_file"] = str(ca_file.resolve())
+        fields["ca_file"] = str(ca_file.resolve())  # checked by the core (exit 66)
     if no_verify is not None:
         fields["tls_verify"] = not no_verify
         if no_verify:
@@ -178,6 +239,7 @@ def add(
     password_command: PasswordCommandOpt = None,
     default: DefaultOpt = False,
     set_: SetOpt = None,
+    password_store: PasswordStoreOpt = None,
 ) -> None:
     """Add a server entry.
 
@@ -187,10 +249,16 @@ def add(
 
     Example: cxsmtp server add xs4all "[smtp.xs4all.nl]:587" --username jan --password-stdin
     """
+    from carerix_smtp.config.credentials import credentials_path
+    from carerix_smtp.config.passwords import choose_store
     from carerix_smtp.config.servers import add_server
 
     cli = get_context(ctx)
     config = cli.load_config()
+    default_before = config.settings.default_server
+    choice = None
+    if _password_wanted(login, username, password_stdin, password_command):
+        choice = choose_store(name, password_store, cli.env)  # before any prompt
     user, password = _read_password(login, username, password_stdin, password_command, True)
     fields = _fields(
         user,
@@ -203,16 +271,29 @@ def add(
         set_,
     )
     entry = add_server(
-        config, name, host, password=password, make_default=default, env=cli.env, **fields
+        config,
+        name,
+        host,
+        password=password,
+        make_default=default,
+        env=cli.env,
+        store=choice,
+        **fields,
     )
-    stored = " (password stored in the keyring)" if password else ""
-    typer.echo(f"added server {entry.name!r}: {entry.host}{stored}")
+    where = credentials_path(config.path)
+    stored = f" ({_report_store(name, choice, where)})" if password and choice else ""
+    default_note = " (the default server)" if config.settings.default_server == entry.name else ""
+    typer.echo(f"added server {entry.name!r}: {entry.host}{default_note}{stored}")
+    if default_before is None and config.settings.default_server not in (None, entry.name):
+        typer.echo(f"server {config.settings.default_server!r} stays the default (now saved)")
 
 
 def edit(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The entry to change.")],
-    host: Annotated[str | None, typer.Option("--host", help="New HOST.")] = None,
+    name: Annotated[
+        str, typer.Argument(help="The entry to change.", autocompletion=complete_server_name)
+    ],
+    host: Annotated[str | None, typer.Option("--host", metavar="HOST", help="New HOST.")] = None,
     login: LoginOpt = None,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
@@ -224,6 +305,7 @@ def edit(
     password_command: PasswordCommandOpt = None,
     default: DefaultOpt = False,
     set_: SetOpt = None,
+    unset: UnsetOpt = None,
 ) -> None:
     """Change a server entry; options not given stay as they are.
 
@@ -246,61 +328,112 @@ def edit(
     )
     if host is not None:
         fields["host"] = host
-    entry = edit_server(
-        config, name, password=password, make_default=default, env=cli.env, **fields
-    )
-    typer.echo(f"changed server {entry.name!r}")
+    edited = edit_server(
+        config, name, password=password, make_default=default, env=cli.env, unset=unset or (),
+        **fields,
+    )  # fmt: skip
+    if password is not None:  # edit_server chose the same store: warn if it is the file
+        from carerix_smtp.config.credentials import credentials_path
+        from carerix_smtp.config.passwords import choose_store
+
+        _report_store(name, choose_store(name, None, cli.env), credentials_path(config.path))
+    typer.echo(f"changed server {edited.entry.name!r}{_unset_note(edited)}")
+
+
+def _unset_note(edited: Edited) -> str:
+    if not edited.unset:
+        return ""
+    note = f"; unset {', '.join(edited.unset)}"
+    if edited.password_removed:
+        note += " and removed its stored password"
+    return note
 
 
 def remove(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The entry to remove.")],
+    name: Annotated[
+        str, typer.Argument(help="The entry to remove.", autocompletion=complete_server_name)
+    ],
+    force: ForceOpt = False,
 ) -> None:
-    """Remove a server entry, its per-user choices and its stored password."""
+    """Remove a server entry, its per-user choices and its stored password.
+
+    Removing the default server makes the only server left the default; with several
+    left it is refused unless --force (then `cxsmtp send` stops with exit 78 until
+    'cxsmtp server use NAME' chooses one).
+    """
     from carerix_smtp.config.servers import remove_server
 
     cli = get_context(ctx)
-    had_password = remove_server(cli.load_config(), name, cli.env)
-    extra = " and its stored password" if had_password else ""
+    config = cli.load_config()
+    done = remove_server(config, name, cli.env, force=force)
+    extra = " and its stored password" if done.password_removed else ""
     typer.echo(f"removed server {name!r}{extra}")
+    if done.new_default:
+        typer.echo(f"server {done.new_default!r} is now the default server")
+    if done.default_cleared:
+        warn(
+            "there is no default server now: 'cxsmtp send' stops with exit 78 and leaves "
+            "mail queued until you choose one with 'cxsmtp server use NAME'"
+        )
+    if done.dropped_users:
+        default = config.settings.default_server
+        where = f"goes to the default server {default!r}" if default else "has no server"
+        who = ", ".join(done.dropped_users)
+        warn(f"dropped the per-sender choice of {who}: their mail {where}")
 
 
 def password(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The entry whose password to set.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The entry whose password to set.", autocompletion=complete_server_name
+        ),
+    ],
     password_stdin: PasswordStdinOpt = False,
+    password_store: PasswordStoreOpt = None,
 ) -> None:
-    """Set or replace the password stored in the keyring for a server.
+    """Set or replace the password of a server: in the keyring, or in credentials.toml
+    beside the config when no keyring is usable (or --password-store file).
 
     Example: printf '%s\\n' "$SMTP_PASSWORD" | cxsmtp server password xs4all --password-stdin
     """
-    from carerix_smtp.config.servers import set_password
+    from carerix_smtp.config.servers import password_target, set_password
     from carerix_smtp.errors import UsageError
 
     cli = get_context(ctx)
     config = cli.load_config()
-    config.server(name)
+    if password_stdin and sys.stdin.isatty():
+        _stdin_password()  # refused before anything else is asked
+    choice = password_target(config, name, password_store, cli.env)  # before any prompt
     if password_stdin:
-        secret = sys.stdin.readline().rstrip("\r\n")
+        secret = _stdin_password()
     elif sys.stdin.isatty():
         secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         raise UsageError("no terminal to ask for the password: use --password-stdin")
     if not secret:
         raise UsageError("the password is empty")
-    set_password(config, name, secret, cli.env)
-    typer.echo(f"password for {name!r} stored in the keyring")
+    stored = set_password(config, name, secret, cli.env, choice)
+    if stored.warning:
+        warn(stored.warning)
+    typer.echo(f"password for {name!r} stored in {stored.where}")
 
 
 def use(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The entry to select.")],
+    name: Annotated[
+        str, typer.Argument(help="The entry to select.", autocompletion=complete_server_name)
+    ],
     user: Annotated[
         str | None,
-        typer.Option("--user", help="Only for messages whose From is this address."),
+        typer.Option(
+            "--user", metavar="ADDRESS", help="Only for messages whose From is this address."
+        ),
     ] = None,
 ) -> None:
-    """Select the default server, or the server for one sender (seed: My account).
+    """Select the default server, or the server for one sender address.
 
     Example: cxsmtp server use xs4all --user alice@example.com
     """
@@ -308,8 +441,10 @@ def use(
 
     cli = get_context(ctx)
     use_server(cli.load_config(), name, user)
-    who = f"messages from {user}" if user else "the default"
-    typer.echo(f"server {name!r} is now {who}")
+    if user:
+        typer.echo(f"{user} now sends through {name!r}")
+    else:
+        typer.echo(f"{name!r} is now the default server")
 
 
 def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
@@ -336,7 +471,9 @@ def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
 def show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The entry to show.")],
+    name: Annotated[
+        str, typer.Argument(help="The entry to show.", autocompletion=complete_server_name)
+    ],
     json_: JsonOpt = False,
 ) -> None:
     """Show a server entry with every effective value, defaults included."""

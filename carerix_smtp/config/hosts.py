@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
 
 from carerix_smtp.errors import HostSyntaxError
 
@@ -19,6 +20,11 @@ ACCEPTED_FORMS = (
     "accepted forms: smtp.example.com, smtp.example.com:2525, [smtp.example.com], "
     "[smtp.example.com]:587, [192.0.2.10]:587, [2001:db8::1]:587, [ipv6:2001:db8::1]:587"
 )
+
+# "smtp://…", "smtps://…", "http://…" (RFC 3986 §3.1 scheme) or "mailto:…": a URL, not a HOST.
+_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|mailto:)", re.IGNORECASE)
+# Ports that URL schemes imply when the URL names none (RFC 8314 §3.3: smtps = 465).
+_SCHEME_PORTS = {"smtps": 465, "submissions": 465, "submission": 587}
 
 # RFC 1123 host name: dot-separated labels of letters, digits and hyphens.
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -45,6 +51,41 @@ class Endpoint:
 
 def _refuse(text: str, why: str) -> HostSyntaxError:
     return HostSyntaxError(f"invalid host {text!r}: {why}; {ACCEPTED_FORMS}")
+
+
+def _without_password(text: str, url: SplitResult) -> str:
+    """The URL for a message: a password in it is never repeated."""
+    if url.password is None:
+        return text
+    host = url.netloc.rpartition("@")[2]
+    return url._replace(netloc=f"{url.username}:***@{host}").geturl()
+
+
+def _refuse_url(text: str) -> HostSyntaxError:
+    """HOST given as a URL: say so, and what to write instead when it can be told."""
+    try:
+        url = urlsplit(text)
+    except ValueError:  # e.g. an unclosed '[': show no more than the scheme
+        scheme = text.partition(":")[0]
+        why = f"a URL is not a host: leave out '{scheme}://'"
+        return HostSyntaxError(f"invalid host '{scheme}://…': {why}; {ACCEPTED_FORMS}")
+    shown = _without_password(text, url)
+    scheme = url.scheme.lower()
+    if scheme == "mailto":
+        why = "a mailto: address is not a host; HOST is the SMTP server's name"
+        return HostSyntaxError(f"invalid host {shown!r}: {why}; {ACCEPTED_FORMS}")
+    try:
+        port = url.port or _SCHEME_PORTS.get(scheme)
+    except ValueError:
+        port = None
+    hint = ""
+    if url.hostname:
+        instead = f"[{url.hostname}]:{port}" if port else f"[{url.hostname}]:PORT"
+        hint = f", e.g. {instead}"
+    if url.username:
+        hint += " (and the login name with --username)"
+    why = f"a URL is not a host: leave out '{text.partition(':')[0]}://'{hint}"
+    return HostSyntaxError(f"invalid host {shown!r}: {why}; {ACCEPTED_FORMS}")
 
 
 def _parse_port(text: str, port_text: str) -> int:
@@ -99,6 +140,8 @@ def parse_host(text: str) -> Endpoint:
     text = text.strip()
     if not text:
         raise _refuse(raw, "it is empty")
+    if _URL.match(text):
+        raise _refuse_url(text)
     if text.startswith("["):
         close = text.find("]")
         if close < 0:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from carerix_smtp.config import passwords as secrets
+from carerix_smtp.config.credentials import credentials_path
 from carerix_smtp.config.file import (
     FLOAT_KEYS,
     INT_KEYS,
@@ -27,12 +28,35 @@ from carerix_smtp.config.file import (
     server_to_dict,
 )
 from carerix_smtp.config.hosts import parse_host
-from carerix_smtp.errors import ConfigError, UsageError
+from carerix_smtp.config.tls import make_ssl_context
+from carerix_smtp.errors import ConfigError, InputError, UsageError
 
 log = logging.getLogger(__name__)
 
 # Keys that `--set KEY=VALUE` may change (the named options cover the others).
 TUNABLE_KEYS = tuple(sorted(k for k in SERVER_KEYS if k in INT_KEYS or k in FLOAT_KEYS))
+# Keys that `--unset KEY` returns to their default (None for the first three).
+UNSETTABLE_KEYS = ("username", "password_command", "ca_file", *TUNABLE_KEYS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Edited:
+    """What ``edit_server`` did, for the message."""
+
+    entry: ServerEntry
+    unset: tuple[str, ...] = ()
+    password_removed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Removal:
+    """What ``remove_server`` did, for the message: nothing about the default is silent."""
+
+    name: str
+    password_removed: bool
+    dropped_users: tuple[str, ...]
+    new_default: str | None  # the only server left, now saved as the default
+    default_cleared: bool  # the default was removed (--force) and several servers remain
 
 
 def split_login(login: str) -> tuple[str, str]:
@@ -68,6 +92,38 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def parse_unset(keys: Iterable[str]) -> tuple[str, ...]:
+    """``["ca-file", "username"]`` -> ``("ca_file", "username")``; other keys refused."""
+    out: list[str] = []
+    for item in keys:
+        key = item.strip().replace("-", "_")
+        if key not in UNSETTABLE_KEYS:
+            if key in ("host", "name"):
+                why = "is required"
+            elif key in SERVER_KEYS:
+                why = "cannot be unset (its own option sets it back)"
+            else:
+                why = "is not a server key"
+            known = ", ".join(UNSETTABLE_KEYS)
+            raise UsageError(f"--unset {item!r}: {key} {why}; keys that can be unset: {known}")
+        if key not in out:
+            out.append(key)
+    return tuple(out)
+
+
+def check_ca_file(path: str, server: str | None = None) -> None:
+    """Refuse a CA file that `cxsmtp test`/`send` could not load (InputError, exit 66)."""
+    try:
+        make_ssl_context(path)
+    except InputError as exc:
+        hint = f"to use the system's CA store: cxsmtp server edit {server} --unset ca_file"
+        raise InputError(
+            f"--ca-file: {exc.message}; give a PEM file of one or more "
+            "'-----BEGIN CERTIFICATE-----' blocks",
+            hint=hint if server else None,
+        ) from None
+
+
 def _validated(entry: ServerEntry, config: Config) -> ServerEntry:
     """Run the same validation as loading the file would, so a saved file always loads."""
     where = f"server {entry.name!r}"
@@ -82,6 +138,7 @@ def add_server(
     password: str | None = None,
     make_default: bool = False,
     env: Mapping[str, str] | None = None,
+    store: secrets.StoreChoice | None = None,
     **fields: Any,
 ) -> ServerEntry:
     check_server_name(name)
@@ -90,14 +147,23 @@ def add_server(
             f"a server named {name!r} already exists in {config.path}; "
             f"change it with 'cxsmtp server edit {name}' or remove it first"
         )
+    secrets.check_env_var_free(name, config.servers)
     parse_host(host)  # a HostSyntaxError shows the accepted forms
     entry = _validated(ServerEntry(name=name, host=host.strip(), **fields), config)
+    if entry.ca_file is not None:
+        check_ca_file(entry.ca_file)
     if password is not None:
         if entry.username is None:
             raise UsageError("a password needs a username: use --login or --username")
-        secrets.store_password(name, password, env)
+        secrets.store_password(
+            name, password, env, credentials=credentials_path(config.path), choice=store
+        )
+    if config.settings.default_server is None and len(config.servers) <= 1:
+        # Save the default that was implicit (the only server) or that this first one
+        # becomes: adding another later must not leave cron with "no default server".
+        config.settings.default_server = next(iter(config.servers), name)
     config.servers[name] = entry
-    if make_default or (config.settings.default_server is None and len(config.servers) == 1):
+    if make_default:
         config.settings.default_server = name
     save_config(config)
     return entry
@@ -110,46 +176,106 @@ def edit_server(
     password: str | None = None,
     make_default: bool = False,
     env: Mapping[str, str] | None = None,
+    unset: Iterable[str] = (),
     **changes: Any,
-) -> ServerEntry:
+) -> Edited:
+    """Change the given keys; ``unset`` keys return to their defaults.  Unsetting the
+    username also removes the stored password: without a username it is never used."""
     entry = config.server(name)
+    keys = _apply_unset(changes, unset)
     if "host" in changes:
         parse_host(changes["host"])
         changes["host"] = changes["host"].strip()
     updated = _validated(dataclasses.replace(entry, **changes), config)
+    if changes.get("ca_file") is not None:
+        check_ca_file(changes["ca_file"], name)
     if password is not None:
         if updated.username is None:
             raise UsageError("a password needs a username: use --login or --username")
-        secrets.store_password(name, password, env)
+        secrets.store_password(name, password, env, credentials=credentials_path(config.path))
     config.servers[name] = updated
     if make_default:
         config.settings.default_server = name
     save_config(config)
-    return updated
+    removed = False
+    if "username" in keys and entry.username is not None:
+        removed = secrets.delete_password(name, env, credentials=credentials_path(config.path))
+    return Edited(updated, keys, removed)
 
 
-def remove_server(config: Config, name: str, env: Mapping[str, str] | None = None) -> bool:
-    """Remove the entry, its per-user choices and its stored password."""
+def _apply_unset(changes: dict[str, Any], unset: Iterable[str]) -> tuple[str, ...]:
+    """Put each ``--unset`` key's default into ``changes``; refuse an empty value."""
+    for key in ("username", "password_command"):
+        if changes.get(key) is not None and not str(changes[key]).strip():
+            option = "--" + key.replace("_", "-")
+            raise UsageError(f"{option} is empty; to remove {key} use --unset {key}")
+    keys = parse_unset(unset)
+    for key in keys:
+        if key in changes:
+            raise UsageError(f"--unset {key} and a new value for {key} cannot be combined")
+        changes[key] = SERVER_KEYS[key].default
+    return keys
+
+
+def remove_server(
+    config: Config, name: str, env: Mapping[str, str] | None = None, *, force: bool = False
+) -> Removal:
+    """Remove the entry, its per-user choices and its stored password.
+
+    The default server: with one server left that one becomes the default; with
+    several left, refused unless ``force`` (then there is no default).
+    """
     config.server(name)
-    users = [addr for addr, server in config.users.items() if server == name]
+    default = config.settings.default_server
+    remaining = sorted(n for n in config.servers if n != name)
+    if default == name and len(remaining) > 1 and not force:
+        raise ConfigError(
+            f"server {name!r} is the default server; first choose another with "
+            f"'cxsmtp server use NAME' ({', '.join(remaining)}), or add --force to "
+            "remove it and leave no default"
+        )
+    users = tuple(sorted(addr for addr, server in config.users.items() if server == name))
     del config.servers[name]
     for addr in users:
         del config.users[addr]
-    if config.settings.default_server == name:
+    new_default = None
+    if default in (None, name) and len(remaining) == 1:
+        new_default = config.settings.default_server = remaining[0]
+    elif default == name:
         config.settings.default_server = None
     save_config(config)
-    return secrets.delete_password(name, env)
+    cleared = default == name and len(remaining) > 1
+    removed = secrets.delete_password(name, env, credentials=credentials_path(config.path))
+    return Removal(name, removed, users, new_default, cleared)
 
 
 def set_password(
-    config: Config, name: str, password: str, env: Mapping[str, str] | None = None
-) -> None:
-    entry = config.server(name)
-    if entry.username is None:
+    config: Config,
+    name: str,
+    password: str,
+    env: Mapping[str, str] | None = None,
+    store: secrets.StoreChoice | None = None,
+) -> secrets.Stored:
+    """Store in the keyring or the credentials file (``store``; default: see choose_store)."""
+    _check_has_username(config, name)
+    return secrets.store_password(
+        name, password, env, credentials=credentials_path(config.path), choice=store
+    )
+
+
+def _check_has_username(config: Config, name: str) -> None:
+    if config.server(name).username is None:
         raise ConfigError(
             f"server {name!r} has no username; set one with 'cxsmtp server edit {name} --username USER'"
         )
-    secrets.store_password(name, password, env)
+
+
+def password_target(
+    config: Config, name: str, requested: str | None, env: Mapping[str, str] | None = None
+) -> secrets.StoreChoice:
+    """Where ``server password`` will store: checked before the password is asked for."""
+    _check_has_username(config, name)
+    return secrets.choose_store(name, requested, env)
 
 
 def use_server(config: Config, name: str, user: str | None = None) -> None:
@@ -201,7 +327,10 @@ def describe_server(
     """Effective values of an entry, for ``server show``/``list`` (never the password)."""
     env = os.environ if env is None else env
     endpoint = entry.endpoint
-    source = secrets.password_source(entry, env) if entry.username else "none"
+    credentials = credentials_path(config.path)
+    source = (
+        secrets.password_source(entry, env, credentials=credentials) if entry.username else "none"
+    )
     data: dict[str, Any] = {
         "name": entry.name,
         "host": entry.host,

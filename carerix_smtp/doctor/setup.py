@@ -8,10 +8,12 @@ source it came from is reported.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from carerix_smtp.config.credentials import credentials_path
 from carerix_smtp.config.file import Config, ServerEntry, load_config
 from carerix_smtp.config.passwords import env_var_name, get_password
 from carerix_smtp.doctor.report import Check, fail, ok, warn
@@ -45,7 +47,7 @@ def password_origin(entry: ServerEntry, env: Mapping[str, str]) -> str:
         return f"environment {env_var_name(entry.name)}"
     if entry.password_command:
         return "password_command"
-    return "keyring"
+    return "keyring or credentials file"
 
 
 def check_server(
@@ -79,4 +81,5 @@ def check_server(
 
 
 def check_servers(config: Config, env: Mapping[str, str]) -> list[Check]:
-    return [check_server(entry, env) for _, entry in sorted(config.servers.items())]
+    lookup = functools.partial(get_password, credentials=credentials_path(config.path))
+    return [check_server(entry, env, lookup) for _, entry in sorted(config.servers.items())]

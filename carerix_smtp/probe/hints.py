@@ -182,14 +182,15 @@ class ProbeHints:
         name = self.entry.name
         host = self.session.endpoint.host
         if isinstance(error, (ConfigError,)) and not isinstance(error, SmtpError):
-            return error.hint or (
-                f"set the password: cxsmtp server password {name}, or a password_command"
-            )
+            if error.hint or self.entry.password_command:  # never advise one that is set
+                return error.hint
+            return f"set the password: cxsmtp server password {name}, or a password_command"
         if reason == "auth-not-offered":
             return (
                 f"the server offers no AUTH here: for sending with a login use the submission "
                 f"port ('[{host}]:{SUBMISSION_PORT}' or :{SUBMISSIONS_PORT}); if this server "
-                f"relays by IP address instead, remove the username (cxsmtp server edit {name})"
+                f"relays by IP address instead, remove the username (cxsmtp server edit {name} "
+                "--unset username)"
             )
         if reason == "no-mechanism":
             return (
@@ -213,9 +214,15 @@ class ProbeHints:
                 f"use it, e.g. cxsmtp server edit {name} --password-command 'pass show smtp/{name}'"
             )
         if code == 535:
+            fix = (
+                "check the password its password_command prints (cxsmtp server show "
+                f"{name} shows the password_source)"
+                if self.entry.password_command
+                else f"check them (cxsmtp server show {name}; set the password with cxsmtp "
+                f"server password {name})"
+            )
             return (
-                f"the server refused the username or password (535): check them (cxsmtp server "
-                f"show {name}; set the password with cxsmtp server password {name}); a new "
+                f"the server refused the username or password (535): {fix}; a new "
                 "account may need some minutes before it works (--wait-until-ready 15m)"
             )
         if code == 530:

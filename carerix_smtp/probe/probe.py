@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from carerix_smtp.config.credentials import credentials_path
 from carerix_smtp.config.passwords import get_password
 from carerix_smtp.errors import CxsmtpError, ExitCode, SecretError, UsageError
 from carerix_smtp.probe.hints import ProbeHints
@@ -75,7 +76,7 @@ def probe_server(
     password = password_error = None
     if entry.username is not None:
         try:
-            password = get_password(entry, env)
+            password = get_password(entry, env, credentials=credentials_path(config.path))
         except SecretError as exc:  # reported as the AUTH phase, after TLS was checked
             password_error = exc
     options = ProbeOptions(

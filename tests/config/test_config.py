@@ -211,3 +211,46 @@ def test_shipped_example_config_loads() -> None:
     assert config.servers["provider587"].effective_rate_per_hour == 1200
     assert config.server_for_sender("alice@example.com").name == "bulk"
     assert config.server_for_sender("bob@example.com").name == "provider587"
+
+
+def test_server_library_keeps_a_saved_default(tmp_path: Path) -> None:
+    """add/remove as a library: the default is always saved, never silently lost."""
+    from carerix_smtp.config.servers import add_server, remove_server
+
+    path = tmp_path / "c.toml"
+    config = load_config(path)
+    add_server(config, "a", "smtp.a.example")
+    add_server(config, "b", "smtp.b.example")
+    add_server(config, "c", "smtp.c.example")
+    assert load_config(path).settings.default_server == "a"
+    with pytest.raises(ConfigError, match="is the default server"):
+        remove_server(config, "a", {})
+    assert load_config(path).settings.default_server == "a"
+    removal = remove_server(config, "b", {})
+    assert (removal.new_default, removal.default_cleared) == (None, False)
+    removal = remove_server(config, "a", {})
+    assert (removal.new_default, removal.default_cleared) == ("c", False)
+    assert load_config(path).settings.default_server == "c"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        pytest.param(["ca-file", "username", "ca_file"], ("ca_file", "username"), id="dedup"),
+        pytest.param(["rate_per_hour"], ("rate_per_hour",), id="limit"),
+    ],
+)
+def test_parse_unset(keys: list[str], expected: tuple[str, ...]) -> None:
+    from carerix_smtp.config.servers import parse_unset
+
+    assert parse_unset(keys) == expected
+
+
+def test_unset_restores_the_dataclass_default(tmp_path: Path) -> None:
+    from carerix_smtp.config.servers import add_server, edit_server
+
+    config = load_config(tmp_path / "c.toml")
+    add_server(config, "a", "smtp.a.example", rate_per_hour=50, connect_timeout=5.0)
+    edited = edit_server(config, "a", env={}, unset=["rate_per_hour", "connect_timeout"])
+    assert edited.entry == ServerEntry(name="a", host="smtp.a.example")
+    assert load_config(tmp_path / "c.toml").servers["a"] == edited.entry

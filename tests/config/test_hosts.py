@@ -101,6 +101,51 @@ def test_refusals_are_one_line_and_show_accepted_forms(text: str, why: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("text", "why", "instead"),
+    [
+        pytest.param("http://smtp.x", "leave out 'http://'", "[smtp.x]:PORT", id="http"),
+        pytest.param("smtp://smtp.x:587", "leave out 'smtp://'", "[smtp.x]:587", id="smtp-port"),
+        pytest.param("smtps://smtp.x", "leave out 'smtps://'", "[smtp.x]:465", id="smtps-465"),
+        pytest.param("SMTPS://smtp.x:2465/", "leave out 'SMTPS://'", "[smtp.x]:2465", id="upper"),
+        pytest.param(
+            "smtp://[2001:db8::1]:25", "leave out 'smtp://'", "[2001:db8::1]:25", id="smtp-ipv6"
+        ),
+        pytest.param("smtp://jan@smtp.x:587", "--username", "[smtp.x]:587", id="user-in-url"),
+        pytest.param("mailto:jan@example.com", "a mailto: address is not a host", "", id="mailto"),
+        pytest.param("smtp://", "leave out 'smtp://'", "", id="scheme-only"),
+        pytest.param("http://[smtp.x", "leave out 'http://'", "", id="unparsable-url"),
+    ],
+)
+def test_url_is_not_a_host(text: str, why: str, instead: str) -> None:
+    with pytest.raises(HostSyntaxError) as info:
+        parse_host(text)
+    message = str(info.value)
+    assert "is not a host" in message and why in message
+    assert f"e.g. {instead}" in message if instead else "e.g." not in message
+    assert ACCEPTED_FORMS in message
+    assert "is not a number" not in message and "\n" not in message
+
+
+def test_url_refusal_never_repeats_a_password() -> None:
+    with pytest.raises(HostSyntaxError) as info:
+        parse_host("smtps://jan:s3cret@smtp.x:465")
+    message = str(info.value)
+    assert "s3cret" not in message
+    assert "'smtps://jan:***@smtp.x:465'" in message and "e.g. [smtp.x]:465" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("smtp:2525", Endpoint("smtp", 2525, True, False), id="host-named-smtp"),
+        pytest.param("mailto", Endpoint("mailto", 25, True, False), id="host-named-mailto"),
+    ],
+)
+def test_names_like_schemes_are_still_hosts(text: str, expected: Endpoint) -> None:
+    assert parse_host(text) == expected
+
+
+@pytest.mark.parametrize(
     ("text", "canonical"),
     [
         pytest.param("smtp.example.com:25", "smtp.example.com", id="default-port-dropped"),

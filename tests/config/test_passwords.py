@@ -15,6 +15,7 @@ from carerix_smtp.config.file import ServerEntry
 from carerix_smtp.errors import KeyringUnavailableError, SecretError
 
 ENTRY = ServerEntry(name="relay-1", host="[smtp.example.com]:587", username="jan")
+FILE = secrets.StoreChoice("file")
 
 
 @pytest.mark.parametrize(
@@ -108,10 +109,52 @@ def test_unusable_backends_give_one_clear_message(backend: keyring.backend.Keyri
 @pytest.mark.parametrize(
     "backend", [pytest.param(fail.Keyring(), id="fail"), pytest.param(null.Keyring(), id="null")]
 )
-def test_storing_without_usable_keyring_is_refused(backend: keyring.backend.KeyringBackend) -> None:
+def test_without_usable_keyring_the_file_is_used(
+    backend: keyring.backend.KeyringBackend, tmp_path: Path
+) -> None:
     keyring.set_keyring(backend)
-    with pytest.raises(KeyringUnavailableError, match="never written to the config file"):
-        secrets.store_password("relay-1", "s3cret", {})
+    creds = tmp_path / "credentials.toml"
+    stored = secrets.store_password("relay-1", "s3cret", {}, credentials=creds)
+    assert (stored.store, stored.path) == ("file", creds)
+    assert stored.warning is not None and "UNENCRYPTED" in stored.warning
+    assert "no usable keyring backend" in stored.warning and "s3cret" not in stored.warning
+    assert secrets.get_password(ENTRY, {}, credentials=creds) == "s3cret"
+    assert secrets.password_source(ENTRY, {}, credentials=creds) == "file"
+    with pytest.raises(KeyringUnavailableError, match="--password-store file"):
+        secrets.choose_store("relay-1", "keyring", {})
+    assert secrets.delete_password("relay-1", {}, credentials=creds) is True
+    assert not creds.exists()
+
+
+def test_keyring_comes_before_the_file(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials.toml"
+    secrets.store_password("relay-1", "from-file", {}, credentials=creds, choice=FILE)
+    assert secrets.password_source(ENTRY, {}, credentials=creds) == "file"
+    stored = secrets.store_password("relay-1", "from-keyring", {}, credentials=creds)
+    assert stored.store == "keyring" and stored.warning is None
+    assert not creds.exists()  # the plain copy is removed when the keyring takes it
+    assert secrets.get_password(ENTRY, {}, credentials=creds) == "from-keyring"
+
+
+def test_hanging_keyring_falls_back_to_the_file(tmp_path: Path) -> None:
+    keyring.set_keyring(HangingKeyring())
+    env = {"CXSMTP_KEYRING_TIMEOUT": "0.3"}
+    choice = secrets.choose_store("relay-1", None, env)
+    assert choice.store == "file" and "did not answer" in (choice.keyring_problem or "")
+
+
+def test_env_var_collisions() -> None:
+    assert secrets.env_var_collision("A.B", ["a_b", "x"]) == "a_b"
+    assert secrets.env_var_collision("a.b", ["a.b"]) is None
+    assert secrets.env_var_collision("ab", ["a_b"]) is None
+
+
+def test_failing_command_hint_does_not_advise_setting_one() -> None:
+    entry = ServerEntry(name="relay-1", host="smtp.x", username="j", password_command="false")
+    with pytest.raises(SecretError) as info:
+        secrets.get_password(entry, {})
+    assert info.value.hint is not None and "by hand" in info.value.hint
+    assert "--password-command" not in info.value.hint
 
 
 def test_hanging_keyring_is_bounded() -> None:
