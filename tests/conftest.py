@@ -4,6 +4,7 @@ helpers to run the real ``cxsmtp`` as a subprocess, and trustme certificates."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -96,6 +97,24 @@ def run_cxsmtp(
     )
     assert_no_traceback(args, result.stderr)
     return result
+
+
+# `cxsmtp send` off a terminal starts every text line with the local ISO 8601 time
+# (issue 11): ``2026-11-30T03:10:00+01:00 cxsmtp: error: ...``.
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ", re.MULTILINE)
+
+
+def strip_timestamps(text: str) -> str:
+    """``text`` (what ``send`` printed on a pipe) without the time stamps; fails the
+    test if a non-empty line has none, so the stamps stay checked where removed."""
+    for line in text.splitlines():
+        assert not line.strip() or TIMESTAMP.match(line), f"line without a time stamp: {line!r}"
+    return TIMESTAMP.sub("", text)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``send``'s stderr, time stamps removed (see above)."""
+    return [line for line in strip_timestamps(stderr).splitlines() if line.strip()]
 
 
 @pytest.fixture(autouse=True)

@@ -6,18 +6,22 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from carerix_smtp.cli.completion import complete_server_name
 from carerix_smtp.cli.context import CliContext, get_context
 from carerix_smtp.cli.render import print_json
+from carerix_smtp.cli.status_view import clock as _clock
+from carerix_smtp.cli.status_view import size as _size
+from carerix_smtp.cli.status_view import when as _when
 
 if TYPE_CHECKING:
+    from carerix_smtp.cli.progress import SendProgress
     from carerix_smtp.limits.sqlite import Ledger
-    from carerix_smtp.send.plan import Plan, ServerLimits
-    from carerix_smtp.send.report import ProgressEvent, RunSummary
-    from carerix_smtp.spool.listing import SpoolStatus
+    from carerix_smtp.send.plan import Plan
+    from carerix_smtp.send.report import RunSummary
 
 SpoolArg = Annotated[
     Path,
@@ -26,33 +30,7 @@ SpoolArg = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
-SHOWN_FAILURES = 10  # per run on the terminal; --json and the records have them all
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError  # pragma: no cover
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    from datetime import datetime
-
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def _clock(ts: float) -> str:
-    """HH:MM:SS today, else the date too (local time)."""
-    from datetime import datetime
-
-    when = datetime.fromtimestamp(ts).astimezone()
-    if when.date() == datetime.now().astimezone().date():
-        return when.strftime("%H:%M:%S")
-    return when.strftime("%Y-%m-%d %H:%M:%S")
+SHOWN_FAILURES = 20  # per run, sorted; --json and the records have them all
 
 
 def _err(message: str) -> None:
@@ -80,6 +58,8 @@ def send(
         typer.Option(
             "--server",
             "-s",
+            metavar="NAME",
+            autocompletion=complete_server_name,
             help="Send every message through this server [default: the From's per-user "
             "choice, else the default server].",
             show_default=False,
@@ -90,6 +70,7 @@ def send(
         typer.Option(
             "--max-messages",
             "-n",
+            metavar="N",
             min=1,
             help="Send at most N messages in this run (on top of the limits).",
             show_default=False,
@@ -132,19 +113,22 @@ def send(
     A second run while one holds the spool's lock exits at once (0). Exit codes:
     0 nothing wrong (also: nothing to do, limit reached, locked), 65 some messages
     or recipients failed permanently, 73 the rate ledger cannot be written or is
-    damaged (cxsmtp doctor), 75 deferred / server unreachable / interrupted / disk
-    full (the next run goes on), 77 authentication refused, 78 configuration or
-    spool error. A file that cannot be written is named in the error (75 full
+    damaged (cxsmtp doctor), 75 a server could not be used at all (unreachable,
+    TLS, greeting refused) / interrupted / disk full (the next run goes on), 77
+    authentication refused, 78 configuration or spool error. Messages a server
+    deferred (4xx, e.g. a provider's rate limit) are retried later: exit 0. A file that cannot be written is named in the error (75 full
     disk or I/O error, 77 permission, 74 otherwise).
 
     Example (crontab):  */5 * * * *  cxsmtp send /var/spool/mailing
     """
+    from carerix_smtp.cli.cron_output import stamp_lines
     from carerix_smtp.limits.sqlite import Ledger
     from carerix_smtp.send.plan import plan_send
     from carerix_smtp.send.report import SendOptions
     from carerix_smtp.send.run import run_send
     from carerix_smtp.send.stopping import stop_on_signals
 
+    stamp_lines(ctx, stdout=not json_out)  # non-terminals only: a log file says when
     cli = get_context(ctx)
     config = cli.load_config()
     options = SendOptions(server=server, max_messages=max_messages, dry_run=dry_run, loop=loop)
@@ -163,56 +147,25 @@ def send(
     show_bar = cli.stdout_is_terminal and not (quiet or json_out)
     with _progress(cli, show_bar) as progress, stop_on_signals(stop):
         summary = run_send(
-            spool, config, options, ledger=ledger, sleep=interruptible, stop=stop, progress=progress
+            spool,
+            config,
+            options,
+            ledger=ledger,
+            sleep=interruptible,
+            stop=stop,
+            progress=progress,
+            history_dir=cli.state_dir,
+            quiet=quiet,
         )
     _render_summary(summary, spool, json_out=json_out, quiet=quiet, terminal=cli.stdout_is_terminal)
     raise typer.Exit(int(summary.exit_code))
 
 
-class _progress:
-    """A rich progress bar fed by the sender's ProgressEvents (terminal only)."""
+def _progress(cli: CliContext, enabled: bool) -> SendProgress:
+    """The progress bar on a terminal (progress.py)."""
+    from carerix_smtp.cli.progress import SendProgress
 
-    def __init__(self, cli: CliContext, enabled: bool) -> None:
-        self.cli = cli
-        self.enabled = enabled
-        self.bar: Any = None
-        self.task: Any = None
-        self.offset = 0  # messages of the earlier passes (--loop)
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self.bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.cli.console,
-            transient=True,
-        )
-        self.bar.start()
-        return self.update
-
-    def update(self, event: ProgressEvent) -> None:
-        if event.kind == "start":
-            if self.task is None:
-                self.task = self.bar.add_task("sending", total=event.total)
-            else:  # the next batch of --loop
-                done = self.bar.tasks[0].completed
-                self.offset = int(done)
-                self.bar.update(self.task, total=done + event.total, description="sending")
-        elif event.kind == "message" and self.task is not None:
-            self.bar.update(
-                self.task, completed=self.offset + event.done, description=event.name[:30]
-            )
-        elif event.kind == "wait" and self.task is not None and event.until is not None:
-            self.bar.update(self.task, description=f"waiting until {_clock(event.until)}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    return SendProgress(cli.console, enabled)
 
 
 _LIMIT_WORDS = {
@@ -238,15 +191,24 @@ def _limit_text(summary: RunSummary) -> str:
     return f"{words}; next window at {_clock(when)}{reason}"
 
 
+def _left_text(summary: RunSummary) -> str:
+    """ "left: 3 queued, 2 deferred (next retry ...)": deferred mail is not hidden."""
+    text = f"left: {summary.left_queued} queued, {summary.left_deferred} deferred"
+    if summary.left_deferred and summary.next_retry is not None:
+        text += f" (next retry {_when(summary.next_retry)})"
+    return text
+
+
 def _render_summary(
     summary: RunSummary, spool: Path, *, json_out: bool, quiet: bool, terminal: bool
 ) -> None:
+    from carerix_smtp.cli.cron_output import render_deferring, render_run_errors
+
     if json_out:
         print_json(summary.to_json())
         return
-    for error in summary.errors:
-        _err(f"error: {error}")
-    for failure in summary.failures[:SHOWN_FAILURES]:
+    render_run_errors(summary)
+    for failure in sorted(summary.failures)[:SHOWN_FAILURES]:
         _err(f"failed: {failure}")
     if len(summary.failures) > SHOWN_FAILURES:
         more = len(summary.failures) - SHOWN_FAILURES
@@ -263,17 +225,18 @@ def _render_summary(
         return
     line = (
         f"cxsmtp: {summary.status}: sent {summary.sent}, deferred {summary.deferred}, "
-        f"failed {summary.failed}, remaining {summary.remaining} "
-        f"({_size(summary.bytes)} in {summary.elapsed_s:.1f} s)"
+        f"failed {summary.failed}"
     )
+    if summary.recipients_failed:
+        line += f", recipients refused {summary.recipients_failed}"
+    line += f" ({_size(summary.bytes)} in {summary.elapsed_s:.1f} s); {_left_text(summary)}"
     if summary.deadline_cut:
         line += "; the batch deadline cut a batch short"
     limit = _limit_text(summary)
     if limit:
         line += f"; {limit}"
-    if summary.next_retry is not None:
-        line += f"; next retry {_when(summary.next_retry)}"
     typer.echo(line)
+    render_deferring(summary)
 
 
 SHOWN_BATCHES = 10
@@ -318,7 +281,7 @@ def enqueue(
     files: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[FILE…|-]",
+            metavar="FILE",
             help="Messages to queue; '-' or none: one from stdin.",
             show_default=False,
         ),
@@ -356,114 +319,30 @@ def enqueue(
 
 
 def status(ctx: typer.Context, spool: SpoolArg, json_out: JsonOpt = False) -> None:
-    """Counts per state, bytes, oldest message, next retry, who did not get what,
-    and per server the sending limits: messages and bytes sent in the last hour
-    and 24 hours (the configured windows), what the current window still allows,
-    when the next batch window opens, and an ETA for the queued messages at
-    current limits. Changes nothing.
+    """Counts per state (queued, deferred with the next retry, sent, failed), who
+    did not get what (each once), the last run and each server's last error, and
+    per server the sending limits: messages and bytes sent in the last hour and 24
+    hours (the configured windows), what the current window still allows, when
+    the next batch window opens, and an ETA for the queued messages at current
+    limits.  On a terminal: tables, colours and a chart of the messages sent per
+    hour over the last 24 hours.  Changes nothing.
 
     Example:  cxsmtp status /var/spool/mailing --json
     """
-    from carerix_smtp.errors import ConfigError
-    from carerix_smtp.send.plan import limits_status
-    from carerix_smtp.spool.spool import Spool
+    from carerix_smtp.cli.status_view import render_plain, render_rich
+    from carerix_smtp.send.status import collect_status
 
     cli = get_context(ctx)
-    result = Spool(spool).status()
-    servers: list[ServerLimits] | None = None
-    problem = ""
-    try:
-        config = cli.load_config()
-        if config.servers:  # no server yet: nothing to say about limits
-            servers = limits_status(spool, config, ledger=_existing_ledger(cli))
-    except ConfigError as exc:  # the spool part is still worth showing
-        problem = str(exc)
+    report = collect_status(spool, cli.load_config, cli.state_dir, ledger=_existing_ledger(cli))
     if json_out:
-        data = result.to_json()
-        data["servers"] = [item.to_json() for item in servers or []]
-        if problem:
-            data["limits_error"] = problem
-        print_json(data)
+        print_json(report.to_json())
         return
-    _render_status(result)
-    if problem:
-        _err(f"limits not shown: {problem}")
-    if servers:
-        _render_limits(servers)
-
-
-def _render_status(result: SpoolStatus) -> None:
-    typer.echo(f"spool {result.path}")
-    rows = [
-        ("queued", result.queued, f"oldest {_when(result.queued.oldest)}"),
-        (
-            "deferred",
-            result.deferred,
-            f"{result.due_now} due now, next retry {_when(result.next_retry)}",
-        ),
-        ("sent", result.sent, ""),
-        ("failed", result.failed, ""),
-    ]
-    for label, count, extra in rows:
-        detail = f"{_size(count.bytes)}" + (f", {extra}" if count.count and extra else "")
-        typer.echo(f"  {label:<9} {count.count:>7}  {detail}")
-    typer.echo(f"  {'in flight':<9} {result.in_flight:>7}")
-    running = f"yes (pid {result.running_pid})" if result.running_pid else "no"
-    typer.echo(f"  send running: {running}")
-    if result.failed_messages:
-        typer.echo("failed messages:")
-        for message in result.failed_messages:
-            typer.echo(f"  {message.message}: {message.reason}")
-    if result.failed_recipients:
-        typer.echo("recipients not (yet) reached:")
-        for rcpt in result.failed_recipients:
-            typer.echo(f"  {rcpt.message}  {rcpt.recipient}  {rcpt.status}: {rcpt.reply}")
-    if result.stale_tmp:
-        typer.echo("files in tmp/ older than a day (a producer that never finished?):")
-        for name in result.stale_tmp:
-            typer.echo(f"  {name}")
-
-
-def _render_limits(servers: list[ServerLimits]) -> None:
-    import math
-    import time
-
-    from carerix_smtp.limits.rule import format_duration
-
-    now = time.time()
-    typer.echo("sending limits:")
-    for item in servers:
-        lim = item.limits
-        hour, day = format_duration(lim.rate_window), format_duration(lim.send_limit_window)
-        typer.echo(
-            f"  {item.server} ({item.host}): {lim.rate_per_hour} per {hour}; a batch every "
-            f"{format_duration(lim.batch_interval)} of at most {lim.batch_count_cap} message(s) "
-            f"and {_size(lim.batch_max_bytes)}, within {format_duration(lim.batch_deadline)}"
-        )
-        typer.echo(
-            f"    sent      last {hour}: {item.sent_hour} ({_size(item.bytes_hour)}); "
-            f"last {day}: {item.sent_day} ({_size(item.bytes_day)}); all servers {day}: "
-            f"{item.sent_day_all} of {lim.email_send_limit}"
-        )
-        when = item.next_window_at
-        if when is None or when <= now:
-            window = "next window: now"
-        elif math.isinf(when):
-            window = f"no next window ({item.reason})"
-        else:
-            window = f"next window at {_clock(when)} ({item.reason})"
-        running = f" ({item.reserved} held by a running batch)" if item.reserved else ""
-        typer.echo(f"    now       the windows allow {item.window_allows} more{running}; {window}")
-        if item.queued:
-            if item.eta is None:
-                eta = "-"
-            elif math.isinf(item.eta):
-                eta = "never at current limits"
-            else:
-                eta = f"{_clock(item.eta)} ({item.batches_left} batch(es))"
-            typer.echo(
-                f"    queued    {item.queued} message(s), {_size(item.queued_bytes)}; ETA {eta}"
-            )
+    if cli.stdout_is_terminal:
+        render_rich(report, cli.console)
+    else:
+        render_plain(report)
+    if report.limits_error:
+        _err(f"limits not shown: {report.limits_error}")
 
 
 # --- retry -------------------------------------------------------------------------
@@ -474,7 +353,7 @@ def retry(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[NAME…]", help="Messages in failed/ or deferred/.", show_default=False
+            metavar="NAME", help="Messages in failed/ or deferred/.", show_default=False
         ),
     ] = None,
     everything: Annotated[

@@ -9,6 +9,7 @@
 - ``sqlite`` (``Ledger``), ``sqlite_connection``, ``sqlite_reservations``,
   ``sqlite_state``: the SQLite store, ``STATE_DIR/ledger.sqlite3``;
   ``sqlite_files``: its files (never through a symlink) and its errors;
+- ``hourly``: messages sent per hour over the last day (``cxsmtp status``'s chart);
 - ``repair``: checking a ledger and rebuilding a damaged one from known sends
   (the core of ``cxsmtp doctor``).
 

@@ -16,11 +16,14 @@ Modules, from the entry points down:
 - ``gates``: batch gates (``CountGate``, ``LedgerGate`` from the rate ledger);
 - ``report``: ``SendOptions``, ``ProgressEvent``, ``BatchReport``, ``RunSummary``;
 - ``plan``: ``plan_send`` (dry run) and ``limits_status``;
+- ``status``: ``collect_status``, what ``cxsmtp status`` shows (spool, limits,
+  sends per hour, the run history);
 - ``stopping``: ``stop_on_signals`` and how a pass stops early.
 
 Inside the package a module imports only the ones below it (no circle, not even
 under TYPE_CHECKING): report, outcome, stopping -> gates -> connection, routing ->
-pool -> servers -> delivery -> dispatch -> run (plan: gates and report).  A pool
+pool -> servers -> delivery -> dispatch -> run (plan: gates and report; status:
+plan and history).  A pool
 calls back its pass through the protocol ``pool.Dispatcher``.
 
 May import ``carerix_smtp.smtp``, ``spool``, ``limits``, ``config`` and ``errors``

@@ -55,6 +55,7 @@ class Connection:
         self.session: SmtpSession | None = None
         self.opened = 0
         self.unusable: str | None = None  # why this server is done for this run
+        self.failure: SmtpError | None = None  # why the last open failed (cron output)
         self.consecutive_deferrals = 0
         # The next message's commands, written behind the last one's data (RFC 2920):
         # the session is in the middle of that transaction until it is delivered.
@@ -82,9 +83,11 @@ class Connection:
         session = self._factory(self.entry, self._password)
         try:
             session.open()
-        except (SmtpAuthError, SmtpPolicyError):
+        except (SmtpAuthError, SmtpPolicyError) as exc:
+            self.failure = exc
             raise  # the run stops: a wrong password or an unsafe setup is not temporary
         except SmtpError as exc:
+            self.failure = exc
             self.unusable = f"server {self.entry.name}: {exc}"
             raise ServerUnusable(self.unusable) from None
         self.session = session
@@ -285,7 +288,10 @@ def default_session_factory(config: Config, *, local_hostname: str | None = None
     return factory
 
 
-def default_password_source(entry: ServerEntry) -> str | None:
+def default_password_source(entry: ServerEntry, config: Config | None = None) -> str | None:
+    """env, password_command, keyring, then the credentials file beside ``config``."""
+    from carerix_smtp.config.credentials import credentials_path
     from carerix_smtp.config.passwords import get_password
 
-    return get_password(entry)
+    credentials = credentials_path(config.path) if config is not None else None
+    return get_password(entry, credentials=credentials)

@@ -163,17 +163,23 @@ class Delivery:
     def tally(self, claim: Claim, message: Message, state: MessageState) -> None:
         """The summary's counters and failures, and the progress event, for one outcome."""
         with self.lock:
-            if state.status == "failed" or (state.status == "sent" and state.failed):
-                refused = ", ".join(f"{r}: {res.describe()}" for r, res in state.failed.items())
-                if state.reason.startswith("too old"):
-                    refused = state.reason
-                elif state.status == "sent":
-                    refused = f"sent, but refused for {refused}"
+            refused = _refusal(state)
+            if refused:
                 self.summary.failures.append(f"{claim.name}: {refused}")
-            self.count(state.status, message.size, partial=bool(state.accepted and state.failed))
+            # partial: sent to some, others still pending; sent-with-failures: none pending
+            partial = state.status == "deferred" and bool(state.accepted)
+            self.count(state.status, message.size, partial=partial)
+            if state.status == "sent":
+                self.summary.recipients_failed += len(state.failed)
             self.emit(
                 ProgressEvent(
-                    "message", self.total, self.done, claim.name, state.status, message.size
+                    "message",
+                    self.total,
+                    self.done,
+                    claim.name,
+                    state.status,
+                    message.size,
+                    server=state.server or "",
                 )
             )
 
@@ -183,10 +189,10 @@ class Delivery:
 
     def _count(self, outcome: str, size: int, partial: bool) -> None:
         self.done += 1
+        self.summary.partial += int(partial)
         if outcome == "sent":
             self.summary.sent += 1
             self.summary.bytes += size
-            self.summary.partial += int(partial)
         elif outcome == "deferred":
             self.summary.deferred += 1
         else:
@@ -212,3 +218,16 @@ class Delivery:
         if self.progress is not None:
             with self.lock:
                 self.progress(event)
+
+
+def _refusal(state: MessageState) -> str:
+    """What the summary lists for a message that failed or was sent with refused
+    recipients ("" for the others): the message's reply when MAIL FROM was refused."""
+    if not (state.status == "failed" or (state.status == "sent" and state.failed)):
+        return ""
+    if state.reason.startswith("too old"):
+        return state.reason
+    if state.reply is not None:
+        return f"MAIL FROM refused: {state.reply.describe()}"
+    refused = ", ".join(f"{r}: {res.describe()}" for r, res in state.failed.items())
+    return f"sent, but refused for {refused}" if state.status == "sent" else refused

@@ -32,6 +32,9 @@ class Attempt:
     connection_lost: bool = False
     unknown: bool = False  # lost after the final ".": maybe delivered (RFC 1047)
     error: str = ""
+    # MAIL FROM refused: the message's reply; ``results`` then give every recipient
+    # its fate (4xx deferred, 5xx failed) without a reply of its own
+    mail: RecipientResult | None = None
 
     def recipients(self, outcome: str) -> list[str]:
         return [r for r, (o, _) in self.results.items() if o == outcome]
@@ -44,7 +47,8 @@ def _result(reply: Reply, now: float) -> RecipientResult:
 def classify(result: SendResult, recipients: Sequence[str], now: float) -> Attempt:
     """SendResult -> per-recipient outcome (SPEC §3; RFC 5321 §4.2.1 reply classes).
 
-    MAIL refused: everyone shares its fate (4xx deferred, 5xx failed).  Otherwise a
+    MAIL refused: everyone shares its fate (4xx deferred, 5xx failed) and the reply
+    is the message's (``Attempt.mail``), not any recipient's.  Otherwise a
     recipient refused at RCPT keeps that reply; one accepted at RCPT takes the data
     reply: 2xx accepted, 4xx deferred, 5xx failed.
     """
@@ -52,7 +56,8 @@ def classify(result: SendResult, recipients: Sequence[str], now: float) -> Attem
     mail = result.mail_reply
     if not mail.ok:
         outcome = FAILED if mail.permanent else DEFERRED
-        return Attempt({r: (outcome, _result(mail, now)) for r in recipients})
+        refused = _result(mail, now)
+        return Attempt({r: (outcome, refused) for r in recipients}, mail=refused)
     data = result.data_reply
     for rcpt in recipients:
         reply = result.rcpt_replies.get(rcpt)
@@ -78,6 +83,8 @@ def everyone(
 
 
 def last_reply(attempt: Attempt) -> str:
+    if attempt.mail is not None:
+        return f"MAIL FROM refused: {attempt.mail.describe()}"
     for _, (_, result) in reversed(list(attempt.results.items())):
         return result.describe()
     return attempt.error or "no reply"
@@ -104,8 +111,15 @@ def record_attempt(
     state.attempts += 1
     state.first_attempt = state.first_attempt or start
     state.last_attempt = now
+    state.reply = attempt.mail  # a refusal of an earlier attempt is history
     for rcpt, (outcome, result) in attempt.results.items():
-        state.pending.pop(rcpt, None)
+        earlier = state.pending.pop(rcpt, None)
+        if attempt.mail is not None:  # no recipient was tried: keep the message's reply apart
+            if outcome == FAILED:
+                result = RecipientResult(None, None, "not tried: MAIL FROM refused", now)
+            else:
+                state.pending[rcpt] = earlier
+                continue
         if outcome == ACCEPTED:
             state.accepted[rcpt] = result
         elif outcome == FAILED:
@@ -156,5 +170,6 @@ def delivery_log(
         "outcome": state.status,
         "moved_to": f"{dest.parent.name}/{dest.name}",
         **({"error": attempt.error} if attempt.error else {}),
+        **({"reply": f"MAIL FROM: {attempt.mail.describe()}"} if attempt.mail else {}),
         **({"possible_duplicate": True} if attempt.unknown else {}),
     }

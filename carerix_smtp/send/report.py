@@ -6,8 +6,8 @@ status, exit code and JSON), and what a run carries across its passes (``Totals`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from carerix_smtp.errors import ExitCode
@@ -42,16 +42,19 @@ class ProgressEvent:
     size: int = 0
     until: float | None = None  # "wait": sleeping until then (epoch seconds)
     reason: str = ""  # "wait": why
+    server: str = ""  # "message": the server it went through ("" unusable file)
 
 
 # status -> exit code (SPEC §3; the README lists them).  "locked", "nothing-to-do",
-# "limit" (rest later) and "ok" are all 0: nothing is wrong.
+# "limit" (rest later), "deferred" (a server's 4xx: retried later, as Postfix does) and
+# "ok" are all 0: nothing is wrong.  75 is for a server that could not be used at all
+# (unreachable, TLS, greeting refused, connection lost again and again) and signals.
 STATUS_EXIT = {
     "auth-failed": ExitCode.NOPERM,
     "config-error": ExitCode.CONFIG,
     "interrupted": ExitCode.TEMPFAIL,
     "failed": ExitCode.DATAERR,
-    "deferred": ExitCode.TEMPFAIL,
+    "unreachable": ExitCode.TEMPFAIL,
 }
 
 
@@ -94,6 +97,29 @@ def iso_finite(ts: float | None) -> str | None:
 
 
 @dataclass
+class ServerFailure:
+    """What made a server unusable in a run.  ``kind``: "connect" (unreachable, timed
+    out, greeting refused), "tls", "auth", "policy", "dropped" (the connection was lost
+    again and again), or "deferring" (it deferred message after message -- its pace,
+    not an error)."""
+
+    server: str
+    kind: str
+    message: str  # "server NAME: ..."
+
+
+@dataclass
+class ServerNotice:
+    """A line about a server for the run's output (send/history.py decides which):
+    ``level`` "error" or "info"; ``shown`` False: an unchanged error already told."""
+
+    server: str
+    level: str
+    text: str
+    shown: bool = True
+
+
+@dataclass
 class RunSummary:
     """What one run did.  ``status`` is one word; ``exit_code`` follows SPEC §3."""
 
@@ -104,7 +130,11 @@ class RunSummary:
     remaining: int = 0
     bytes: int = 0
     elapsed_s: float = 0.0
-    partial: int = 0  # sent, but some recipients refused
+    partial: int = 0  # deferred, yet sent to some recipients (others still pending)
+    recipients_failed: int = 0  # refused for good in messages sent to the others
+    # what the spool holds after the run: not tried yet, waiting for a retry
+    left_queued: int = 0
+    left_deferred: int = 0
     possible_duplicates: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # run-level: servers, auth, signals
     failures: list[str] = field(default_factory=list)  # "NAME: reason" per failed message
@@ -116,6 +146,10 @@ class RunSummary:
     limited_by: str | None = None  # see BatchReport, or "max-messages"
     limit_reason: str = ""
     next_window_at: float | None = None  # math.inf: never
+    # per server: what made it unusable in this run; which servers were reached
+    server_failures: list[ServerFailure] = field(default_factory=list)
+    servers_reached: list[str] = field(default_factory=list)
+    notices: list[ServerNotice] = field(default_factory=list)  # send/history.py
 
     @property
     def exit_code(self) -> ExitCode:
@@ -124,12 +158,15 @@ class RunSummary:
 
     def settle(self, *, unreachable: bool) -> None:
         """The final status when the run was not stopped by auth or a signal:
-        something failed (65) > deferred or unreachable (75) > rest later (0) > ok."""
+        something failed (65) > a server unreachable (75) > deferred (0) > rest later (0)
+        > ok."""
         if self.status in ("auth-failed", "config-error", "interrupted", "locked", "nothing-to-do"):
             return
-        if self.failed or self.partial:
+        if self.failed or self.recipients_failed:
             self.status = "failed"
-        elif unreachable or self.deferred:
+        elif unreachable:
+            self.status = "unreachable"
+        elif self.deferred:
             self.status = "deferred"
         elif self.remaining:
             self.status = "limit"
@@ -151,6 +188,17 @@ class RunSummary:
         self.limited_by, self.limit_reason = first.limited_by, first.reason
         self.next_window_at = first.next_window_at
 
+    def note_backlog(self, queued: Iterable[Any], deferred: Iterable[Any]) -> None:
+        """What is left in the spool (``Spool.scan`` of the queue and deferred/; a
+        deferred entry's mtime is its next attempt): deferred mail is not hidden in
+        ``remaining``."""
+        self.left_queued = sum(1 for _ in queued)
+        self.left_deferred, self.next_retry = 0, None
+        for entry in deferred:
+            self.left_deferred += 1
+            if self.next_retry is None or entry.mtime < self.next_retry:
+                self.next_retry = entry.mtime
+
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
@@ -161,15 +209,22 @@ class RunSummary:
             "bytes": self.bytes,
             "elapsed_s": round(self.elapsed_s, 3),
             "partial": self.partial,
+            "recipients_failed": self.recipients_failed,
+            "left": {
+                "queued": self.left_queued,
+                "deferred": self.left_deferred,
+                "next_retry": iso(self.next_retry),
+            },
             "possible_duplicates": self.possible_duplicates,
             "errors": self.errors,
-            "failures": self.failures,
+            "failures": sorted(self.failures),
             "next_retry": iso(self.next_retry),
             "deadline_cut": self.deadline_cut,
             "limited_by": self.limited_by,
             "limit_reason": self.limit_reason,
             "next_window_at": iso_finite(self.next_window_at),
             "batches": [b.to_json() for b in self.batches],
+            "server_errors": [asdict(f) for f in self.server_failures],
         }
 
 

@@ -35,7 +35,14 @@ backoff (``retry_initial`` doubling to ``retry_max``) until ``max_queue_age``,
 then it fails.  An authentication failure stops the run before any message is
 changed (exit 77).  Servers that cannot be reached leave their messages where
 they are (exit 75); a connection lost mid-run is reopened at most
-``max_reconnects`` times.
+``max_reconnects`` times.  A server that only defers (a provider's "450 4.7.1 too
+much mail") is normal operation: the messages wait for their retry, exit 0.
+
+Cron output (issue 11).  The summary says per server what made it unusable
+(``ServerFailure``: connect, tls, auth, policy, dropped, deferring) and which servers
+were reached; with ``history_dir`` the run is recorded there (send/history.py) and
+``summary.notices`` says which server errors to print (``quiet``: an unchanged error
+only once a day) and which servers work again.
 
 Speed (SPEC "Non-functional targets").  On one connection the messages are
 pipelined (RFC 2920): the next message's MAIL/RCPT/DATA go out in the same write
@@ -60,6 +67,7 @@ Seams:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -68,7 +76,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carerix_smtp.errors import ConfigError, Interrupted
+from carerix_smtp.errors import (
+    ConfigError,
+    Interrupted,
+    SmtpAuthError,
+    SmtpPolicyError,
+    SmtpTLSError,
+)
 from carerix_smtp.limits.rule import RESERVATION_POLL
 from carerix_smtp.limits.sqlite import Ledger
 from carerix_smtp.send.connection import (
@@ -79,11 +93,13 @@ from carerix_smtp.send.connection import (
 )
 from carerix_smtp.send.dispatch import Pass
 from carerix_smtp.send.gates import GateFactory, LedgerGate, LedgerSource, open_ledger
+from carerix_smtp.send.history import record_run
 from carerix_smtp.send.report import (
     BatchReport,
     ProgressEvent,
     RunSummary,
     SendOptions,
+    ServerFailure,
     Totals,
     listing_limit,
 )
@@ -92,6 +108,8 @@ from carerix_smtp.spool.spool import Spool
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config
+    from carerix_smtp.send.connection import Connection
+    from carerix_smtp.send.pool import Pool
     from carerix_smtp.spool.listing import Candidate
 
 log = logging.getLogger(__name__)
@@ -112,6 +130,8 @@ def run_send(
     stop: threading.Event | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     durable: bool = True,
+    history_dir: Path | None = None,
+    quiet: bool = False,
 ) -> RunSummary:
     """One run: a pass (one batch per server), or with ``options.loop`` passes until
     nothing is due.  Raises ConfigError/SpoolError (exit 78) for setup problems;
@@ -121,7 +141,9 @@ def run_send(
     lock is held; its ledger is then closed at the end) -- the limits apply only
     with one.  ``gate_factory`` replaces the ledger's gates (tests).  ``clock``
     must be the ledger's clock; ``sleep`` (default: wait on ``stop``) is used for
-    the loop's waits and must return early when ``stop`` is set.
+    the loop's waits and must return early when ``stop`` is set.  ``history_dir``
+    (the state dir): record the run there and fill ``summary.notices``; ``quiet``: an
+    unchanged server error is told only once a day.
     """
     options = options or SendOptions()
     started = monotonic()
@@ -142,7 +164,10 @@ def run_send(
         progress=progress,
         durable=durable,
     )
-    return passes.send()
+    summary = passes.send()
+    if history_dir is not None and summary.status != "locked":
+        summary.notices = record_run(history_dir, summary, now=clock(), quiet=quiet)
+    return summary
 
 
 def _nothing() -> None:
@@ -215,7 +240,7 @@ class _Passes:
             candidates = spool.candidates(limit=listing_limit(self.options))
             if not candidates:
                 summary.status = "nothing-to-do"
-                summary.next_retry = spool.next_retry()
+                summary.note_backlog((), spool.scan("deferred"))
                 summary.elapsed_s = monotonic() - started
                 return summary
             if not self.config.servers:
@@ -227,7 +252,7 @@ class _Passes:
             with cleanup(the_ledger.close if ours and the_ledger is not None else _nothing):
                 self.loop(candidates)
             summary.settle(unreachable=self.unreachable)
-            summary.next_retry = spool.next_retry()
+            summary.note_backlog(spool.scan("queued"), spool.scan("deferred"))
         summary.elapsed_s = monotonic() - started
         return summary
 
@@ -236,7 +261,7 @@ class _Passes:
         while True:
             run = self.new_pass()
             ended = self.one_pass(run, candidates)
-            self.unreachable = self.unreachable or run.servers.unreachable
+            self.unreachable = self.note_servers(run) or self.unreachable
             self.note(run, candidates)
             if (
                 ended
@@ -262,7 +287,8 @@ class _Passes:
             ledger=self.ledger,
             session_factory=self.session_factory
             or default_session_factory(config, local_hostname=options.local_hostname),
-            password_source=self.password_source or default_password_source,
+            password_source=self.password_source
+            or functools.partial(default_password_source, config=config),
             clock=self.clock,
             monotonic=self.monotonic,
             sleep=self.sleep,
@@ -294,6 +320,28 @@ class _Passes:
                 summary.errors.append(str(exc))
                 return True
         return False
+
+    def note_servers(self, run: Pass) -> bool:
+        """The pass's server failures and reached servers, in the summary; True: a
+        server could not be used at all (exit 75).  A server that only deferred is
+        no error: its line leaves ``errors`` (the text summary mentions it)."""
+        summary = self.summary
+        for name, conns in _connections(run).items():
+            reached = any(conn.opened - (conn.failure is not None) > 0 for conn in conns)
+            if reached and name not in summary.servers_reached:
+                summary.servers_reached.append(name)
+            failure = _failure_of(name, conns, run.servers.pools.get(name), self.options)
+            if failure is None:
+                continue
+            summary.server_failures = [f for f in summary.server_failures if f.server != name] + [
+                failure
+            ]
+            if failure.kind == "deferring" and failure.message in summary.errors:
+                summary.errors.remove(failure.message)
+            elif failure.kind in ("auth", "policy"):  # Stop noted the bare error: name the server
+                bare = failure.message.removeprefix(f"server {name}: ")
+                summary.errors = [failure.message if e == bare else e for e in summary.errors]
+        return any(f.kind in ("connect", "tls", "dropped") for f in summary.server_failures)
 
     def note(self, run: Pass, candidates: Sequence[Candidate]) -> None:
         """What a pass did, in the summary: what is left and what held it back."""
@@ -346,6 +394,40 @@ class _Passes:
 
 
 _DONE = object()  # _next_wake: no limit held anything back
+
+
+def _connections(run: Pass) -> dict[str, list[Connection]]:
+    """Every connection of the pass by server (a pool's too)."""
+    servers = run.servers
+    found: dict[str, list[Connection]] = {}
+    for name, first in servers.connections.items():
+        pool = servers.pools.get(name)
+        others = [w.conn for w in pool.workers if w.conn is not first] if pool else []
+        found[name] = [first, *others]
+    return found
+
+
+def _failure_of(
+    name: str, conns: Sequence[Connection], pool: Pool | None, options: SendOptions
+) -> ServerFailure | None:
+    """What made server ``name`` unusable in a pass, or None."""
+    for conn in conns:
+        if isinstance(conn.failure, SmtpAuthError | SmtpPolicyError):
+            kind = "auth" if isinstance(conn.failure, SmtpAuthError) else "policy"
+            return ServerFailure(name, kind, f"server {name}: {conn.failure}")
+    if pool is not None and not pool.exhausted():
+        return None  # one of several connections gave up; the others went on
+    gone = next((c for c in conns if c.unusable is not None), None)
+    if gone is None or gone.unusable is None:
+        return None
+    limit = options.stop_after_deferrals
+    if gone.failure is not None:
+        kind = "tls" if isinstance(gone.failure, SmtpTLSError) else "connect"
+    elif limit and gone.consecutive_deferrals >= limit:
+        kind = "deferring"
+    else:
+        kind = "dropped"
+    return ServerFailure(name, kind, gone.unusable)
 
 
 def _next_wake(summary: RunSummary, run: Pass, now: float) -> float | object | None:

@@ -140,8 +140,11 @@ class StateCount:
         return {"count": self.count, "bytes": self.bytes, "oldest": iso(self.oldest)}
 
 
-@dataclass
-class FailedRecipient:
+@dataclass(order=True)
+class Undelivered:
+    """Who did not get what, one line each: a recipient refused or still pending, or
+    the whole message (``recipient`` "": an unusable file, MAIL FROM refused, too old)."""
+
     message: str  # e.g. "failed/x.eml"
     recipient: str
     status: str  # failed (permanent) | pending (will be retried)
@@ -150,19 +153,10 @@ class FailedRecipient:
     def to_json(self) -> dict[str, Any]:
         return {
             "message": self.message,
-            "recipient": self.recipient,
+            "recipient": self.recipient or None,
             "status": self.status,
             "reply": self.reply,
         }
-
-
-@dataclass
-class FailedMessage:
-    message: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"message": self.message, "reason": self.reason}
 
 
 @dataclass
@@ -176,8 +170,9 @@ class SpoolStatus:
     due_now: int = 0
     next_retry: float | None = None
     running_pid: int | None = None  # a cxsmtp send holds the lock
-    failed_messages: list[FailedMessage] = field(default_factory=list)
-    failed_recipients: list[FailedRecipient] = field(default_factory=list)
+    undelivered: list[Undelivered] = field(default_factory=list)  # sorted
+    recipients_failed: int = 0  # refused for good in sent/ messages (sent-with-failures)
+    partial: int = 0  # deferred/ messages already sent to some recipients
     stale_tmp: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -191,8 +186,9 @@ class SpoolStatus:
             "due_now": self.due_now,
             "next_retry": iso(self.next_retry),
             "running_pid": self.running_pid,
-            "failed_messages": [m.to_json() for m in self.failed_messages],
-            "failed_recipients": [r.to_json() for r in self.failed_recipients],
+            "recipients_failed": self.recipients_failed,
+            "partial": self.partial,
+            "undelivered": [u.to_json() for u in self.undelivered],
             "stale_tmp": self.stale_tmp,
         }
 
@@ -287,22 +283,34 @@ class Listing:
         return result
 
     def _add_failures(self, result: SpoolStatus) -> None:
-        """Failed messages, and failed or pending recipients, from the records."""
+        """Who did not get what, from the records, each once: a message refused as a
+        whole is one line, else a line per refused or pending recipient."""
+        rows = result.undelivered
         for sub in ("failed", "deferred", "sent"):
+            status = "pending" if sub == "deferred" else "failed"
             for state in read_records(self._layout, sub):
                 where = f"{sub}/{state.name}"
-                if sub == "failed":
-                    result.failed_messages.append(FailedMessage(where, state.reason))
-                for rcpt, res in state.failed.items():
-                    result.failed_recipients.append(
-                        FailedRecipient(where, rcpt, "failed", res.describe())
+                if sub == "sent":
+                    result.recipients_failed += len(state.failed)
+                elif sub == "deferred" and state.accepted:
+                    result.partial += 1
+                if state.reply is not None:  # MAIL FROM refused: no recipient was tried
+                    rows.append(
+                        Undelivered(
+                            where, "", status, f"MAIL FROM refused: {state.reply.describe()}"
+                        )
                     )
+                    continue
+                if sub == "failed" and (not state.failed or state.reason.startswith("too old")):
+                    rows.append(Undelivered(where, "", status, state.reason or "failed"))
+                    continue
+                for rcpt, res in state.failed.items():
+                    rows.append(Undelivered(where, rcpt, "failed", res.describe()))
                 if sub == "deferred":
                     for rcpt, pending in state.pending.items():
                         reply = pending.describe() if pending else "not tried yet"
-                        result.failed_recipients.append(
-                            FailedRecipient(where, rcpt, "pending", reply)
-                        )
+                        rows.append(Undelivered(where, rcpt, "pending", reply))
+        rows.sort()
 
 
 def _entries(layout: SpoolLayout, rel: str) -> Iterator[tuple[float, str, int, int]]:

@@ -125,6 +125,8 @@ class MessageState:
     accepted: dict[str, RecipientResult] = field(default_factory=dict)
     failed: dict[str, RecipientResult] = field(default_factory=dict)
     pending: dict[str, RecipientResult | None] = field(default_factory=dict)
+    # The reply to the message as a whole: MAIL FROM refused (4xx/5xx), not any recipient's
+    reply: RecipientResult | None = None
 
     def destination(self) -> Destination:
         """sent when nothing is pending and someone accepted; failed if nobody did."""
@@ -151,6 +153,7 @@ class MessageState:
                 "failed": {k: v.to_json() for k, v in self.failed.items()},
                 "pending": {k: v.to_json() if v else None for k, v in self.pending.items()},
             },
+            "reply": self.reply.to_json() if self.reply else None,
         }
 
     @classmethod
@@ -186,6 +189,7 @@ class MessageState:
                 str(k): RecipientResult.from_json(v)
                 for k, v in (recipients.get("pending") or {}).items()
             },
+            reply=RecipientResult.from_json(data.get("reply")),
         )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import cxsmtp_argv, run_cxsmtp
+from conftest import cxsmtp_argv, run_cxsmtp, strip_timestamps
 from servers import ScriptConn
 
 from carerix_smtp.config.file import Config, ServerEntry, save_config
@@ -42,8 +42,8 @@ def send(spool: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]
 
 
 def error_line(stderr: str) -> str:
-    """The one line ``cxsmtp: error: …`` that stderr must be."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    """The one line ``cxsmtp: error: …`` that stderr must be (time stamp removed)."""
+    lines = [line for line in strip_timestamps(stderr).splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("cxsmtp: error: "), stderr
     return lines[0]

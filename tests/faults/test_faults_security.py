@@ -64,7 +64,8 @@ def test_starttls_stripped_no_password_sent(tmp_path: Path, isolated: Any, matri
         result = send(spool, env=PASSWORD_ENV)
         seen = b"".join(server.lines)
     assert result.returncode == 75, result.stderr  # README: server unreachable
-    assert "STARTTLS" in error_line(result.stderr)
+    line = error_line(result.stderr)
+    assert "STARTTLS" in line and line.endswith("; run `cxsmtp test local` for a diagnosis")
     assert b"AUTH" not in seen.upper() and b"MAIL FROM" not in seen.upper()
     for form in password_forms():
         assert form not in seen
@@ -119,6 +120,7 @@ def test_certificate_for_another_name_refused(
     assert result.returncode == 75, result.stderr  # README: server unreachable
     line = error_line(result.stderr)
     assert "certificate" in line and "127.0.0.1" in line
+    assert line.endswith("; run `cxsmtp test local` for a diagnosis")
     assert PASSWORD not in result.stdout + result.stderr
     assert_untouched(spool, matrix, received)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import strip_timestamps
 from servers import entry_for, make_spool, names
 
 from carerix_smtp.config.file import Config, save_config
@@ -295,7 +296,7 @@ def test_repair_never_pulls_a_ledger_from_under_a_sending_run(tmp_path: Path) ->
 
 def one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr
-    (line,) = stderr.splitlines()
+    (line,) = strip_timestamps(stderr).splitlines()
     assert line.startswith("cxsmtp: error: ")
     return line
 

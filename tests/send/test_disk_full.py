@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cxsmtp
+from conftest import run_cxsmtp, strip_timestamps
 from servers import config_for, entry_for, make_spool, message_ids, names
 
 from carerix_smtp.config.file import Config, save_config
@@ -98,7 +98,7 @@ def sink(isolated: Any, sink_factory: Any) -> Callable[..., Any]:
 
 
 def one_error_line(stderr: str) -> str:
-    lines = stderr.splitlines()
+    lines = strip_timestamps(stderr).splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("cxsmtp: error: "), stderr
     return lines[0]

@@ -580,14 +580,13 @@ def test_status_counts_and_failed_recipients(spool: Spool) -> None:
     assert (status.sent.count, status.failed.count, status.in_flight) == (1, 1, 0)
     assert status.running_pid is None
     assert status.stale_tmp == ["tmp/stale.part"]
-    assert [(m.message, m.reason) for m in status.failed_messages] == [
-        ("failed/f.eml", "not an RFC 5322 message")
-    ]
-    rows = {(r.message, r.recipient, r.status, r.reply) for r in status.failed_recipients}
-    assert rows == {
+    rows = [(r.message, r.recipient, r.status, r.reply) for r in status.undelivered]
+    assert rows == [
         ("deferred/d.eml", "later@y.example", "pending", "451 4.7.1 slow"),
+        ("failed/f.eml", "", "failed", "not an RFC 5322 message"),
         ("sent/s.eml", "bad@y.example", "failed", "550 5.1.1 no such user"),
-    }
+    ]
+    assert status.recipients_failed == 1
     assert json.loads(json.dumps(status.to_json()))["queued"]["count"] == 2
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cxsmtp
+from conftest import run_cxsmtp, strip_timestamps
 from servers import entry_for, listing, make_spool
 
 from carerix_smtp.config.file import Config, save_config
@@ -58,7 +58,7 @@ def test_send_refuses_a_symlinked_subdirectory_exit_78(
     result = run_cxsmtp("send", str(spool))
 
     assert result.returncode == 78, (result.stdout, result.stderr)
-    (line,) = result.stderr.splitlines()
+    (line,) = strip_timestamps(result.stderr).splitlines()
     assert line.startswith("cxsmtp: error: ")
     assert f"{spool / sub} is a symbolic link" in line
     assert entries(elsewhere) == []  # nothing moved or created through it

@@ -1,0 +1,102 @@
+"""``cxsmtp status`` as data: the spool's counts and who did not get what, per
+server the limits, the messages sent per hour over the last day (ledger) and the
+last error (history), and the last run.  Read-only; the CLI renders it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from carerix_smtp.errors import ConfigError
+from carerix_smtp.limits.hourly import sends_per_hour
+from carerix_smtp.send.gates import LedgerSource, open_ledger
+from carerix_smtp.send.history import RunHistory, load_history
+from carerix_smtp.send.plan import ServerLimits, limits_status
+from carerix_smtp.spool.records import iso
+from carerix_smtp.spool.spool import Spool
+
+if TYPE_CHECKING:
+    from carerix_smtp.config.file import Config
+    from carerix_smtp.spool.listing import SpoolStatus
+
+HOURS = 24  # the chart's slots: one per hour of the last day
+
+
+@dataclass
+class StatusReport:
+    spool: SpoolStatus
+    history: RunHistory
+    servers: list[ServerLimits] = field(default_factory=list)
+    hourly: dict[str, list[int]] = field(default_factory=dict)  # server -> HOURS counts
+    limits_error: str = ""  # the config could not be read: no limits shown
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.spool.to_json()
+        data["last_run"] = _run_json(self.history)
+        data["server_errors"] = [
+            {
+                "server": name,
+                "message": error.message,
+                "kind": error.kind,
+                "since": iso(error.first_seen),
+                "last_seen": iso(error.last_seen),
+                "recovered_at": iso(error.recovered_at),
+            }
+            for name, error in sorted(self.history.servers.items())
+        ]
+        data["servers"] = [
+            {**item.to_json(), "sent_per_hour": self.hourly.get(item.server, [0] * HOURS)}
+            for item in self.servers
+        ]
+        if self.limits_error:
+            data["limits_error"] = self.limits_error
+        return data
+
+
+def _run_json(history: RunHistory) -> dict[str, Any] | None:
+    run = history.last_run
+    if run is None:
+        return None
+    return {
+        "when": iso(run.when),
+        "status": run.status,
+        "sent": run.sent,
+        "deferred": run.deferred,
+        "failed": run.failed,
+        "exit_code": run.exit_code,
+    }
+
+
+def collect_status(
+    spool_path: Path,
+    load_config: Callable[[], Config],
+    state_dir: Path,
+    *,
+    ledger: LedgerSource | None = None,
+    clock: Callable[[], float] = time.time,
+) -> StatusReport:
+    """Everything ``cxsmtp status`` shows.  A config that cannot be read still gives
+    the spool's part (``limits_error`` says why the rest is missing)."""
+    now = clock()
+    report = StatusReport(Spool(spool_path, clock=clock).status(now), load_history(state_dir))
+    report.at = now
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        report.limits_error = str(exc)
+        return report
+    if not config.servers:  # no server yet: nothing to say about limits
+        return report
+    the_ledger, ours = open_ledger(ledger)
+    try:
+        report.servers = limits_status(spool_path, config, ledger=the_ledger, clock=clock)
+        if the_ledger is not None:
+            report.hourly = sends_per_hour(the_ledger, now, HOURS)
+    finally:
+        if ours and the_ledger is not None:
+            the_ledger.close()
+    return report
