@@ -14,6 +14,7 @@ from carerix_smtp.cli.errors import warn
 from carerix_smtp.cli.render import format_value, print_fields, print_json
 
 if TYPE_CHECKING:
+    from carerix_smtp.config.file import Config, ServerEntry
     from carerix_smtp.config.servers import Edited
 
 server_app = typer.Typer(
@@ -280,12 +281,22 @@ def add(
         store=choice,
         **fields,
     )
-    where = credentials_path(config.path)
-    stored = f" ({_report_store(name, choice, where)})" if password and choice else ""
-    default_note = " (the default server)" if config.settings.default_server == entry.name else ""
+    stored = ""
+    if password and choice:
+        stored = f" ({_report_store(name, choice, credentials_path(config.path))})"
+    _report_added(config, entry, default_before, stored)
+
+
+def _report_added(
+    config: Config, entry: ServerEntry, default_before: str | None, stored: str
+) -> None:
+    """``added server NAME: HOST (the default server) (password stored …)``, and a note
+    when an earlier lone server became the saved default."""
+    default = config.settings.default_server
+    default_note = " (the default server)" if default == entry.name else ""
     typer.echo(f"added server {entry.name!r}: {entry.host}{default_note}{stored}")
-    if default_before is None and config.settings.default_server not in (None, entry.name):
-        typer.echo(f"server {config.settings.default_server!r} stays the default (now saved)")
+    if default_before is None and default not in (None, entry.name):
+        typer.echo(f"server {default!r} stays the default (now saved)")
 
 
 def edit(
