@@ -202,3 +202,20 @@ def sink_factory() -> Iterator[Any]:
     yield start
     for sink in sinks:
         sink.stop()
+
+
+@pytest.fixture
+def configured(isolated: Isolated, sink_factory: Any) -> Any:
+    """``configured(**sink_options)``: a running sink and the isolated config file with one
+    server entry, "local", pointing at it (``entry={...}`` sets the entry's keys)."""
+    from servers import entry_for
+
+    from carerix_smtp.config.file import Config, save_config
+
+    def make(**sink_kw: Any) -> Any:
+        entry_kw = sink_kw.pop("entry", {})
+        sink = sink_factory(**sink_kw)
+        save_config(Config(path=isolated.config, servers={"local": entry_for(sink, **entry_kw)}))
+        return sink
+
+    return make

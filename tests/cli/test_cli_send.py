@@ -10,26 +10,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import strip_timestamps
 from servers import eml, entry_for, listing, make_spool, names
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.sink.config import FailRule
 from carerix_smtp.spool.spool import Spool
-
-
-@pytest.fixture
-def configured(isolated: Any, sink_factory: Any) -> Any:
-    """A running sink and a config file (the isolated CXSMTP_CONFIG) pointing at it."""
-
-    def make(**sink_kw: Any) -> Any:
-        entry_kw = sink_kw.pop("entry", {})
-        sink = sink_factory(**sink_kw)
-        save_config(Config(path=isolated.config, servers={"local": entry_for(sink, **entry_kw)}))
-        return sink
-
-    return make
 
 
 def lines(text: str) -> list[str]:

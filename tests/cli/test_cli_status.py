@@ -14,24 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from servers import eml, entry_for, make_spool
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.sink.config import FailRule
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture
-def configured(isolated: Any, sink_factory: Any) -> Any:
-    def make(**sink_kw: Any) -> Any:
-        entry_kw = sink_kw.pop("entry", {})
-        sink = sink_factory(**sink_kw)
-        save_config(Config(path=isolated.config, servers={"local": entry_for(sink, **entry_kw)}))
-        return sink
-
-    return make
 
 
 def lines(text: str) -> list[str]:
