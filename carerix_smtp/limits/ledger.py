@@ -50,25 +50,38 @@ namespace, pid and the process start time, which defeats pid reuse; see
   reservation is released at once;
 * otherwise (another container or machine sharing the state dir, or a system
   without ``/proc``) the reservation holds until its lease expires:
-  ``deadline + lease_grace`` after opening, extended by every confirmed
-  message.  The grant admits no message after its deadline, so what remains is
-  at most one message in flight per connection, and ``lease_grace`` (data +
-  command timeout, RFC 5321 §4.5.3.2) covers that.
+  ``deadline + lease_grace`` after opening, extended by every group of
+  confirmed messages written.  The grant admits no message after its
+  deadline, so what remains is at most one message in flight per connection,
+  and ``lease_grace`` (data + command timeout, RFC 5321 §4.5.3.2) covers that.
+
+Confirmations are written in groups: :class:`BatchGrant` keeps confirmed
+sends in memory and writes them in one transaction when :data:`CONFIRM_GROUP`
+wait, at a confirm :data:`CONFIRM_GROUP_SECONDS` or more after the previous
+write (so a slow batch writes each send at once), when the batch closes, and
+before this process reads the ledger (a batch, ``usage``, ``plan``,
+``sends``: the same process always sees its own sends).  Until its
+group is written a send's slot stays reserved, so other processes count it
+all the same.
 
 When a reservation is released this way its unused slots are freed, but the
-owner may have had messages accepted that it never recorded (killed between
-the server's "250" and the ledger write, RFC 1047).  Those are counted as sent
-at release time ("presumed" rows): at most ``connections`` of them when the
-machine has not rebooted since, all the unconfirmed slots when it may have --
-confirmations are committed without fsync (cheap; they survive a crash of the
-process, not of the machine), while the reservation itself is fsynced.
-Stamping them later than they can have happened only makes them count
-longer.  A crash therefore costs at most a few slots of one window, never an
-overshoot.  A run that exits normally with a grant still open closes it at exit.
+owner may have had messages accepted that it never wrote: those in flight
+(killed between the server's "250" and the confirm, RFC 1047; one per
+connection) and those waiting in memory for their group.  So the reservation
+records ``connections + CONFIRM_GROUP`` as what may be unwritten at once
+(column ``in_flight``), and that many (at most the unconfirmed slots) are
+counted as sent at release time ("presumed" rows) when the machine has not
+rebooted since; all the unconfirmed slots when it may have -- groups are
+committed without fsync (cheap; they survive a crash of the process, not of
+the machine), while the reservation itself is fsynced.  Stamping them later
+than they can have happened only makes them count longer.  A crash therefore
+costs at most one group and one message per connection of one window's
+slots, never an overshoot.  A run that exits normally with a grant still open
+closes it (writing its last group) at exit.
 
 A second store (a PostgreSQL ledger is planned) implements :class:`LedgerStore`
 and reuses :class:`BatchGrant` (the in-process bookkeeping of one batch, which
-calls back ``record_send`` / ``close_reservation``) and
+calls back ``record_sends`` / ``close_reservation``) and
 :mod:`carerix_smtp.limits.owner`.  It must keep these semantics:
 
 * serialised admission: reading the windows, :func:`~carerix_smtp.limits.rule.next_batch`
@@ -81,10 +94,21 @@ calls back ``record_send`` / ``close_reservation``) and
   email_send_limit window; the last batch start is the newest reservation that
   is live or sent something (the batch interval);
 * reservations are released only when their owner is gone or their lease has
-  expired, as above, with the presumed sends recorded in the same transaction:
-  a crash never causes an overshoot;
-* ``record_send`` stores the stamp :class:`BatchGrant` gives it (never before the
-  slot's release time) and extends the lease; ``close_reservation`` closes the
+  expired, as above, with the presumed sends recorded in the same transaction;
+  the count presumed must cover every send the owner may have left unwritten:
+  the grant's in-flight messages (``connections``) plus its unwritten group
+  (:attr:`BatchGrant.group_max`, which the store chooses when it creates the
+  grant and records with the reservation, so that any process -- of any
+  version -- releasing it knows the bound).  A crash never causes an overshoot;
+* ``record_sends`` writes one group atomically (all or none), each send with
+  the stamp :class:`BatchGrant` gave it (never before the slot's release time;
+  the stamps are what the windows count, so they are never merged), counts
+  them as used slots of the reservation and extends the lease to the newest
+  stamp + ``lease_grace``; it warns when the reservation was released
+  meanwhile, and records the sends anyway (counted twice: safe);
+* every read of the windows (a new batch, ``usage``, ``plan``, ``sends``)
+  first writes the open grants' groups of the same process
+  (:meth:`BatchGrant.flush`); ``close_reservation`` closes the
   reservation (its unused slots are free again) and folds the batch's
   (size, seconds) observations into the server's
   :class:`~carerix_smtp.limits.rule.TimingModel`;
@@ -105,6 +129,8 @@ from carerix_smtp.limits.rule import BatchSize, Limits, TimingModel, WaitKind
 from carerix_smtp.limits.schedule import Schedule
 
 __all__ = [
+    "CONFIRM_GROUP",
+    "CONFIRM_GROUP_SECONDS",
     "BatchGrant",
     "Clock",
     "GrantExceededError",
@@ -117,6 +143,16 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+
+# Confirmed sends are written in groups, one transaction each (issue 12: a
+# transaction per message cost more than the rest of the bookkeeping): when this
+# many wait, or at a confirm this long after the previous write (so no send waits
+# longer than that, unless no confirm follows it).  The count also bounds what a
+# crash can leave unwritten, and so what releasing a dead owner's reservation
+# counts as possibly sent: a larger group saves little more (the transaction is
+# already shared by 64) and costs more slots after a crash.
+CONFIRM_GROUP = 64
+CONFIRM_GROUP_SECONDS = 0.05
 
 LedgerError = StateError  # the ledger's errors live in errors.py
 
@@ -179,7 +215,8 @@ class BatchGrant:
     slot if the message still fits (count, bytes, and -- after the first message
     -- the time left by the timing model); ``confirm`` records the send (call it
     when the data was accepted, and also when the connection was lost after the
-    final "." -- possibly sent counts as sent); ``release`` gives an admitted
+    final "." -- possibly sent counts as sent; written to the store in groups,
+    see :meth:`confirm`); ``release`` gives an admitted
     message's slot back when it was not accepted.  ``close`` (or leaving the
     ``with`` block) releases the rest and updates the timing model.
     """
@@ -195,6 +232,8 @@ class BatchGrant:
         planned: BatchSize,
         timing: TimingModel,
         release: Sequence[float] = (),
+        group_max: int = CONFIRM_GROUP,
+        group_seconds: float = CONFIRM_GROUP_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.reservation_id = reservation_id
@@ -211,12 +250,19 @@ class BatchGrant:
         self.sent = 0
         self.sent_bytes = 0
         self.cut_by_deadline = False
-        self.stop_reason: str | None = None  # "count", "bytes", "deadline", "closed"
+        # "count", "bytes", "deadline", "closed"; "ledger": a group could not be written
+        self.stop_reason: str | None = None
         self.closed = False
         self._claims: list[int] = []
         self._observations: list[tuple[int, float]] = []
         self._setup: float | None = None
         self._mark: float | None = None
+        # Confirmed sends not written yet (stamp, message id, bytes), and the clock
+        # at the previous write (the reservation's): written in groups (see confirm).
+        self.group_max = max(1, group_max)
+        self.group_seconds = group_seconds
+        self._unwritten: list[tuple[float, str | None, int]] = []
+        self._written_at = opened_at
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -224,6 +270,11 @@ class BatchGrant:
             f"<BatchGrant {self.server} #{self.reservation_id} {self.sent}/{self.max_messages}"
             f"{' closed' if self.closed else ''}>"
         )
+
+    @property
+    def unwritten(self) -> int:
+        """Confirmed sends still waiting in memory for their group's write."""
+        return len(self._unwritten)
 
     @property
     def remaining(self) -> int:
@@ -247,6 +298,12 @@ class BatchGrant:
         with self._lock:
             if self.closed:
                 self.stop_reason = "closed"
+                return False
+            if len(self._unwritten) >= self.group_max:
+                # A group could not be written (the error went to its confirm): admit
+                # no more, so what a crash leaves unwritten stays within the bound
+                # the reservation records (a group and one message per connection).
+                self.stop_reason = "ledger"
                 return False
             now = self.ledger.clock()
             used = self.sent + len(self._claims)
@@ -278,27 +335,52 @@ class BatchGrant:
             self._unclaim(size)
 
     def confirm(self, message_id: str | None, size: int) -> float:
-        """The server accepted the data: record the send, stamped now.  Returns the stamp."""
+        """The server accepted the data: record the send, stamped now.  Returns the stamp.
+
+        The send is written with others in one group (one transaction): when
+        :attr:`group_max` sends wait, when this confirm comes
+        :attr:`group_seconds` or more after the previous write (so the oldest
+        waits no longer than that, unless no confirm follows it), at
+        :meth:`flush` and :meth:`close`, and before the store reads its state
+        (the store calls :meth:`flush`).  Until then its slot stays reserved,
+        and a crash counts it as possibly sent (module docstring).
+        """
         with self._lock:
-            if not self._unclaim(size) and self.sent + len(self._claims) >= self.max_messages:
-                over = True
-            else:
-                over = False
+            over = not self._unclaim(size) and self.sent + len(self._claims) >= self.max_messages
             # Never stamped before the slot's release time (the proof in limits.next_batch).
             release = self.release_at[min(self.sent, len(self.release_at) - 1)]
-            now = max(self.ledger.clock(), release, self.opened_at)
-            self.ledger.record_send(self, now, message_id, size)
+            clock = self.ledger.clock()
+            now = max(clock, release, self.opened_at)
+            self._unwritten.append((now, message_id, size))
             self.sent += 1
             self.sent_bytes += size
             if self._mark is not None:
                 self._observations.append((size, max(0.0, now - max(self._mark, release))))
             self._mark = now
+            if (
+                over
+                or len(self._unwritten) >= self.group_max
+                or clock - self._written_at >= self.group_seconds
+            ):
+                self._write_unwritten()
         if over:
             raise GrantExceededError(
                 f"server {self.server}: message {message_id} was sent beyond its batch of "
                 f"{self.max_messages}; call admit() before sending (the send was recorded)"
             )
         return now
+
+    def flush(self) -> None:
+        """Write the confirmed sends that wait in memory (one transaction)."""
+        with self._lock:
+            self._write_unwritten()
+
+    def _write_unwritten(self) -> None:
+        # Under self._lock.  Kept in memory when the write fails: the next one retries.
+        if self._unwritten:
+            self.ledger.record_sends(self, list(self._unwritten))
+            self._unwritten.clear()
+            self._written_at = self.ledger.clock()
 
     def _unclaim(self, size: int) -> bool:
         if size in self._claims:
@@ -314,6 +396,7 @@ class BatchGrant:
         with self._lock:
             if self.closed:
                 return
+            self._write_unwritten()
             self.closed = True
             self._claims.clear()
             observations = list(self._observations)
@@ -376,8 +459,15 @@ class LedgerStore(Protocol):
         """Close open grants (releasing their slots) and the store."""
         ...
 
-    def record_send(self, grant: BatchGrant, now: float, message_id: str | None, size: int) -> None:
-        """Called by :meth:`BatchGrant.confirm`: one send of ``grant``, stamped ``now``."""
+    def record_sends(
+        self, grant: BatchGrant, sends: Sequence[tuple[float, str | None, int]]
+    ) -> None:
+        """Called by :class:`BatchGrant`: a group of sends ``(stamp, message id, bytes)``.
+
+        All of them in one transaction (all or none), each with its own stamp;
+        the lease is extended once, to the newest stamp plus ``lease_grace``.
+        Logs a warning when the reservation had been released meanwhile.
+        """
         ...
 
     def close_reservation(

@@ -29,7 +29,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from carerix_smtp.limits.ledger import BatchGrant, Clock, LedgerError, SendRecord, Usage, Wait
+from carerix_smtp.errors import StorageError
+from carerix_smtp.limits.ledger import (
+    CONFIRM_GROUP,
+    CONFIRM_GROUP_SECONDS,
+    BatchGrant,
+    Clock,
+    LedgerError,
+    SendRecord,
+    Usage,
+    Wait,
+)
 from carerix_smtp.limits.owner import Owner
 from carerix_smtp.limits.rule import (
     Limits,
@@ -44,10 +54,11 @@ from carerix_smtp.limits.sqlite_connection import LedgerDatabase
 from carerix_smtp.limits.sqlite_reservations import (
     close_reservation,
     insert_reservation,
-    insert_send,
+    insert_sends,
     reclaim,
 )
 from carerix_smtp.limits.sqlite_state import (
+    LoadedState,
     count_sent,
     list_sends,
     load_state,
@@ -80,6 +91,10 @@ class Ledger:
     if that is longer (for ``status``), then pruned.
     ``owner``: who this process is (tests pass a fake one); ``durable``: fsync
     each new reservation (turn off only for benchmarks on throw-away files).
+    ``confirm_group`` / ``confirm_group_seconds``: confirmed sends are written
+    in groups, when this many wait or at a confirm this long after the previous
+    write (:meth:`BatchGrant.confirm`); a crash may count up to
+    ``confirm_group`` more slots as possibly sent.
     """
 
     FILENAME = "ledger.sqlite3"
@@ -94,12 +109,16 @@ class Ledger:
         retention: float = 2 * 86_400.0,
         owner: Owner | None = None,
         durable: bool = True,
+        confirm_group: int = CONFIRM_GROUP,
+        confirm_group_seconds: float = CONFIRM_GROUP_SECONDS,
     ) -> None:
         self.path = Path(path)
         self.clock = clock
         self.sleep = sleep
         self.busy_timeout = busy_timeout
         self.retention = retention
+        self.confirm_group = max(1, confirm_group)
+        self.confirm_group_seconds = confirm_group_seconds
         self._owner = owner
         self._owner_pid = -1
         self._current_owner: Owner | None = None
@@ -141,8 +160,11 @@ class Ledger:
         for grant in list(self._grants):
             try:
                 grant.close()
-            except LedgerError as exc:  # pragma: no cover - best effort at exit
-                log.warning("%s", exc)
+            except (LedgerError, StorageError) as exc:  # best effort (after an error, at exit)
+                # Safe: the reservation stays open with its last group unwritten, and
+                # the next process to read the ledger counts those as possibly sent.
+                # Not a warning: the error that stopped the run is reported already.
+                log.info("server %s: batch left open: %s", grant.server, exc)
         self._db.close()
         _OPEN_LEDGERS.discard(self)
 
@@ -174,6 +196,7 @@ class Ledger:
         ``connections``: how many messages may be in flight at once under this
         grant (what a crash may leave unrecorded).
         """
+        self.flush()
         with self._db.write(durable=True) as conn:
             now = self.clock()
             reclaim(conn, now, self.owner)
@@ -190,11 +213,24 @@ class Ledger:
                     server,
                     decision.release[-1],
                 )
+            # What a crash may leave unwritten: a message in flight per connection
+            # and a group of confirmed sends still in memory.
+            unwritten = max(1, connections) + self.confirm_group
             rid = insert_reservation(
-                conn, server, now, limits, decision.count, connections, self.owner
+                conn, server, now, limits, decision.count, unwritten, self.owner
             )
         grant = BatchGrant(
-            self, rid, server, limits, now, decision.count, size, loaded.timing, decision.release
+            self,
+            rid,
+            server,
+            limits,
+            now,
+            decision.count,
+            size,
+            loaded.timing,
+            decision.release,
+            group_max=self.confirm_group,
+            group_seconds=self.confirm_group_seconds,
         )
         self._grants.append(grant)
         log.info(
@@ -233,37 +269,14 @@ class Ledger:
 
     def usage(self, server: str, limits: Limits) -> Usage:
         """Sent in the last hour / day, what the windows still allow, the next batch."""
+        self.flush()
         with self._db.write() as conn:
             now = self.clock()
             reclaim(conn, now, self.owner)
             loaded = load_state(conn, server, limits, now)
             sent_hour, bytes_hour = count_sent(conn, server, now - limits.rate_window)
             sent_day, bytes_day = count_sent(conn, server, now - limits.send_limit_window)
-        state = loaded.state
-        size = plan_batch_size((), limits, loaded.timing)
-        decision = next_batch(state, limits, now, size.count)
-        timing = loaded.timing
-        per_byte = timing.per_byte
-        return Usage(
-            server=server,
-            at=now,
-            limits=limits,
-            sent_hour=sent_hour,
-            bytes_hour=bytes_hour,
-            sent_day=sent_day,
-            bytes_day=bytes_day,
-            sent_day_all=len(state.all_sends),
-            reserved=state.server_reserved,
-            reserved_all=state.all_reserved,
-            window_allows=max(0, _window_allows(state, limits, now)),
-            last_batch_at=state.last_batch_start,
-            next_batch_at=decision.at,
-            next_batch_size=decision.count,
-            waiting_for=decision.kind,
-            reason=decision.reason,
-            seconds_per_message=timing.per_message,
-            seconds_per_megabyte=None if per_byte is None else per_byte * 1_000_000,
-        )
+        return _usage(server, limits, now, loaded, (sent_hour, bytes_hour, sent_day, bytes_day))
 
     def next_window_at(self, server: str, limits: Limits) -> float:
         """When the next batch of ``server`` may start (now if now; ``math.inf``: never)."""
@@ -279,6 +292,7 @@ class Ledger:
         if not queues:
             return Schedule((), None, 0, 0)
         widest_name = max(queues, key=lambda name: queues[name][0].send_limit_window)
+        self.flush()
         with self._db.write() as conn:
             now = self.clock()
             reclaim(conn, now, self.owner)
@@ -303,6 +317,7 @@ class Ledger:
 
     def sends(self, server: str | None = None, since: float | None = None) -> list[SendRecord]:
         """The recorded sends, oldest first (status and tests)."""
+        self.flush()
         with self._db.read() as conn:
             return list_sends(conn, server, since)
 
@@ -310,25 +325,38 @@ class Ledger:
         with self._db.read() as conn:
             return read_timing(conn, server)
 
-    # called by BatchGrant --------------------------------------------------------------
+    # the groups of BatchGrant ------------------------------------------------------------
 
-    def record_send(self, grant: BatchGrant, now: float, message_id: str | None, size: int) -> None:
+    def flush(self) -> None:
+        """Write the confirmed sends that this process's open grants still hold in memory.
+
+        Done before every read of the windows, so this process always sees its
+        own sends (another process counts them as reserved slots meanwhile).
+        """
+        for grant in list(self._grants):
+            grant.flush()
+
+    def record_sends(
+        self, grant: BatchGrant, sends: Sequence[tuple[float, str | None, int]]
+    ) -> None:
+        if not sends:
+            return
+        newest = max(stamp for stamp, _, _ in sends)
         with self._db.write() as conn:
-            released = insert_send(
+            released = insert_sends(
                 conn,
                 grant.server,
                 grant.reservation_id,
-                now,
-                message_id,
-                size,
-                now + grant.limits.lease_grace,
+                sends,
+                newest + grant.limits.lease_grace,
             )
         if released and not grant.closed:
             log.warning(
-                "server %s: batch reservation %d was released before this send was recorded "
+                "server %s: batch reservation %d was released before %d send(s) were recorded "
                 "(the process was stopped longer than its lease?)",
                 grant.server,
                 grant.reservation_id,
+                len(sends),
             )
 
     def close_reservation(
@@ -352,6 +380,38 @@ class Ledger:
             grant.sent_bytes,
             " (cut short by the deadline)" if grant.cut_by_deadline else "",
         )
+
+
+def _usage(
+    server: str, limits: Limits, now: float, loaded: LoadedState, counts: tuple[int, int, int, int]
+) -> Usage:
+    """:meth:`Ledger.usage` from the state read; ``counts``: sent, bytes in the hour, the day."""
+    state = loaded.state
+    size = plan_batch_size((), limits, loaded.timing)
+    decision = next_batch(state, limits, now, size.count)
+    timing = loaded.timing
+    per_byte = timing.per_byte
+    sent_hour, bytes_hour, sent_day, bytes_day = counts
+    return Usage(
+        server=server,
+        at=now,
+        limits=limits,
+        sent_hour=sent_hour,
+        bytes_hour=bytes_hour,
+        sent_day=sent_day,
+        bytes_day=bytes_day,
+        sent_day_all=len(state.all_sends),
+        reserved=state.server_reserved,
+        reserved_all=state.all_reserved,
+        window_allows=max(0, _window_allows(state, limits, now)),
+        last_batch_at=state.last_batch_start,
+        next_batch_at=decision.at,
+        next_batch_size=decision.count,
+        waiting_for=decision.kind,
+        reason=decision.reason,
+        seconds_per_message=timing.per_message,
+        seconds_per_megabyte=None if per_byte is None else per_byte * 1_000_000,
+    )
 
 
 def _window_allows(state: WindowState, limits: Limits, now: float) -> int:

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     slots INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0,
     presumed INTEGER NOT NULL DEFAULT 0,
-    in_flight INTEGER NOT NULL,      -- connections: messages that can be in flight at once
+    in_flight INTEGER NOT NULL,      -- sends that may be made but unwritten at once (ledger.py)
     owner_host TEXT NOT NULL,
     owner_boot TEXT NOT NULL,
     owner_pidns TEXT NOT NULL,

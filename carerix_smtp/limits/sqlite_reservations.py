@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "close_reservation",
     "insert_reservation",
-    "insert_send",
+    "insert_sends",
     "live_reservations",
     "reclaim",
     "restore_sends",
@@ -75,10 +75,15 @@ def insert_reservation(
     now: float,
     limits: Limits,
     slots: int,
-    connections: int,
+    unwritten: int,
     owner: Owner,
 ) -> int:
-    """Record a new batch of ``slots`` opened at ``now`` by ``owner``; its id."""
+    """Record a new batch of ``slots`` opened at ``now`` by ``owner``; its id.
+
+    ``unwritten``: how many sends the owner may have made but not written at
+    any moment (in flight, or confirmed and waiting for their group): what
+    :func:`reclaim` counts as possibly sent when the owner dies.
+    """
     deadline_at = now + limits.batch_deadline
     cursor = conn.execute(
         "INSERT INTO reservations (server, opened_at, deadline_at, expires_at, slots,"
@@ -90,7 +95,7 @@ def insert_reservation(
             deadline_at,
             deadline_at + limits.lease_grace,
             slots,
-            max(1, connections),
+            max(1, unwritten),
             owner.host,
             owner.boot,
             owner.pidns,
@@ -103,24 +108,26 @@ def insert_reservation(
     return rid
 
 
-def insert_send(
+def insert_sends(
     conn: sqlite3.Connection,
     server: str,
     reservation_id: int,
-    now: float,
-    message_id: str | None,
-    size: int,
+    sends: Sequence[tuple[float, str | None, int]],
     lease_until: float,
 ) -> bool:
-    """Record one send of a reservation and extend its lease; True if it was already released."""
-    conn.execute(
+    """Record a group of sends ``(stamp, message id, bytes)`` of a reservation.
+
+    Counts them as used slots and extends the lease once; True if the
+    reservation had already been released (the sends are recorded anyway).
+    """
+    conn.executemany(
         "INSERT INTO sends (server, time, bytes, message_id, presumed, reservation)"
         " VALUES (?, ?, ?, ?, 0, ?)",
-        (server, now, size, message_id, reservation_id),
+        [(server, stamp, size, message_id, reservation_id) for stamp, message_id, size in sends],
     )
     conn.execute(
-        "UPDATE reservations SET used = used + 1, expires_at = max(expires_at, ?) WHERE id = ?",
-        (lease_until, reservation_id),
+        "UPDATE reservations SET used = used + ?, expires_at = max(expires_at, ?) WHERE id = ?",
+        (len(sends), lease_until, reservation_id),
     )
     row = conn.execute(
         "SELECT closed_at FROM reservations WHERE id = ?", (reservation_id,)
@@ -159,7 +166,7 @@ def restore_sends(
 ) -> None:
     """Record ``(stamp, bytes)`` sends of ``server`` known from elsewhere (a repair).
 
-    They become confirmed sends, as :func:`insert_send` records them, under one
+    They become confirmed sends, as :func:`insert_sends` records them, under one
     closed reservation opened at the newest of them (at most ``now``): so the
     batch interval also counts from the last send before the repair -- later than
     that batch really started, which only makes the next one wait longer.

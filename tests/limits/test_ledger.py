@@ -379,11 +379,12 @@ HOLDER = textwrap.dedent(
     import sys
     from carerix_smtp.limits.rule import Limits
     from carerix_smtp.limits.sqlite import Ledger
-    ledger = Ledger(sys.argv[1])
+    ledger = Ledger(sys.argv[1], confirm_group=2, confirm_group_seconds=3600.0)
     limits = Limits(rate_per_hour=10, rate_window=3600, batch_interval=0, batch_max_messages=6)
     grant = ledger.open_batch("a", limits, [1] * 6)
     grant.admit(1)
     grant.confirm("<held-1>", 1)
+    assert grant.unwritten == 1  # waits in memory for its group
     print("holding", flush=True)
     sys.stdin.read()
     """
@@ -404,15 +405,17 @@ def test_a_killed_holder_does_not_block(tmp_path: Path) -> None:
         limits = Limits(rate_per_hour=10, batch_interval=0, batch_max_messages=10)
         with Ledger(path) as led:
             usage = led.usage("a", limits)
-            assert (usage.sent_hour, usage.reserved) == (1, 5)  # the live holder is respected
+            # The live holder is respected: its unwritten send still holds its slot.
+            assert (usage.sent_hour, usage.reserved) == (0, 6)
             os.kill(holder.pid, signal.SIGKILL)
             holder.wait(timeout=10)
             grant = grant_of(led.open_batch("a", limits, [1] * 10))
-            # Released at once; one message may have been in flight: counted as sent.
-            assert grant.max_messages == 8
+            # Released at once; one message in flight and a group of two may have been
+            # sent unwritten: counted as sent (the one real send among them).
+            assert grant.max_messages == 7
             grant.close()
             presumed = [s for s in led.sends("a") if s.presumed]
-            assert len(presumed) == 1
+            assert len(presumed) == 3
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -435,7 +438,7 @@ def test_a_run_that_exits_without_closing_its_grant_releases_it(tmp_path: Path) 
         pytest.param(
             Owner("elsewhere", "another-boot", "pid:[1]", 4242, "123"), 9, id="other-machine"
         ),
-        pytest.param(None, 1, id="other-container-same-kernel"),
+        pytest.param(None, 3, id="other-container-same-kernel"),
     ],
 )
 def test_an_owner_that_cannot_be_checked_holds_until_its_lease_expires(
@@ -448,10 +451,11 @@ def test_an_owner_that_cannot_be_checked_holds_until_its_lease_expires(
         other = Owner("container-7", me.boot, "pid:[999]", 1, "55")
     path = tmp_path / "ledger.sqlite3"
     limits = Limits(rate_per_hour=10, batch_interval=0, batch_max_messages=10, lease_grace=30.0)
-    foreign = Ledger(path, clock=clock, owner=other)
+    foreign = Ledger(path, clock=clock, owner=other, confirm_group=2)
     grant = grant_of(foreign.open_batch("a", limits, [1] * 10))
     grant.admit(1)
     grant.confirm("<1>", 1)
+    grant.flush()
     with Ledger(path, clock=clock) as led:
         wait = wait_of(led.open_batch("a", limits, [1]))
         assert wait.kind is WaitKind.RESERVED
@@ -460,7 +464,7 @@ def test_an_owner_that_cannot_be_checked_holds_until_its_lease_expires(
         clock.now = T0 + 60 + 30
         result = led.open_batch("a", limits, [1] * 10)
         # Other machine: unsynced confirmations may be lost, so all unconfirmed slots count;
-        # same kernel: only the message that may have been in flight.
+        # same kernel: the message that may have been in flight and an unwritten group (2).
         assert len([s for s in led.sends() if s.presumed]) == presumed
         if presumed == 9:
             assert wait_of(result).kind is WaitKind.RATE
