@@ -113,7 +113,9 @@ class CxsmtpGroup(TyperGroup):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         from carerix_smtp.cli.argv import hoist_global_options
+        from carerix_smtp.cli.params import lighten
 
+        lighten(self, ctx)  # plain values without importing pydantic (cli/params.py)
         argv = hoist_global_options(self, ctx, list(args))
         ctx.meta[JSON_KEY] = argv.json
         return list(super().parse_args(ctx, argv.args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable
@@ -121,9 +122,10 @@ def send(
 
     Example (crontab):  */5 * * * *  cxsmtp send /var/spool/mailing
     """
+    # Imported here, and only what this run needs: cron starts ``cxsmtp send`` every
+    # few minutes, mostly on an empty spool (issue 12: start-up within 2x ``import
+    # typer, rich``); the ledger, the plan and the SMTP client come when used.
     from carerix_smtp.cli.cron_output import stamp_lines
-    from carerix_smtp.limits.sqlite import Ledger
-    from carerix_smtp.send.plan import plan_send
     from carerix_smtp.send.report import SendOptions
     from carerix_smtp.send.run import run_send
     from carerix_smtp.send.stopping import stop_on_signals
@@ -133,6 +135,8 @@ def send(
     config = cli.load_config()
     options = SendOptions(server=server, max_messages=max_messages, dry_run=dry_run, loop=loop)
     if dry_run:
+        from carerix_smtp.send.plan import plan_send
+
         plan = plan_send(spool, config, options, ledger=_existing_ledger(cli))
         _render_plan(plan, spool, json_out)
         return
@@ -142,6 +146,8 @@ def send(
         stop.wait(seconds)
 
     def ledger() -> Ledger:
+        from carerix_smtp.limits.sqlite import Ledger
+
         return Ledger.in_state_dir(cli.state_dir, sleep=interruptible)
 
     show_bar = cli.stdout_is_terminal and not (quiet or json_out)
@@ -161,8 +167,11 @@ def send(
     raise typer.Exit(int(summary.exit_code))
 
 
-def _progress(cli: CliContext, enabled: bool) -> SendProgress:
-    """The progress bar on a terminal (progress.py)."""
+def _progress(cli: CliContext, enabled: bool) -> SendProgress | contextlib.nullcontext[None]:
+    """The progress bar on a terminal (progress.py); off a terminal nothing (rich is
+    not even imported: cron's runs start faster)."""
+    if not enabled:
+        return contextlib.nullcontext(None)
     from carerix_smtp.cli.progress import SendProgress
 
     return SendProgress(cli.console, enabled)

@@ -150,10 +150,15 @@ def _play_batch(
     model = q.timing if q.timing is not None and not q.timing.empty else None
     t = start + (model.setup if model else 0.0)
     taken = q.sizes[pos : pos + decision.count]
+    times: list[float] = []
     for j, size_ in enumerate(taken):
         t = max(t, decision.release[j]) + (model.predict(size_) if model else 0.0)
-        bisect.insort(sends, t)
-        bisect.insort(every, t)
+        times.append(t)
+    # One merge instead of an insort per message (status plays 100,000 forward):
+    # ``times`` is sorted, so the sort only merges two runs.
+    for known in (sends, every):
+        known.extend(times)
+        known.sort()
     batch_bytes = sum(taken)
     return PlannedBatch(name, start, len(taken), batch_bytes, t)
 

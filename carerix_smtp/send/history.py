@@ -22,7 +22,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -238,7 +237,7 @@ def _read(dir_fd: int, state_dir: Path) -> RunHistory:
 
 def _write(dir_fd: int, state_dir: Path, history: RunHistory) -> None:
     data = (json.dumps(history.to_json(), indent=1) + "\n").encode()
-    temp = f".{FILENAME}.{secrets.token_hex(6)}.tmp"
+    temp = f".{FILENAME}.{os.urandom(6).hex()}.tmp"  # (secrets: 5 ms to import)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
     try:

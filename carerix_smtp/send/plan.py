@@ -17,16 +17,15 @@ from typing import TYPE_CHECKING, Any
 from carerix_smtp.errors import ConfigError, MessageError
 from carerix_smtp.limits.rule import Limits
 from carerix_smtp.limits.schedule import Schedule, ServerQueue, simulate_schedule
-from carerix_smtp.limits.sqlite import Ledger
 from carerix_smtp.send.gates import LedgerSource, open_ledger
 from carerix_smtp.send.report import SendOptions, iso_finite, listing_limit
-from carerix_smtp.spool.listing import Candidate
-from carerix_smtp.spool.message import read_message
+from carerix_smtp.spool.listing import Candidate, DueQueue
 from carerix_smtp.spool.records import iso
 from carerix_smtp.spool.spool import Spool
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config, ServerEntry
+    from carerix_smtp.limits.sqlite import Ledger
 
 
 @dataclass
@@ -107,12 +106,9 @@ def _route_candidates(
     """Sort due messages by server into ``plan`` (sizes in sending order), noting the
     unusable ones.  ``read_all`` False: read a message's header only when its server
     depends on it (then unparseable files are not noticed)."""
-    fixed: ServerEntry | None = None
-    if server:
-        fixed = config.server(server)
-    elif len(config.servers) == 1 or not config.users:
-        with contextlib.suppress(ConfigError):
-            fixed = config.default()
+    from carerix_smtp.spool.message import read_message  # email parsing: when needed
+
+    fixed = _fixed_server(config, server)
     for candidate in candidates:
         if limit is not None and plan.messages >= limit:
             break
@@ -136,6 +132,30 @@ def _route_candidates(
         item.sizes.append(size)
         plan.messages += 1
         plan.bytes += size
+
+
+def _fixed_server(config: Config, server: str | None) -> ServerEntry | None:
+    """The server every message goes to when that is known without reading any."""
+    if server:
+        return config.server(server)
+    if len(config.servers) == 1 or not config.users:
+        with contextlib.suppress(ConfigError):
+            return config.default()
+    return None
+
+
+def _route_queue(spool: Spool, config: Config, queue: DueQueue, plan: Plan) -> None:
+    """``_route_candidates`` for a status's queue (no header read): with one server
+    for all, only the sizes of the regular files count, without a Candidate each."""
+    fixed = _fixed_server(config, None)
+    if fixed is None:
+        _route_candidates(spool, config, queue.candidates(), None, plan, read_all=False)
+        return
+    sizes = queue.sizes()
+    if sizes:
+        item = plan.servers[fixed.name] = PlanEntry(fixed.name, fixed.host, sizes=sizes)
+        item.messages = plan.messages = len(sizes)
+        item.bytes = plan.bytes = sum(sizes)
 
 
 def _schedule(
@@ -189,7 +209,11 @@ def plan_send(
         config.server(options.server)
     now = clock()
     plan = Plan(at=now)
-    candidates = spool.candidates(now, limit=listing_limit(options))
+    # Every due message is read and its size kept anyway: without --max-messages
+    # the listing holds them all, in one pass (a window would list the spool again
+    # for each 10,000).
+    limit = listing_limit(options) if options.max_messages is not None else None
+    candidates = spool.candidates(now, limit=limit)
     _route_candidates(spool, config, candidates, options.server, plan, options.max_messages)
     the_ledger, ours = open_ledger(ledger)
     try:
@@ -197,9 +221,7 @@ def plan_send(
     finally:
         if ours and the_ledger is not None:
             the_ledger.close()
-    deferred = [c for c in spool.scan("deferred") if c.mtime > now]
-    plan.waiting = len(deferred)
-    plan.next_retry = min((c.mtime for c in deferred), default=None)
+    plan.waiting, plan.next_retry = candidates.waiting, candidates.next_retry
     return plan
 
 
@@ -261,16 +283,21 @@ def limits_status(
     *,
     ledger: LedgerSource | None = None,
     clock: Callable[[], float] = time.time,
+    queue: DueQueue | None = None,
 ) -> list[ServerLimits]:
     """Per server with due messages or recent sends: usage, what the window allows
     now, the next window and the ETA of its queue.  Without a ledger (none yet):
     nothing was sent.  Reads the spool (headers only when the server depends on
-    them); changes nothing."""
+    them); changes nothing.  ``queue``: the due queue a status pass listed already
+    (SpoolStatus.queue), so the spool is not listed again."""
     spool = Spool(spool_path, clock=clock)
     spool.check(writable=False)
     now = clock()
     plan = Plan(at=now)
-    _route_candidates(spool, config, spool.candidates(now), None, plan, read_all=False)
+    if queue is not None:
+        _route_queue(spool, config, queue, plan)
+    else:
+        _route_candidates(spool, config, spool.candidates(now), None, plan, read_all=False)
     the_ledger, ours = open_ledger(ledger)
     try:
         out: list[ServerLimits] = []

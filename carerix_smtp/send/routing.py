@@ -85,9 +85,14 @@ class Router:
         if self.options.max_messages is not None:
             count = min(count, max(1, self.options.max_messages - self.totals.admitted))
         sizes: list[int] = []
-        # A slice: the spool's CandidateList holds a bounded window of the queue; the
-        # look-ahead sees what it holds (thousands; a batch needs at most 501).
-        for offset, candidate in enumerate(self.candidates[self.pos :]):
+        # The spool's CandidateList holds a bounded window of the queue; ``ahead``
+        # goes on past it (listing the next windows), so that a batch the limits
+        # allow is never cut at the window's end (issue 12: runs stopped at 10,000).
+        ahead = getattr(self.candidates, "ahead", None)
+        upcoming = (
+            ahead(self.pos, count) if ahead is not None else iter(self.candidates[self.pos :])
+        )
+        for offset, candidate in enumerate(upcoming):
             if len(sizes) >= count:
                 break
             # The current message (maybe claimed already) is the one the gate is asked about.

@@ -83,16 +83,6 @@ from carerix_smtp.errors import (
     SmtpPolicyError,
     SmtpTLSError,
 )
-from carerix_smtp.limits.rule import RESERVATION_POLL
-from carerix_smtp.limits.sqlite import Ledger
-from carerix_smtp.send.connection import (
-    PasswordSource,
-    SessionFactory,
-    default_password_source,
-    default_session_factory,
-)
-from carerix_smtp.send.dispatch import Pass
-from carerix_smtp.send.gates import GateFactory, LedgerGate, LedgerSource, open_ledger
 from carerix_smtp.send.history import record_run
 from carerix_smtp.send.report import (
     BatchReport,
@@ -106,9 +96,14 @@ from carerix_smtp.send.report import (
 from carerix_smtp.send.stopping import Stop, Stopping, cleanup
 from carerix_smtp.spool.spool import Spool
 
+# The SMTP client, the ledger and the limits are imported once there is something to
+# send (``_Passes.send``): cron's runs on an empty spool start fast (issue 12).
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config
-    from carerix_smtp.send.connection import Connection
+    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.send.connection import Connection, PasswordSource, SessionFactory
+    from carerix_smtp.send.dispatch import Pass
+    from carerix_smtp.send.gates import GateFactory, LedgerSource
     from carerix_smtp.send.pool import Pool
     from carerix_smtp.spool.listing import Candidate
 
@@ -240,9 +235,13 @@ class _Passes:
             candidates = spool.candidates(limit=listing_limit(self.options))
             if not candidates:
                 summary.status = "nothing-to-do"
-                summary.note_backlog((), spool.scan("deferred"))
+                # what waits in deferred/, from the same listing (not listed again)
+                summary.left_deferred = candidates.waiting
+                summary.next_retry = candidates.next_retry
                 summary.elapsed_s = monotonic() - started
                 return summary
+            from carerix_smtp.send.gates import open_ledger
+
             if not self.config.servers:
                 raise ConfigError(
                     f"no server configured in {self.config.path}; add one with 'cxsmtp server add NAME HOST'"
@@ -278,6 +277,9 @@ class _Passes:
             candidates = following
 
     def new_pass(self) -> Pass:
+        from carerix_smtp.send.connection import default_password_source, default_session_factory
+        from carerix_smtp.send.dispatch import Pass
+
         config, options = self.config, self.options
         return Pass(
             self.spool,
@@ -438,12 +440,16 @@ def _next_wake(summary: RunSummary, run: Pass, now: float) -> float | object | N
     if wake is None or math.isinf(wake):
         return None
     if wake <= now and run.delivery.done == 0:
+        from carerix_smtp.limits.rule import RESERVATION_POLL
+
         wake = now + RESERVATION_POLL  # held back, yet "now": never spin
     return max(wake, now)
 
 
 def _reports(run: Pass) -> list[BatchReport]:
     """The batches of a pass (after ``run.close()``), for the servers with a ledger gate."""
+    from carerix_smtp.send.gates import LedgerGate
+
     reports: list[BatchReport] = []
     for gate in run.servers.gates.values():
         if isinstance(gate, LedgerGate) and (gate.grant is not None or gate.wait is not None):

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.errors import ConfigError
-from carerix_smtp.limits.hourly import sends_per_hour
-from carerix_smtp.send.gates import LedgerSource, open_ledger
 from carerix_smtp.send.history import RunHistory, load_history
-from carerix_smtp.send.plan import ServerLimits, limits_status
 from carerix_smtp.spool.records import iso
 from carerix_smtp.spool.spool import Spool
 
+# The limits' part (ledger, schedule) is imported when there is a server to show.
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config
+    from carerix_smtp.send.gates import LedgerSource
+    from carerix_smtp.send.plan import ServerLimits
     from carerix_smtp.spool.listing import SpoolStatus
 
 HOURS = 24  # the chart's slots: one per hour of the last day
@@ -91,9 +91,15 @@ def collect_status(
         return report
     if not config.servers:  # no server yet: nothing to say about limits
         return report
+    from carerix_smtp.limits.hourly import sends_per_hour
+    from carerix_smtp.send.gates import open_ledger
+    from carerix_smtp.send.plan import limits_status
+
     the_ledger, ours = open_ledger(ledger)
     try:
-        report.servers = limits_status(spool_path, config, ledger=the_ledger, clock=clock)
+        report.servers = limits_status(
+            spool_path, config, ledger=the_ledger, clock=clock, queue=report.spool.queue
+        )
         if the_ledger is not None:
             report.hourly = sends_per_hour(the_ledger, now, HOURS)
     finally:

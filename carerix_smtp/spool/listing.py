@@ -1,12 +1,21 @@
 """The queue listing and the spool's status: which messages are due, in sending
 order (Candidate, CandidateList: a bounded window over one ``scandir`` per
-directory, no file opened), and the counts ``cxsmtp status`` shows (SpoolStatus)."""
+directory, no file opened), and the counts ``cxsmtp status`` shows (SpoolStatus).
+
+A command lists each directory once (issue 12: ``status`` listed the queue 11 times,
+5 s for 100,000 files): ``status`` keeps what its one pass saw (the due queue in
+sending order, for the limits' ETA), and a send run's listing also says what waits in
+deferred/ (``CandidateList.waiting``).  Listed again only: the next window of a run
+that goes past one, sent/ for its records (records.read_records), and what a run
+left behind, after it sent (the spool has changed by then)."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +23,7 @@ from typing import Any, SupportsIndex, overload
 
 from carerix_smtp.spool.layout import (
     KINDS,
+    RECORD_SUFFIX,
     STALE_TMP_AGE,
     SUFFIX,
     TOP,
@@ -22,7 +32,7 @@ from carerix_smtp.spool.layout import (
     file_type,
     origin,
 )
-from carerix_smtp.spool.records import iso, read_records
+from carerix_smtp.spool.records import MessageState, iso, read_bytes, read_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +49,48 @@ class Candidate:
 # How many candidates a listing holds at a time when the caller does not say: the
 # seed's default emailSendLimit (10,000 messages in 24 hours), more than a run with
 # default limits can send.  ~200 bytes each: a couple of MB, however big the spool.
+# Not a cap: a run that may send more lists the next window when it gets there.
 DEFAULT_CANDIDATE_LIMIT = 10_000
 
 RANK: dict[Kind, int] = {"deferred": 0, "queued": 1}  # due deferred ones go first
 # (rank, mtime, name, size, st_mode): the sort key first; (rank, mtime, name) is unique
 _Entry = tuple[int, float, str, int, int]
+_Row = tuple[float, str, int, int]  # (mtime, name, size, st_mode) of one *.eml entry
+
+
+def _candidate(entry: _Entry) -> Candidate:
+    rank, mtime, name, size, mode = entry
+    return Candidate(KINDS[rank], name, size, mtime, file_type(mode))
+
+
+@dataclass
+class DueQueue:
+    """The due entries of a status pass in sending order: ``deferred`` (due ones)
+    first, then ``queued``; each (mtime, name, size, st_mode), oldest first.  Rows,
+    not Candidates: 100,000 Candidates would cost more than the listing."""
+
+    deferred: list[_Row] = field(default_factory=list)
+    queued: list[_Row] = field(default_factory=list)
+
+    def sizes(self) -> list[int]:
+        """The sizes of the regular files, in sending order (symlinks and the like
+        are never sent)."""
+        return [row[2] for rows in (self.deferred, self.queued) for row in rows if _regular(row)]
+
+    def candidates(self) -> list[Candidate]:
+        parts: tuple[tuple[Kind, list[_Row]], ...] = (
+            ("deferred", self.deferred),
+            ("queued", self.queued),
+        )
+        return [
+            Candidate(kind, name, size, mtime, file_type(mode))
+            for kind, rows in parts
+            for mtime, name, size, mode in rows
+        ]
+
+
+def _regular(row: _Row) -> bool:
+    return stat.S_ISREG(row[3])
 
 
 class CandidateList(list[Candidate]):
@@ -59,8 +106,10 @@ class CandidateList(list[Candidate]):
 
     ``len()`` is ``total``, the number of due entries the first scan counted.
     Indexes and slices count in that whole order but see only the candidates held
-    now (``offset`` on), e.g. ``candidates[pos:]`` for a look-ahead at the current
-    position of the iteration.  Iterate it once.
+    now (``offset`` on), e.g. ``candidates[pos:]``; ``ahead(pos)`` goes on past the
+    held window (a batch may be planned for more than ``limit`` messages).  Iterate
+    it once.  ``waiting``/``next_retry``: the deferred entries not due yet, as the
+    first scan saw them (a run's backlog and ``--dry-run`` need no second listing).
     """
 
     def __init__(
@@ -74,6 +123,8 @@ class CandidateList(list[Candidate]):
         super().__init__(held)
         self.total = total
         self.offset = 0  # position of the first held candidate in the whole order
+        self.waiting = 0
+        self.next_retry: float | None = None
         self._listing = listing
         self._now = now
         self._limit = limit
@@ -101,6 +152,31 @@ class CandidateList(list[Candidate]):
             list.clear(self)
             list.extend(self, chunk)
             self.offset += held
+
+    def ahead(self, start: int, want: int = 0) -> Iterator[Candidate]:
+        """The candidates from position ``start`` on in sending order, held or not:
+        past the held window the spool is listed again (the held window is left as it
+        is), for the ``want`` the caller needs in one listing if it wants more than a
+        window (a batch the limits allow to be that big).  Stops where the first
+        scan's ``total`` ends."""
+        position = max(start, self.offset)
+        held = list.__len__(self)
+        for index in range(position - self.offset, held):
+            if position >= self.total:
+                return
+            yield list.__getitem__(self, index)
+            position += 1
+        last = list.__getitem__(self, held - 1) if held else None
+        while last is not None and position < self.total and self._limit is not None:
+            after = (RANK[last.kind], last.mtime, last.name)
+            wanted = want - (position - start)
+            chunk = self._listing.due(self._now, max(self._limit, wanted), after)[0]
+            for item in chunk:
+                if position >= self.total:
+                    return
+                yield item
+                position += 1
+            last = chunk[-1] if chunk else None
 
     @overload
     def __getitem__(self, index: SupportsIndex) -> Candidate: ...
@@ -174,6 +250,9 @@ class SpoolStatus:
     recipients_failed: int = 0  # refused for good in sent/ messages (sent-with-failures)
     partial: int = 0  # deferred/ messages already sent to some recipients
     stale_tmp: list[str] = field(default_factory=list)
+    # The due entries in sending order, from the same pass (``cxsmtp status`` plays
+    # them forward at current limits for the ETA); not part of the JSON.
+    queue: DueQueue = field(default_factory=DueQueue, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,14 +291,22 @@ class Listing:
         keeps everything.  A 100,000-file spool costs about what 10,000 cost.
         """
         now = self._clock() if now is None else now
-        held, total = self.due(now, limit, None)
-        return CandidateList(self, now, limit, held, total)
+        waiting: list[float] = []
+        held, total = self.due(now, limit, None, waiting)
+        result = CandidateList(self, now, limit, held, total)
+        result.waiting, result.next_retry = len(waiting), min(waiting, default=None)
+        return result
 
     def due(
-        self, now: float, limit: int | None, after: tuple[int, float, str] | None
+        self,
+        now: float,
+        limit: int | None,
+        after: tuple[int, float, str] | None,
+        waiting: list[float] | None = None,
     ) -> tuple[list[Candidate], int]:
         """The first ``limit`` due entries after ``after`` in sending order, and how
-        many due entries there are after it."""
+        many due entries there are after it.  ``waiting`` gets the next-attempt
+        times of the deferred entries that are not due yet."""
         counted = 0
 
         def entries() -> Iterator[_Entry]:
@@ -230,6 +317,8 @@ class Listing:
                     continue
                 for mtime, name, size, mode in _entries(self._layout, origin(kind)):
                     if rank == 0 and mtime > now:
+                        if waiting is not None:
+                            waiting.append(mtime)
                         continue  # deferred, not due yet
                     if after is not None and (rank, mtime, name) <= after:
                         continue
@@ -237,11 +326,7 @@ class Listing:
                     yield (rank, mtime, name, size, mode)
 
         best = sorted(entries()) if limit is None else heapq.nsmallest(limit, entries())
-        held = [
-            Candidate(KINDS[rank], name, size, mtime, file_type(mode))
-            for rank, mtime, name, size, mode in best
-        ]
-        return held, counted
+        return [_candidate(entry) for entry in best], counted
 
     def _scan(self, kind: Kind, rel: str) -> Iterator[Candidate]:
         for mtime, name, size, mode in _entries(self._layout, rel):
@@ -256,25 +341,30 @@ class Listing:
         return min((e[0] for e in _entries(self._layout, "deferred")), default=None)
 
     def status(self, now: float | None = None) -> SpoolStatus:
-        """Counts per state, bytes, oldest, next retry, failed recipients; read-only."""
+        """Counts per state, bytes, oldest, next retry, failed recipients, and the due
+        queue in sending order (``queue``); read-only.  Each directory is listed once:
+        the records of failed/ and deferred/ are the ``.eml.json`` entries of the same
+        pass."""
         layout = self._layout
         layout.check(writable=False)
         now = self._clock() if now is None else now
         result = SpoolStatus(path=layout.path)
-        for c in self._scan("queued", TOP):
-            result.queued.add(c.size, c.mtime)
-        for c in self._scan("deferred", "deferred"):
-            result.deferred.add(c.size, c.mtime)
-            if c.mtime <= now:
-                result.due_now += 1
-            if result.next_retry is None or c.mtime < result.next_retry:
-                result.next_retry = c.mtime
-        for sub in ("sent", "failed"):
-            for c in self._scan("queued", sub):
-                getattr(result, sub).add(c.size, c.mtime)
+        records: dict[str, list[str]] = {"failed": [], "deferred": []}
+        queued = _rows(layout, TOP)
+        deferred = _rows(layout, "deferred", records["deferred"])
+        _count(result.queued, queued)
+        _count(result.deferred, deferred)
+        _count(result.sent, _rows(layout, "sent"))
+        _count(result.failed, _rows(layout, "failed", records["failed"]))
+        result.next_retry = result.deferred.oldest
+        due = [row for row in deferred if row[0] <= now]
+        result.due_now = len(due)
+        due.sort()  # sending order: oldest first, then by name
+        queued.sort()
+        result.queue = DueQueue(due, queued)
         result.in_flight = len([p for p in layout.claimed() if not p.name.startswith(".")])
         result.running_pid = layout.holder_pid()
-        self._add_failures(result)
+        self._add_failures(result, records)
         for entry in layout.scandir("tmp"):
             with contextlib.suppress(OSError):
                 if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_AGE:
@@ -282,13 +372,23 @@ class Listing:
         result.stale_tmp.sort()
         return result
 
-    def _add_failures(self, result: SpoolStatus) -> None:
+    def _records(self, sub: str, names: dict[str, list[str]]) -> Iterable[MessageState]:
+        """The records of ``sub``: failed/ and deferred/ from the names the status pass
+        saw (unreadable ones skipped, as ``read_records`` does); sent/ from records.py."""
+        if sub not in names:
+            yield from read_records(self._layout, sub)
+            return
+        for name in sorted(names[sub]):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                yield MessageState.from_json(json.loads(read_bytes(self._layout, sub, name)))
+
+    def _add_failures(self, result: SpoolStatus, names: dict[str, list[str]]) -> None:
         """Who did not get what, from the records, each once: a message refused as a
         whole is one line, else a line per refused or pending recipient."""
         rows = result.undelivered
         for sub in ("failed", "deferred", "sent"):
             status = "pending" if sub == "deferred" else "failed"
-            for state in read_records(self._layout, sub):
+            for state in self._records(sub, names):
                 where = f"{sub}/{state.name}"
                 if sub == "sent":
                     result.recipients_failed += len(state.failed)
@@ -311,6 +411,34 @@ class Listing:
                         reply = pending.describe() if pending else "not tried yet"
                         rows.append(Undelivered(where, rcpt, "pending", reply))
         rows.sort()
+
+
+def _rows(layout: SpoolLayout, rel: str, records: list[str] | None = None) -> list[_Row]:
+    """(mtime, name, size, st_mode) of every *.eml entry of ``rel`` in one pass (the
+    status's listing: a plain loop, no generator per entry); ``records`` gets the
+    names of the ``NAME.eml.json`` records seen on the way."""
+    rows: list[_Row] = []
+    record_suffix = SUFFIX + RECORD_SUFFIX
+    for entry in layout.scandir(rel):
+        name = entry.name
+        if name.startswith("."):
+            continue
+        if not name.endswith(SUFFIX):
+            if records is not None and name.endswith(record_suffix):
+                records.append(name)
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        rows.append((st.st_mtime, name, st.st_size, st.st_mode))
+    return rows
+
+
+def _count(state: StateCount, rows: list[_Row]) -> None:
+    state.count = len(rows)
+    state.bytes = sum(row[2] for row in rows)
+    state.oldest = min((row[0] for row in rows), default=None)
 
 
 def _entries(layout: SpoolLayout, rel: str) -> Iterator[tuple[float, str, int, int]]:

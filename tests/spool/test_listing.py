@@ -1,0 +1,89 @@
+"""spool/listing.py: one listing per directory, and windows that do not cap a run."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import eml, make_spool
+
+from carerix_smtp.spool import layout as layout_module
+from carerix_smtp.spool.spool import Spool
+
+
+@pytest.fixture
+def listed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each spool directory is listed (every listing goes through
+    SpoolLayout.scandir)."""
+    counts: Counter[str] = Counter()
+    real = layout_module.SpoolLayout.scandir
+
+    def counting(self: layout_module.SpoolLayout, rel: str) -> Iterator[os.DirEntry[str]]:
+        counts[rel or "."] += 1
+        return real(self, rel)
+
+    monkeypatch.setattr(layout_module.SpoolLayout, "scandir", counting)
+    return counts
+
+
+def _aged(spool: Path, names: list[str], start: float) -> None:
+    for offset, name in enumerate(names):
+        os.utime(spool / name, (start + offset, start + offset))
+
+
+def test_ahead_goes_on_past_the_held_window_in_sending_order(
+    tmp_path: Path, listed: Counter[str]
+) -> None:
+    spool = make_spool(tmp_path, 25)
+    _aged(spool, sorted(p.name for p in spool.glob("*.eml")), time.time() - 100)
+    candidates = Spool(spool).candidates(limit=10)
+    assert len(candidates) == 25 and list.__len__(candidates) == 10  # 10 held
+    assert [c.name for c in candidates.ahead(3)] == [f"m{n:05d}.eml" for n in range(3, 25)]
+    assert listed["."] == 1 + 2  # a window at a time
+    # a caller that says how many it wants gets the rest in one listing
+    assert [c.name for c in candidates.ahead(3, want=22)][-1] == "m00024.eml"
+    assert listed["."] == 1 + 2 + 1
+    assert [c.name for c in candidates] == [f"m{n:05d}.eml" for n in range(25)]
+
+
+def test_a_listing_says_what_waits_in_deferred_without_listing_it_again(
+    tmp_path: Path, listed: Counter[str]
+) -> None:
+    spool = make_spool(tmp_path, 2)
+    (spool / "deferred").mkdir()
+    later = time.time() + 3600
+    for n, when in ((7, later), (8, later + 60), (9, time.time() - 5)):
+        path = spool / "deferred" / f"d{n}.eml"
+        path.write_bytes(eml(n))
+        os.utime(path, (when, when))
+    candidates = Spool(spool).candidates()
+    assert [c.name for c in candidates] == ["d9.eml", "m00000.eml", "m00001.eml"]
+    assert (candidates.waiting, candidates.next_retry) == (2, pytest.approx(later))
+    assert listed == Counter({".": 1, "deferred": 1})
+
+
+def test_status_lists_each_directory_once_and_keeps_the_due_queue(
+    tmp_path: Path, listed: Counter[str]
+) -> None:
+    spool = make_spool(tmp_path, 3)
+    Spool(spool).prepare()
+    (spool / "deferred" / "d1.eml").write_bytes(eml(1))
+    os.utime(spool / "deferred" / "d1.eml", (time.time() - 10, time.time() - 10))
+    (spool / "deferred" / "d2.eml").write_bytes(eml(2))
+    os.utime(spool / "deferred" / "d2.eml", (time.time() + 600, time.time() + 600))
+    (spool / "failed" / "f.eml").write_bytes(eml(3))
+    listed.clear()
+    status = Spool(spool).status()
+    assert (status.queued.count, status.deferred.count, status.due_now) == (3, 2, 1)
+    assert [row[1] for row in status.queue.deferred] == ["d1.eml"]
+    assert [row[1] for row in status.queue.queued] == ["m00000.eml", "m00001.eml", "m00002.eml"]
+    assert status.queue.sizes() == [len(eml(1)), *(len(eml(n)) for n in range(3))]
+    # sent/ is also read by records.read_records (its records may move to a file per day)
+    assert {rel: n for rel, n in listed.items() if rel != "sent"} == dict.fromkeys(
+        (rel for rel in listed if rel != "sent"), 1
+    )
+    assert {".", "deferred", "failed", "tmp"} <= set(listed)
