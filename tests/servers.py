@@ -368,7 +368,41 @@ def names(directory: Path) -> list[str]:
 
 
 def record(spool: Path, where: str) -> dict[str, Any]:
+    """The record of ``where`` (``"failed/m.eml"``): ``NAME.eml.json`` beside it, or
+    for sent/ the newest line naming it in ``sent/records-DAY.jsonl`` (issue 12)."""
+    rel, _, name = where.rpartition("/")
+    if rel == "sent":
+        return sent_record(spool, name)
     return json.loads((spool / f"{where}.json").read_text())
+
+
+def sent_record(spool: Path, name: str) -> dict[str, Any]:
+    """The newest record of sent/``name`` in the day files (KeyError: none)."""
+    found: dict[str, Any] | None = None
+    for day in sorted((spool / "sent").glob("records-*.jsonl")):
+        for line in day.read_bytes().splitlines():
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue  # a torn line
+            if data.get("name") == name:
+                found = data
+    if found is None:
+        raise KeyError(f"no record of sent/{name}")
+    return found
+
+
+def sent_lines(spool: Path) -> list[str]:
+    """The names of every readable line of the day files, oldest first (duplicates
+    kept; a line torn by a crash is skipped, as readers do)."""
+    out = []
+    for day in sorted((spool / "sent").glob("records-*.jsonl")):
+        for line in day.read_bytes().splitlines():
+            try:
+                out.append(json.loads(line)["name"])
+            except ValueError:
+                continue
+    return out
 
 
 class Clock:

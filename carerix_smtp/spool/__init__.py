@@ -8,8 +8,9 @@ reading a message file (header block, envelope, Message-ID/Date completion).
 - ``layout.py``    paths, checks, subdirectories, the lock, atomic writes and moves
 - ``listing.py``   Candidate, CandidateList: due messages in order; SpoolStatus
 - ``claims.py``    Claim: taking a message out of the queue and putting it back
-- ``journal.py``   the redo log and its checkpoints ("Durability": why one fsync)
+- ``journal.py``   the redo log, its group commit and checkpoints ("Durability")
 - ``outcomes.py``  journal line, record and move to sent/, failed/ or deferred/
+- ``sent_log.py``  sent messages' records: a line each in sent/records-DAY.jsonl
 - ``recovery.py``  what a killed run left behind
 - ``records.py``   MessageState, RecipientResult, backoff, iso; the delivery log
 - ``message.py``   Message, read_message, parse_message, complete_headers

@@ -1,7 +1,12 @@
 """What the spool writes about messages: the state of one message (MessageState,
-RecipientResult; a record ``NAME.eml.json`` is one as JSON), the retry backoff,
-time and JSON helpers, reading records back, and the delivery log (one JSON line
-per attempt in ``.cxsmtp/delivery.log``)."""
+RecipientResult; a record is one as JSON), the retry backoff, time and JSON
+helpers, reading records back, and the delivery log (one JSON line per attempt
+in ``.cxsmtp/delivery.log``).
+
+Where records are: a failed or deferred message's beside it (``NAME.eml.json``);
+a sent message's is one line of ``sent/records-YYYY-MM-DD.jsonl`` (the UTC day it
+was written; issue 12: one file per message cost more than the sending).  Runs
+of earlier versions left ``sent/NAME.eml.json``: still read, never rewritten."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import json
 import logging
 import math
 import os
+import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -207,12 +213,121 @@ def backoff(attempts: int, initial: float, maximum: float) -> float:
 
 
 def read_records(layout: SpoolLayout, rel: str) -> Iterable[MessageState]:
-    """The records in directory ``rel`` (unreadable ones skipped)."""
+    """The records in directory ``rel`` (unreadable ones skipped); for sent/, those
+    of the messages in it, from the day files and from earlier versions'
+    ``NAME.eml.json`` files (one directory listing)."""
+    if rel == "sent":
+        yield from _read_sent(layout)
+        return
     for entry in layout.scandir(rel):
         if not entry.name.endswith(SUFFIX + RECORD_SUFFIX) or entry.name.startswith("."):
             continue
         try:
             yield MessageState.from_json(json.loads(read_bytes(layout, rel, entry.name)))
+        except (OSError, ValueError, TypeError):
+            continue
+
+
+def read_record(layout: SpoolLayout, rel: str, name: str) -> MessageState | None:
+    """The record of message ``name`` in ``rel`` (sent, failed or deferred); None
+    when there is none or it cannot be read."""
+    if rel == "sent":
+        days = sorted(e.name for e in layout.scandir(rel) if is_day_file(e.name))
+        found: MessageState | None = None
+        for day in days:  # the newest line wins (a name may be used again)
+            for _, line in day_lines(layout, day):
+                if line_record_name(line) == name:
+                    found = _parse(line) or found
+        if found is not None:
+            return found
+    try:
+        return MessageState.from_json(json.loads(read_bytes(layout, rel, name + RECORD_SUFFIX)))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+# --- the day files of sent/ ------------------------------------------------------
+
+DAY_FILE = re.compile(r"records-\d{4}-\d{2}-\d{2}\.jsonl")
+_NAME_PREFIX = re.compile(rb'\{"name":"([^"\\]*)"')  # dumps() puts "name" first
+
+
+def day_file(ts: float) -> str:
+    """``records-YYYY-MM-DD.jsonl``: the day file a record written at ``ts`` goes to
+    (UTC day; not ending in .eml, so never taken for a message)."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("records-%Y-%m-%d.jsonl")
+
+
+def is_day_file(name: str) -> bool:
+    return DAY_FILE.fullmatch(name) is not None
+
+
+def day_lines(layout: SpoolLayout, day: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of every line of sent/``day``, streamed; none when it is gone."""
+    try:
+        fd = os.open(day, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layout.fd("sent"))
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        offset = 0
+        for line in handle:
+            yield offset, line
+            offset += len(line)
+
+
+def line_record_name(line: bytes) -> str | None:
+    """The message name of a day-file line, cheaply (a full parse when it is
+    escaped); None for a torn or foreign line."""
+    match = _NAME_PREFIX.match(line)
+    if match is not None:
+        return match.group(1).decode("utf-8", "surrogateescape")
+    state = _parse(line)
+    return state.name if state is not None else None
+
+
+def _parse(line: bytes) -> MessageState | None:
+    try:
+        return MessageState.from_json(json.loads(line))
+    except (ValueError, TypeError):
+        return None
+
+
+def _read_sent(layout: SpoolLayout) -> Iterator[MessageState]:
+    """The records of the messages in sent/: the newest day-file line of each name,
+    else its ``NAME.eml.json`` (earlier versions).  Two passes over the day files
+    (the first only finds where each name's newest line is) keep memory at one
+    entry per message, not one record."""
+    present: set[str] = set()
+    legacy: list[str] = []
+    days: list[str] = []
+    for entry in layout.scandir("sent"):
+        name = entry.name
+        if name.startswith("."):
+            continue
+        if name.endswith(SUFFIX):
+            present.add(name)
+        elif name.endswith(SUFFIX + RECORD_SUFFIX):
+            legacy.append(name)
+        elif is_day_file(name):
+            days.append(name)
+    days.sort()
+    newest: dict[str, tuple[int, int]] = {}
+    for index, day in enumerate(days):
+        for offset, line in day_lines(layout, day):
+            owner = line_record_name(line)
+            if owner is not None and owner in present:
+                newest[owner] = (index, offset)
+    wanted = set(newest.values())
+    for index, day in enumerate(days):
+        for offset, line in day_lines(layout, day):
+            state = _parse(line) if (index, offset) in wanted else None
+            if state is not None:
+                yield state
+    for record in sorted(legacy):
+        if record[: -len(RECORD_SUFFIX)] in newest:
+            continue
+        try:
+            yield MessageState.from_json(json.loads(read_bytes(layout, "sent", record)))
         except (OSError, ValueError, TypeError):
             continue
 

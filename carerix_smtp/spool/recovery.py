@@ -99,7 +99,7 @@ class Recovery:
         if entry is not None and isinstance(entry.get("state"), dict):
             state = MessageState.from_json(entry["state"])
             dest = self._outcomes.apply(
-                claim, state, entry.get("dest"), journal=False, name=line_name(entry)
+                claim, state, entry.get("dest"), journal=False, name=line_name(entry), line=entry
             )
             applied.add(key)
             report.completed.append(str(dest.relative_to(self._layout.path)))
@@ -162,7 +162,7 @@ class Recovery:
         layout = self._layout
         if is_file_of(layout.lstat(dest, name), entry, state):  # moved; its record may be lost
             claim = self._claims.from_path(kind, origin_name, dest, name, entry["claim"])
-            self._outcomes.place(claim, state, dest, name, move=False)
+            self._outcomes.place(claim, state, dest, name, move=False, redo=entry)
             return None
         where = origin(kind)
         if Path(origin_name).name == origin_name and is_file_of(
@@ -175,7 +175,7 @@ class Recovery:
                 origin_name,
                 dest,
             )
-            return self._outcomes.apply(claim, state, dest, journal=False, name=name)
+            return self._outcomes.apply(claim, state, dest, journal=False, name=name, line=entry)
         return None
 
     def _remove_strays(self) -> list[str]:

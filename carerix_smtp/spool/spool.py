@@ -9,10 +9,13 @@ Layout (SPEC §3)::
     SPOOL/deferred/NAME.eml          waiting for a retry; the file's mtime is the next
     SPOOL/deferred/NAME.eml.json       attempt time (as in Postfix's deferred queue), the
                                        sidecar holds the state (attempts, per recipient)
-    SPOOL/sent/NAME.eml + .eml.json  delivered; the record lists any failed recipients
+    SPOOL/sent/NAME.eml              delivered; its record (which lists any failed
+    SPOOL/sent/records-DAY.jsonl       recipients) is a line of the day's file
+                                       (earlier versions: sent/NAME.eml.json)
     SPOOL/failed/NAME.eml + .eml.json  permanent failure, unusable file, or too old
     SPOOL/.cxsmtp/lock               flock(2) target; the kernel drops it when we die
-    SPOOL/.cxsmtp/journal            JSON lines, fsynced: outcomes since the last checkpoint
+    SPOOL/.cxsmtp/journal            JSON lines, synced per group: outcomes since the
+                                       last checkpoint
     SPOOL/.cxsmtp/claims/queued/     messages in flight, by origin, named TOKEN~NAME
     SPOOL/.cxsmtp/claims/deferred/
     SPOOL/.cxsmtp/delivery.log       JSON lines, one per attempt (who got it, who not, why)
@@ -34,13 +37,15 @@ A message's life, and why a crash at any point loses nothing:
    of a file with the same name.
 2. the sender talks SMTP.  Then ``record_outcome`` appends the resulting state
    (who accepted, who refused, where the message goes, which file it is) to the
-   journal and fdatasyncs it — before anything else happens (the 250 for the
-   data is on disk before the file moves, and before the next message's data).
-3. the record is written (temp file, rename) beside the destination and the
-   claimed file renamed there; both reach the disk at the next checkpoint
-   (every CHECKPOINT_LINES outcomes and at the end of a run), which then empties
-   the journal.  One fsync per message: see "Durability" at the journal for why
-   each of the others could go.
+   journal — before anything else happens (the 250 for the data is written before
+   the file moves, and before the next message's data); a background thread
+   fdatasyncs the journal once per group of outcomes (GROUP_WINDOW, 50 ms).
+3. the record is written — a line of ``sent/records-DAY.jsonl``, or
+   ``NAME.eml.json`` (temp file, rename) beside a failed or deferred message —
+   and the claimed file renamed there; both reach the disk at the next
+   checkpoint (every CHECKPOINT_LINES outcomes and at the end of a run), which
+   then empties the journal.  No fsync per message: see "Durability" at the
+   journal for what each kind of crash may cost.
 
 On start (``recover``), under the lock: a claim with a journaled outcome is
 moved where the outcome says without sending again; a claim without one is put
@@ -86,6 +91,7 @@ from carerix_smtp.spool.listing import (
 from carerix_smtp.spool.outcomes import Outcomes
 from carerix_smtp.spool.records import DeliveryLog, MessageState
 from carerix_smtp.spool.recovery import Recovery, RecoveryReport
+from carerix_smtp.spool.sent_log import SentLog
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+=@-]+")
@@ -121,7 +127,7 @@ class Spool:
         self._listing = Listing(layout, clock)
         self._claims = Claims(layout, self._book)
         self._journal = Journal(layout, self._book)
-        self._outcomes = Outcomes(layout, self._journal, self._book)
+        self._outcomes = Outcomes(layout, self._journal, SentLog(layout, clock), self._book)
         self._delivery_log = DeliveryLog(layout, clock, self._book)
         self._recovery = Recovery(
             layout, self._journal, self._claims, self._outcomes, self._delivery_log
@@ -152,10 +158,14 @@ class Spool:
                     self._close_files()
 
     def _close_files(self) -> None:
-        """Close the journal and the delivery log (the lock is being released)."""
+        """Sync the journal's pending group, close it, the day file of sent records
+        and the delivery log (the lock is being released)."""
         with self._book:
-            self._journal.close()
-            self._delivery_log.close()
+            try:
+                self._journal.close()  # a failed sync is raised, after the closing
+            finally:
+                self._outcomes.close()
+                self._delivery_log.close()
 
     def holder_pid(self) -> int | None:
         """The pid of the process holding the lock, or None when nobody does."""
@@ -217,8 +227,8 @@ class Spool:
         return self._claims.requeue(claim)
 
     def record_outcome(self, claim: Claim, state: MessageState) -> Path:
-        """Journal the state (fdatasync), then write the record and move the claim
-        to its destination (neither fsynced: see "Durability" at the journal)."""
+        """Journal the state (written; synced with its group), then write the record
+        and move the claim to its destination (see "Durability" at the journal)."""
         return self._outcomes.record(claim, state)
 
     def log_delivery(self, entry: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import strip_timestamps
 from faults.fault_helpers import kill_process_group
-from servers import entry_for, make_spool, message_ids, names
+from servers import entry_for, make_spool, message_ids, names, sent_lines
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.sink.config import PhaseRule
@@ -90,6 +90,8 @@ def assert_delivered_once_except_in_flight(spool: Path, sink: Any, total: int, k
     assert {mid for mid, count in received.items() if count > 1} <= requeued
     assert len(names(spool / "sent")) == total
     assert names(spool / "failed") == [] and names(spool / "deferred") == []
+    # each sent message's record is in the day file once: redone after a kill, never twice
+    assert sorted(sent_lines(spool)) == names(spool / "sent")
 
 
 def crash_trials(tmp: Path, sink: Any, seed: int, kills_wanted: int) -> int:
@@ -129,6 +131,7 @@ def test_ten_concurrent_runs_deliver_each_message_once(tmp_path: Path, server: A
     assert sum(s["sent"] for s in summaries) == 300
     assert sorted(delivered(server).values()) == [1] * 300
     assert len(names(spool / "sent")) == 300
+    assert sorted(sent_lines(spool)) == names(spool / "sent")
 
 
 def test_sigterm_mid_run_exits_75_and_leaves_nothing_locked(

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from servers import sent_lines, sent_record
 
-from carerix_smtp.errors import ExitCode, InputError, MessageError, SpoolError
-from carerix_smtp.spool.layout import SpoolLayout
-from carerix_smtp.spool.records import MessageState, RecipientResult, backoff
+from carerix_smtp.errors import ExitCode, InputError, MessageError, SpoolError, StorageError
+from carerix_smtp.spool.records import MessageState, RecipientResult, backoff, day_file
+from carerix_smtp.spool.sent_log import SentLog
 from carerix_smtp.spool.spool import Spool
 
 T0 = 1_700_000_000.0
@@ -38,6 +40,11 @@ def spool(tmp_path: Path) -> Spool:
     s = Spool(path, clock=lambda: T0)
     s.prepare()
     return s
+
+
+def day(spool: Spool) -> Path:
+    """The day file the records of sent messages go to (the clock says T0)."""
+    return spool.dir("sent") / day_file(T0)
 
 
 def sent_state(name: str, rcpt: str = "r@y.example") -> MessageState:
@@ -220,7 +227,7 @@ def test_lock_is_exclusive_and_released(spool: Spool) -> None:
 # --- claims and outcomes ----------------------------------------------------------------
 
 
-def test_claim_then_sent_writes_record_beside_message(spool: Spool) -> None:
+def test_claim_then_sent_appends_record_to_the_day_file(spool: Spool) -> None:
     put(spool.path, "m.eml", eml(1), T0 - 10)
     (candidate,) = spool.candidates()
     claim = spool.claim(candidate)
@@ -230,10 +237,11 @@ def test_claim_then_sent_writes_record_beside_message(spool: Spool) -> None:
     dest = spool.record_outcome(claim, sent_state("m.eml"))
     assert dest == spool.dir("sent") / "m.eml"
     assert dest.read_bytes() == eml(1)
-    record = json.loads((spool.dir("sent") / "m.eml.json").read_text())
+    record = sent_record(spool.path, "m.eml")
     assert record["status"] == "sent"
     assert record["recipients"]["accepted"]["r@y.example"]["code"] == 250
     assert spool.claims() == []
+    assert sorted(os.listdir(spool.dir("sent"))) == ["m.eml", day_file(T0)]  # no m.eml.json
 
 
 def test_claim_of_vanished_file_is_none(spool: Spool) -> None:
@@ -264,7 +272,7 @@ def test_deferred_message_gets_next_attempt_as_mtime_and_sidecar(spool: Spool) -
     # all done now: the deferred sidecar goes away with the message
     spool.record_outcome(again, sent_state("m.eml"))
     assert sorted(os.listdir(spool.dir("deferred"))) == []
-    assert (spool.dir("sent") / "m.eml.json").exists()
+    assert sent_record(spool.path, "m.eml")["status"] == "sent"
 
 
 def test_outcome_never_overwrites_an_existing_message(spool: Spool) -> None:
@@ -319,14 +327,14 @@ def test_recover_applies_journaled_outcome_without_sending(
         raise KeyboardInterrupt("killed right after the journal fsync")
 
     with monkeypatch.context() as m:
-        m.setattr(SpoolLayout, "write_file", crash)
+        m.setattr(SentLog, "append", crash)
         with pytest.raises(KeyboardInterrupt):
             spool.record_outcome(claim, sent_state("m.eml"))
     assert claim.path.exists()  # still claimed
     report = Spool(spool.path).recover()
     assert report.completed == ["sent/m.eml"]
     assert (spool.dir("sent") / "m.eml").read_bytes() == eml(1)
-    assert json.loads((spool.dir("sent") / "m.eml.json").read_text())["status"] == "sent"
+    assert sent_record(spool.path, "m.eml")["status"] == "sent"
     assert spool.journal_path.stat().st_size == 0
 
 
@@ -357,33 +365,114 @@ def _sent_without_checkpoint(spool: Spool, name: str = "m.eml") -> tuple[Path, P
     return claim.path, dest
 
 
-def test_per_message_bookkeeping_has_one_fsync(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_syncs(monkeypatch: pytest.MonkeyPatch, spool: Spool, window: float) -> list[str]:
+    """Every fsync and journal fdatasync of a file in ``spool`` from now on, in order
+    (another test's flusher thread may still be syncing its own); the group window set."""
     import carerix_smtp.spool.journal as journal_module
 
     calls: list[str] = []
-    real_fdatasync = journal_module._fdatasync
-    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
-    monkeypatch.setattr(journal_module, "_fdatasync", lambda fd: calls.append("fdatasync"))
-    for i in range(3):
-        put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
+    real_fsync, real_fdatasync = os.fsync, journal_module._fdatasync
+
+    def counted(name: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(spool.path)):
+                calls.append(name)
+            real(fd)
+
+        return sync
+
+    monkeypatch.setattr(journal_module, "GROUP_WINDOW", window)
+    monkeypatch.setattr(os, "fsync", counted("fsync", real_fsync))
+    monkeypatch.setattr(journal_module, "_fdatasync", counted("fdatasync", real_fdatasync))
+    return calls
+
+
+def _send_all(spool: Spool) -> None:
     for candidate in spool.candidates():
         claim = spool.claim(candidate)
         assert claim is not None
         spool.record_outcome(claim, sent_state(candidate.name))
         spool.log_delivery({"file": candidate.name, "outcome": "sent"})
-    assert calls == ["fdatasync"] * 3  # the journal line, nothing else
+
+
+def test_per_message_bookkeeping_has_no_fsync(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_syncs(monkeypatch, spool, window=600.0)  # no group ends by time here
+    for i in range(3):
+        put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
+    _send_all(spool)
+    assert calls == []  # written, not synced: a process crash keeps it (page cache)
     line = json.loads(spool.journal_path.read_bytes().splitlines()[-1])
     assert line["dest"] == "sent" and line["name"] == "m2.eml"
+    assert line["at"][0] == day_file(T0) and line["at"][1] == 2 * (day(spool).stat().st_size // 3)
     st = os.lstat(spool.dir("sent") / "m2.eml")
     # which file it is, wherever it is
     assert line["file"] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime]
     assert b"\n " not in spool.journal_path.read_bytes()  # compact lines
-    spool.finish()  # the checkpoint: 3 records, 6 directories, the truncation
-    assert calls[3:] == ["fsync"] * (3 + 6 + 1)
+    spool.finish()  # the checkpoint: the group, the day file, 6 directories, the truncation
+    assert calls == ["fdatasync"] + ["fsync"] * (1 + 6 + 1)
     assert spool.journal_path.stat().st_size == 0
-    assert real_fdatasync is not None
+
+
+def test_group_commit_syncs_the_journal_once_per_window(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import carerix_smtp.spool.journal as journal_module
+
+    calls = _count_syncs(monkeypatch, spool, window=journal_module.GROUP_WINDOW)
+    for i in range(200):
+        put(spool.path, f"m{i:03d}.eml", eml(i), T0 - 300 + i)
+    start = time.monotonic()
+    _send_all(spool)
+    elapsed = time.monotonic() - start
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:  # the last group, synced by the flusher
+        time.sleep(0.005)
+    # the flusher syncs at most once per window, and every line within one
+    assert 1 <= calls.count("fdatasync") <= elapsed / journal_module.GROUP_WINDOW + 2
+    assert calls.count("fdatasync") < 200 / 4 and "fsync" not in calls
+
+
+def test_releasing_the_lock_syncs_the_pending_group(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_syncs(monkeypatch, spool, window=600.0)
+    put(spool.path, "m.eml", eml(1), T0 - 10)
+    with spool.lock():
+        claim = spool.claim(spool.candidates()[0])
+        assert claim is not None
+        spool.record_outcome(claim, sent_state("m.eml"))
+        assert calls == []
+    assert calls == ["fdatasync"]
+
+
+def test_a_failed_group_sync_stops_the_next_outcome(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import carerix_smtp.spool.journal as journal_module
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_module, "GROUP_WINDOW", 0.001)
+    monkeypatch.setattr(journal_module, "_fdatasync", broken)
+    for i in range(2):
+        put(spool.path, f"m{i}.eml", eml(i), T0 - 10 + i)
+    first, second = spool.candidates()
+    claim = spool.claim(first)
+    assert claim is not None
+    spool.record_outcome(claim, sent_state(first.name))
+    commit = spool._journal._commit
+    deadline = time.monotonic() + 10
+    while commit._error is None and time.monotonic() < deadline:  # the flusher's sync failed
+        time.sleep(0.005)
+    claim = spool.claim(second)
+    assert claim is not None
+    with pytest.raises(StorageError, match=r"cannot sync .*journal: Input/output error"):
+        spool.record_outcome(claim, sent_state(second.name))
 
 
 def test_checkpoint_every_so_many_outcomes_bounds_the_journal(
@@ -405,37 +494,39 @@ def test_checkpoint_every_so_many_outcomes_bounds_the_journal(
         claim = spool.claim(candidate)
         assert claim is not None
         spool.record_outcome(claim, sent_state(candidate.name))
-    assert synced == [3, 3]  # the records of the three outcomes before each
+    assert synced == [1, 1]  # one day file holds the records of the three outcomes
     lines = spool.journal_path.read_bytes().splitlines()
     assert [json.loads(line)["name"] for line in lines] == ["m6.eml"]
 
 
 def test_redo_rewrites_a_record_lost_to_a_power_failure(spool: Spool) -> None:
     put(spool.path, "m.eml", eml(1), T0 - 10)
-    _, dest = _sent_without_checkpoint(spool)
-    record = dest.with_name("m.eml.json")
-    record.write_bytes(b"")  # renamed, but its data never reached the disk
+    _sent_without_checkpoint(spool)
+    day(spool).write_bytes(b"")  # appended, but the line never reached the disk
     report = Spool(spool.path).recover()
     assert report.requeued == [] and report.completed == []
-    assert json.loads(record.read_text())["recipients"]["accepted"]["r@y.example"]["code"] == 250
+    record = sent_record(spool.path, "m.eml")
+    assert record["recipients"]["accepted"]["r@y.example"]["code"] == 250
     assert spool.journal_path.stat().st_size == 0
+    assert sent_lines(spool.path) == ["m.eml"]
 
 
 def test_redo_finishes_a_move_lost_to_a_power_failure(spool: Spool) -> None:
     put(spool.path, "m.eml", eml(1), T0 - 10)
     claimed, dest = _sent_without_checkpoint(spool)
     os.rename(dest, claimed)  # the move to sent/ was lost, and the record with it
-    dest.with_name("m.eml.json").unlink()
+    day(spool).write_bytes(b"")
     report = Spool(spool.path).recover()
     assert report.completed == ["sent/m.eml"] and report.requeued == []
-    assert json.loads(dest.with_name("m.eml.json").read_text())["status"] == "sent"
+    assert sent_record(spool.path, "m.eml")["status"] == "sent"
+    assert sent_lines(spool.path) == ["m.eml"]
 
 
 def test_redo_when_the_claim_rename_was_lost_does_not_send_again(spool: Spool, caplog) -> None:
     put(spool.path, "m.eml", eml(1), T0 - 10)
     _, dest = _sent_without_checkpoint(spool)
     os.rename(dest, spool.path / "m.eml")  # claim rename and move both lost
-    dest.with_name("m.eml.json").unlink()
+    day(spool).write_bytes(b"")
     report = Spool(spool.path).recover()
     assert report.completed == ["sent/m.eml"] and report.requeued == []
     assert [c.name for c in spool.candidates()] == []  # not queued: not sent again
@@ -447,7 +538,7 @@ def test_redo_leaves_a_different_file_with_the_same_name_alone(spool: Spool) -> 
     put(spool.path, "m.eml", eml(1), T0 - 10)
     _, dest = _sent_without_checkpoint(spool)
     dest.unlink()  # gone (say, cleaned up) ...
-    dest.with_name("m.eml.json").unlink()
+    day(spool).write_bytes(b"")
     put(spool.path, "m.eml", eml(2), T0)  # ... and a producer drops a new m.eml
     report = Spool(spool.path).recover()
     assert report.completed == [] and report.requeued == []
@@ -458,7 +549,7 @@ def test_redo_leaves_a_different_file_with_the_same_name_alone(spool: Spool) -> 
 def test_redo_does_not_take_a_reused_inode_for_the_old_file(spool: Spool) -> None:
     put(spool.path, "m.eml", eml(1), T0 - 10)
     _, dest = _sent_without_checkpoint(spool)
-    dest.with_name("m.eml.json").unlink()
+    day(spool).write_bytes(b"")
     os.rename(dest, spool.path / "m.eml")
     # same inode, new content: what a new file that got the old inode number looks like
     put(spool.path, "m.eml", eml(22), T0 - 10)
@@ -497,11 +588,11 @@ def test_newest_line_of_a_file_wins_on_redo(spool: Spool) -> None:
     spool.record_outcome(claim, first)
     claim = spool.claim(spool.candidates()[0])  # due again (mtime T0 - 5)
     assert claim is not None and claim.kind == "deferred"
-    dest = spool.record_outcome(claim, sent_state("m.eml"))
-    dest.with_name("m.eml.json").unlink()
+    spool.record_outcome(claim, sent_state("m.eml"))
+    day(spool).write_bytes(b"")
     report = Spool(spool.path).recover()
     assert report.completed == []
-    assert json.loads(dest.with_name("m.eml.json").read_text())["status"] == "sent"
+    assert sent_record(spool.path, "m.eml")["status"] == "sent"
     assert os.listdir(spool.dir("deferred")) == []
 
 
@@ -512,14 +603,12 @@ def test_journal_line_with_undecodable_header_bytes_reads_back(spool: Spool) -> 
     state = sent_state("m.eml")
     state.message_id = "<caf\udce9@x>"  # a Latin-1 byte, as the email parser leaves it
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(
-            SpoolLayout, "write_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
-        )
+        m.setattr(SentLog, "append", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             spool.record_outcome(claim, state)
     report = Spool(spool.path).recover()
     assert report.completed == ["sent/m.eml"]
-    record = json.loads((spool.dir("sent") / "m.eml.json").read_text())
+    record = sent_record(spool.path, "m.eml")
     assert record["message_id"] == "<caf\udce9@x>"
 
 

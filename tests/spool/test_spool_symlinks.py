@@ -14,7 +14,7 @@ from servers import entry_for, listing, make_spool
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.errors import ExitCode, StorageError, SymlinkRefusedError
-from carerix_smtp.spool.records import MessageState, RecipientResult
+from carerix_smtp.spool.records import MessageState, RecipientResult, day_file
 from carerix_smtp.spool.spool import Spool
 
 T0 = 1_700_000_000.0
@@ -97,7 +97,7 @@ def test_a_directory_swapped_during_a_run_does_not_redirect_moves(tmp_path: Path
         spool.record_outcome(claim, sent_state(claim.name))
         spool.finish()
     assert entries(elsewhere) == []
-    assert entries(spool.path / "sent.moved-away") == ["m00000.eml", "m00000.eml.json"]
+    assert entries(spool.path / "sent.moved-away") == ["m00000.eml", day_file(T0)]
 
 
 @pytest.mark.parametrize("name", ["lock", "journal", "delivery.log"])
@@ -137,7 +137,7 @@ def test_spool_itself_may_be_a_symlink(tmp_path: Path) -> None:
         claim = spool.claim(spool.candidates()[0])
         assert claim is not None
         spool.record_outcome(claim, sent_state(claim.name))
-    assert entries(real / "sent") == ["m00000.eml", "m00000.eml.json"]
+    assert entries(real / "sent") == ["m00000.eml", day_file(T0)]
 
 
 def test_a_file_where_a_subdirectory_belongs_is_a_storage_error(tmp_path: Path) -> None:
