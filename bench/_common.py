@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -40,7 +42,67 @@ def run_quiet(argv: Sequence[str]) -> None:
 
 def report(name: str, value: str, verdict: bool | None = None) -> None:
     mark = "" if verdict is None else ("  PASS" if verdict else "  FAIL")
-    print(f"  {name:<48} {value}{mark}")
+    print(f"  {name:<48} {value}{mark}", flush=True)
+
+
+# --------------------------------------------------------------------------- targets
+# Every target of issue 12 goes through target() (or skipped()): the line is printed
+# and, under run_all.py, also appended to the file named by RESULTS_ENV, so that the
+# summary at the end lists each target with its verdict.
+
+RESULTS_ENV = "CXSMTP_BENCH_RESULTS"
+
+
+def target(name: str, value: str, ok: bool) -> bool:
+    """Print a target's line with PASS/FAIL, record it for run_all.py; returns ``ok``."""
+    report(name, value, ok)
+    _record(name, value, "PASS" if ok else "FAIL")
+    return ok
+
+
+def skipped(name: str, reason: str) -> None:
+    """A target that could not be measured here (e.g. Postfix not installed)."""
+    print(f"  {name:<48} SKIP: {reason}", flush=True)
+    _record(name, reason, "SKIP")
+
+
+def _record(name: str, value: str, verdict: str) -> None:
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    entry = {"script": Path(sys.argv[0]).stem, "target": name, "value": value, "verdict": verdict}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def interleaved(rounds: int, steps: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Median seconds per step over ``rounds`` rounds, each round running every step
+    once.  The order rotates from round to round, so that a load change on the shared
+    machine or a warm-up effect hits every step alike rather than always the first."""
+    names = list(steps)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(steps[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def filesystem(path: Path) -> str:
+    """The file system type of ``path`` (from /proc/mounts), e.g. "ext4" or "tmpfs"."""
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    resolved = str(path.resolve())
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3 or len(fields[1]) < len(best):
+            continue
+        if (resolved + "/").startswith(fields[1].rstrip("/") + "/"):
+            best, kind = fields[1], fields[2]
+    return kind
 
 
 # --------------------------------------------------------------------------- SMTP peers
@@ -75,6 +137,41 @@ def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
     return tempfile.TemporaryDirectory(prefix=prefix, dir=base)
+
+
+def disk_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory in the default temp dir: the normal disk (ext4 here)."""
+    return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+def write_spool(path: Path, messages: Sequence[bytes]) -> Path:
+    """A fresh spool directory holding ``messages`` as NNNNNN.eml files."""
+    path.mkdir(parents=True)
+    for index, data in enumerate(messages):
+        (path / f"{index:06d}.eml").write_bytes(data)
+    return path
+
+
+def left_over(spool: Path) -> int:
+    """Messages not sent: still queued, claimed, deferred or failed."""
+    places = (
+        spool,
+        spool / "deferred",
+        spool / "failed",
+        *(spool / ".cxsmtp" / "claims").glob("*"),
+    )
+    return sum(1 for place in places if place.is_dir() for _ in place.glob("*.eml"))
+
+
+def send_spool(env: dict[str, str], spool: Path, server: str, timeout: float) -> float:
+    """Wall seconds of ``cxsmtp send -s SERVER SPOOL`` as a subprocess (process start
+    included); RuntimeError unless it exits 0 having sent every message."""
+    argv = [*cxsmtp(), "send", "--quiet", "--server", server, str(spool)]
+    code, wall, _, _ = run_measured(argv, env, timeout)
+    left = left_over(spool)
+    if code != 0 or left:
+        raise RuntimeError(f"cxsmtp send -s {server} {spool}: exit {code}, {left} not sent")
+    return wall
 
 
 def cxsmtp_env(work: Path) -> dict[str, str]:
@@ -177,13 +274,41 @@ class PostfixSink:
         self.proc = None
 
 
-def python_sink(**options: object):  # -> carerix_smtp.sink.server.Sink (not started)
+def python_sink(**options: object) -> Any:  # carerix_smtp.sink.server.Sink, not started
     """carerix_smtp.sink.server.Sink in this process, messages in memory without their data."""
     from carerix_smtp.sink.config import SinkConfig
     from carerix_smtp.sink.server import Sink
 
-    config = SinkConfig(keep_data=False, fsync=False, out_dir=None, **options)  # type: ignore[arg-type]
+    config = SinkConfig(keep_data=False, fsync=False, out_dir=None, **options)
     return Sink(config)
+
+
+# A fresh small process between the benchmark and the measured child.  On Linux a
+# child's ru_maxrss is at least the RSS of the process that forked it (exec records
+# the old memory's high-water mark), so a child started straight from this process
+# would report this process's peak once it has grown (an in-process measurement, the
+# sink's buffers).  The launcher is a bare interpreter (-S, a few MB), forks, execs
+# the command, and writes the child's own figures to the report file.
+_LAUNCHER = """
+import os, signal, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the child
+started_wall, started = time.time(), time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"{argv[0]}: {exc}", file=sys.stderr)
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+elapsed = time.perf_counter() - started
+with open(report, "w") as handle:
+    handle.write(f"{usage.ru_maxrss} {elapsed!r} {started_wall!r}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
 
 def run_measured(
@@ -191,16 +316,21 @@ def run_measured(
 ) -> tuple[int, float, int, float]:
     """Run a child; (exit status, wall seconds, peak RSS in bytes, start time.time()).
 
-    The peak RSS is the child's own ru_maxrss from wait4(2) (not all children's).  At
-    ``timeout`` the child gets SIGTERM (then SIGKILL 5 s later).
+    The peak RSS is the child's own ru_maxrss from wait4(2), taken by _LAUNCHER; the
+    wall time runs from its fork to its exit.  At ``timeout`` the child gets SIGTERM
+    (cxsmtp finishes the message in flight), 5 s later SIGKILL.
     """
-    with tempfile.TemporaryFile() as errors:
-        started_wall = time.time()
-        started = time.perf_counter()
+    with tempfile.TemporaryFile() as errors, tempfile.TemporaryDirectory() as tmp:
+        report_file = Path(tmp) / "rusage"
+        started_wall, started = time.time(), time.perf_counter()
         proc = subprocess.Popen(
-            list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors
+            [sys.executable, "-S", "-c", _LAUNCHER, str(report_file), *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,  # its own process group: the timers signal both
         )
-        # At the timeout SIGTERM (cxsmtp finishes the message in flight), 5 s later SIGKILL.
         timers = [
             threading.Timer(timeout, _signal, (proc, signal.SIGTERM)),
             threading.Timer(timeout + 5, _signal, (proc, signal.SIGKILL)),
@@ -208,23 +338,25 @@ def run_measured(
         for timer in timers:
             timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            code = proc.wait()
         finally:
             for timer in timers:
                 timer.cancel()
-        elapsed = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        elapsed, peak = time.perf_counter() - started, 0
+        with contextlib.suppress(OSError, ValueError):  # absent after a SIGKILL
+            maxrss, inner, started_at = report_file.read_text().split()
+            peak, elapsed, started_wall = int(maxrss) * 1024, float(inner), float(started_at)
         errors.seek(0)
         text = errors.read().decode(errors="replace").strip()
-    if proc.returncode != 0 and text:
-        print(f"  {argv[-1]}: exit {proc.returncode}: {text[-2000:]}", file=sys.stderr)
-    return proc.returncode, elapsed, usage.ru_maxrss * 1024, started_wall
+    if code != 0 and text:
+        print(f"  {argv[-1]}: exit {code}: {text[-2000:]}", file=sys.stderr)
+    return code, elapsed, peak, started_wall
 
 
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signum)
+            os.killpg(proc.pid, signum)
 
 
 def small_message(index: int, size: int = 2048) -> bytes:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import target
+
 from carerix_smtp.limits.ledger import BatchGrant
 from carerix_smtp.limits.rule import Limits
 from carerix_smtp.limits.sqlite import Ledger
@@ -228,7 +230,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cxsmtp-bench-") as tmp:
         for scenario in SCENARIOS:
             ok = report(scenario, simulate(scenario, Path(tmp))) and ok
-    print("\nPASS: no window overshot, utilisation >= 99.5 %" if ok else "\nFAIL")
+    print()
+    target(
+        "limiter accuracy",
+        f"{len(SCENARIOS)} scenarios: "
+        + ("no window overshot, utilisation >= 99.5 %" if ok else "see the scenarios above"),
+        ok,
+    )
     return 0 if ok else 1
 
 
