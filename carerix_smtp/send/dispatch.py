@@ -251,27 +251,31 @@ class Pass:
             pool = self.servers.pools[entry.name] = Pool(self, entry, conn, gate)
         return pool
 
-    def execute(self, worker: Worker, job: Job) -> None:
-        """One message on a worker's connection (in the worker's thread).  When this
-        connection cannot be opened, another one takes the message."""
+    def execute(
+        self, worker: Worker, job: Job, then: Job | None, meanwhile: Callable[[], None]
+    ) -> bool:
+        """One message (``then`` behind it) on a worker's connection, in its thread.
+        False: the connection cannot be opened, another one takes the message."""
         pool, conn = worker.pool, worker.conn
         try:
             with self.servers.network():
                 conn.ensure_open()
         except Stopping:
-            pool.give_back(job)
-            return
+            pool.give_back(job, conn)
+            return True
         except (SmtpAuthError, SmtpPolicyError) as exc:
-            pool.give_back(job)
+            pool.give_back(job, conn)
             raise stop_for(exc) from None
         except ServerUnusable as exc:
             self.servers.note_unusable(conn, str(exc))
-            pool.orphan(job)
-            return
+            return False
         except BaseException:
-            pool.give_back(job)
+            pool.give_back(job, conn)
             raise
-        self.delivery.deliver(job.claim, job.message, pool.entry, conn, pool.gate)
+        self.delivery.deliver(
+            job.claim, job.message, pool.entry, conn, pool.gate, then=then, meanwhile=meanwhile
+        )
+        return True
 
     def one(self, candidate: Candidate) -> Job | None:
         """Claim, read, route and admit ``candidate``: a job for a one-connection

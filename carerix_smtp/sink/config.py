@@ -218,6 +218,7 @@ class SinkConfig:
     drop: list[PhaseRule] = field(default_factory=list)
     hang: list[PhaseRule] = field(default_factory=list)
     pipelining: bool = True
+    chunking: bool = False  # offer CHUNKING (RFC 3030 BDAT), as Postfix does
     keep_data: bool = True  # False: Received.data is b"" (long runs, big messages)
     fsync: bool = True
     idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: server timeout 5 minutes

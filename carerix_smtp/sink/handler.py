@@ -63,6 +63,8 @@ class SinkHandler:
         lines = [line[4:] for line in responses if offer_auth or line[4:9].upper() != "AUTH "]
         if config.pipelining:  # RFC 2920; aiosmtpd reads commands in order from a buffer
             lines.insert(-1, "PIPELINING")
+        if config.chunking:  # RFC 3030 BDAT (SinkSMTP.smtp_BDAT)
+            lines.insert(-1, "CHUNKING")
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
 
     async def handle_HELO(

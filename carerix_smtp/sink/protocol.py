@@ -2,6 +2,11 @@
 faults at the greeting and at DATA, drop/hang, enhanced status codes, and the
 connection accounting (limit, open count).
 
+CHUNKING (``chunking``, RFC 3030)
+    BDAT chunks are read by their byte count, without the line-by-line work of
+    DATA: the end of data is the last chunk's last byte.  Refusals (no recipient,
+    too big) come after the chunk's bytes were read, so the session stays in step.
+
 Latency
     ``latency_ms`` delays every reply (greeting, EHLO, MAIL, RCPT, DATA, end of
     data, AUTH…) until that long after the latest data the client sent before
@@ -83,6 +88,8 @@ class SinkSMTP(SMTP):
         self._over_limit = False
         self._close_after_reply = False
         self._last_arrival = self.loop.time()
+        self._chunks = bytearray()  # BDAT data received so far in this transaction
+        self._chunks_refused: str | None = None  # a refused chunk: the rest is discarded
 
     @property
     def encrypted(self) -> bool:
@@ -175,3 +182,55 @@ class SinkSMTP(SMTP):
                 await self.push(fault)
                 return
         await super().smtp_DATA(arg)
+
+    async def smtp_BDAT(self, arg: str) -> None:
+        """RFC 3030 §2: ``BDAT <size> [LAST]``; the chunk's bytes follow the command."""
+        words = (arg or "").split()
+        if not self._config.chunking:
+            await self.push('500 Error: command "BDAT" not recognized')
+            return
+        if (
+            not words
+            or not words[0].isdigit()
+            or len(words) > 2
+            or (len(words) == 2 and words[1].upper() != "LAST")
+        ):
+            # The size is unknown: the session cannot stay in step (RFC 3030 §2).
+            await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            self._close()
+            return
+        size, last = int(words[0]), len(words) == 2
+        try:
+            chunk = await self._reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            self._close()  # the connection ended mid-chunk: no message
+            return
+        envelope = self.envelope
+        refusal = self._chunks_refused
+        if refusal is None and (envelope is None or not envelope.rcpt_tos):
+            refusal = "503 5.5.1 Error: need RCPT command"
+        limit = self.data_size_limit
+        if refusal is None and limit and len(self._chunks) + size > limit:
+            refusal = "552 5.3.4 Message size exceeds fixed maximum message size"
+        if refusal is not None:
+            self._chunks.clear()
+            self._chunks_refused = None if last else refusal
+            if last:
+                self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            await self.push(refusal)
+            return
+        self._chunks += chunk
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        data, self._chunks = bytes(self._chunks), bytearray()
+        assert envelope is not None
+        envelope.content = envelope.original_content = data
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+        await self.push(status)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self._chunks.clear()
+        self._chunks_refused = None
+        await super().smtp_RSET(arg)

@@ -13,12 +13,14 @@ Where things are:
 * ``tls``         implicit TLS and STARTTLS (RFC 3207), TlsInfo, TlsFailedError;
 * ``auth``        AUTH: policy and the SASL mechanisms (a table: one function and one
   row per mechanism), AUTH_PREFERENCE, AuthFailedError;
-* ``transaction`` MAIL/RCPT/DATA, pipelined (RFC 2920) and chained across messages;
-  Transaction, SendResult;
+* ``transaction`` MAIL/RCPT/DATA (or BDAT), pipelined (RFC 2920) and chained across
+  messages; Transaction, SendResult;
+* ``content``     a message's data after its commands: DATA content or BDAT chunks
+  (RFC 3030 CHUNKING), a refusal salvaged from a server that hung up early;
 * ``channel``     the socket: timed writes, buffered reply reading, ProtocolError,
   ChannelOwner (what a Channel uses of its session);
 * ``wire``        bytes on the wire: Reply, parse_reply, dot-stuffing (wire_chunks),
-  message_size;
+  BDAT chunks (bdat_chunks), message_size;
 * ``phases``      the phase names and PhaseTrace.
 
 Imports: config (tls, hosts; file for types), errors, dnspython; never send/probe/

@@ -1,6 +1,7 @@
 """Mail transactions on an open session: MAIL (SIZE=, 8BITMIME, SMTPUTF8), RCPT,
-DATA and the content, with PIPELINING (RFC 2920) of the commands and the next
-message's commands chained behind the data; refusals as :class:`SendResult`.
+DATA and the content -- or BDAT (RFC 3030) when the server offers CHUNKING, which
+saves the 354 round trip -- with PIPELINING (RFC 2920) of the commands and the
+next message's commands chained behind the data; refusals as :class:`SendResult`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from carerix_smtp.errors import MessageError, SmtpConnectError, SmtpError
+from carerix_smtp.errors import MessageError
+from carerix_smtp.smtp.content import Content, Resetting
 from carerix_smtp.smtp.conversation import Conversation
 from carerix_smtp.smtp.phases import (
     PHASE_DATA,
@@ -19,7 +21,7 @@ from carerix_smtp.smtp.phases import (
     PHASE_RCPT,
     PHASE_RSET,
 )
-from carerix_smtp.smtp.wire import Reply, command_bytes, message_size, wire_chunks
+from carerix_smtp.smtp.wire import Reply, command_bytes, message_size
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ class SendResult:
     """What the server said to one transaction.
 
     ``data_reply`` is None when MAIL was refused or no recipient was accepted (the
-    session was RSET); otherwise the reply after the final "." — or the refusal of
-    the DATA command itself.
+    session was RSET); otherwise the reply after the final "." (or to BDAT ... LAST)
+    — or the refusal of the DATA command itself or of a BDAT chunk.
     """
 
     mail_reply: Reply
@@ -67,16 +69,20 @@ class Transaction:
     rcpts: dict[str, str]  # recipients as given -> as written
     data: bytes | bytearray | memoryview | BinaryIO
     session: Conversation | None = None
+    chunking: bool = False  # the data goes in BDAT chunks (RFC 3030), no DATA command
 
     def commands(self) -> list[tuple[str, str]]:
-        return [
+        """The commands written before the data: with BDAT, no DATA."""
+        commands = [
             (self.mail_line, PHASE_MAIL),
             *((f"RCPT TO:<{clean}>", PHASE_RCPT) for clean in self.rcpts.values()),
-            ("DATA", PHASE_DATA),
         ]
+        if not self.chunking:
+            commands.append(("DATA", PHASE_DATA))
+        return commands
 
 
-class Transacting(Conversation, Protocol):
+class Transacting(Resetting, Protocol):
     """A :class:`Conversation` that also offers the transactions.  The session
     forwards them to :class:`Transactions`, which calls back through the session
     (so that a wrapper of ``SmtpSession.run`` sees every transaction)."""
@@ -98,8 +104,6 @@ class Transacting(Conversation, Protocol):
         meanwhile: Callable[[], None] | None = None,
     ) -> SendResult: ...
 
-    def reset(self) -> None: ...
-
 
 class Transactions:
     """The transaction side of ``session`` (whose public methods forward here).
@@ -108,6 +112,7 @@ class Transactions:
 
     def __init__(self, session: Transacting) -> None:
         self.session = session
+        self.content = Content(session)
 
     def mail(
         self,
@@ -130,7 +135,7 @@ class Transactions:
         reply = self.session.command("DATA", PHASE_DATA)
         if reply.code != 354:
             return reply
-        return self._send_content(data)
+        return self.content.data(data)
 
     def send(
         self,
@@ -185,7 +190,12 @@ class Transactions:
                 start = data.tell()
                 size = message_size(data)
                 data.seek(start)
-        return Transaction(self._mail_line(mail_from, size, smtputf8, eight_bit), rcpts, data)
+        return Transaction(
+            self._mail_line(mail_from, size, smtputf8, eight_bit),
+            rcpts,
+            data,
+            chunking=self.session.has_extension("CHUNKING"),
+        )
 
     def run(
         self,
@@ -219,11 +229,13 @@ class Transactions:
         if not any(reply.ok for reply in rcpt_replies.values()):
             self.session.reset()
             return SendResult(mail_reply, rcpt_replies, None)
+        if tx.chunking:
+            return SendResult(mail_reply, rcpt_replies, self.content.bdat(tx.data, None, meanwhile))
         data_cmd = self.session.command("DATA", PHASE_DATA)
         if data_cmd.code != 354:
             self.session.reset()
             return SendResult(mail_reply, rcpt_replies, data_cmd)
-        return SendResult(mail_reply, rcpt_replies, self._send_content(tx.data, b"", meanwhile))
+        return SendResult(mail_reply, rcpt_replies, self.content.data(tx.data, b"", meanwhile))
 
     def _send_pipelined(
         self, tx: Transaction, then: Transaction | None, meanwhile: Callable[[], None] | None
@@ -246,10 +258,13 @@ class Transactions:
                 )
                 replies.extend(self.session.reply(phase) for _, phase in window)
         tx.session = self.session
-        mail_reply, data_cmd = replies[0], replies[-1]
+        mail_reply = replies[0]
+        if tx.chunking:  # no DATA command: BDAT after the replies (RFC 3030 §4.2)
+            replies.append(Reply(354, None, "BDAT", local=True))
+        data_cmd = replies[-1]
         rcpt_replies = dict(zip(tx.rcpts, replies[1:-1], strict=True))
         accepted = mail_reply.ok and any(reply.ok for reply in rcpt_replies.values())
-        if data_cmd.code == 354 and not accepted:
+        if data_cmd.code == 354 and not accepted and not tx.chunking:
             # A server that should have refused DATA (RFC 2920 §3.1): end it empty.
             self.session.write(b".\r\n", PHASE_DATA, self.session.command_timeout)
             self.session.reply(PHASE_DATA_END, self.session.data_timeout)
@@ -265,8 +280,14 @@ class Transactions:
             window = then.commands()
             if len(window) <= PIPELINE_WINDOW:
                 chained = command_bytes(self.session.where, window)
+        if tx.chunking:
+            pair = (then, chained) if chained and then is not None else None
+            data_reply = self.content.bdat(tx.data, pair, meanwhile)
+        else:
+            if chained and then is not None:
                 then.session = self.session
-        return SendResult(mail_reply, rcpt_replies, self._send_content(tx.data, chained, meanwhile))
+            data_reply = self.content.data(tx.data, chained, meanwhile)
+        return SendResult(mail_reply, rcpt_replies, data_reply)
 
     def _mail_line(self, mail_from: str, size: int | None, smtputf8: bool, eight_bit: bool) -> str:
         params = []
@@ -278,62 +299,6 @@ class Transactions:
             params.append("SMTPUTF8")  # RFC 6531
         line = f"MAIL FROM:<{_check_address(mail_from)}>"
         return " ".join([line, *params])
-
-    def _send_content(
-        self,
-        data: bytes | bytearray | memoryview | BinaryIO,
-        chained: bytes = b"",
-        meanwhile: Callable[[], None] | None = None,
-    ) -> Reply:
-        """After 354: the message (``chained``: the next transaction's commands in the
-        same last write), then the reply to the final "."."""
-        chunks = wire_chunks(data)
-        pending = next(chunks)
-        total = 0
-        for following in chunks:
-            total += len(pending)
-            reply = self._write_data(pending, PHASE_DATA)
-            if reply is not None:
-                return reply
-            pending = following
-        # The last write holds the terminating "."; once it has started the server may
-        # have the whole message: a loss from here on is "outcome unknown" (data-end).
-        total += len(pending)
-        reply = self._write_data(pending + chained if chained else pending, PHASE_DATA_END)
-        if reply is not None:
-            return reply
-        log.debug("%s C: <%d bytes of message data>", self.session.where, total)
-        if meanwhile is not None:
-            meanwhile()
-        # RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".".
-        return self.session.reply(PHASE_DATA_END, self.session.data_timeout)
-
-    def _write_data(self, chunk: bytes, phase: str) -> Reply | None:
-        """Write a data chunk.  When the write fails because the server answered early
-        and hung up (e.g. 552 message too big), return that answer: a refusal is a
-        result.  The session is closed then."""
-        try:
-            self.session.write(chunk, phase, self.session.command_timeout, abort=False)
-        except SmtpConnectError:
-            reply = self._salvage_reply()
-            self.session.abort()
-            if reply is None:
-                raise
-            if reply.closing:
-                raise self.session.reply_error(
-                    phase, "the server is closing the connection", reply
-                ) from None
-            return reply
-        except SmtpError:
-            self.session.abort()
-            raise
-        return None
-
-    def _salvage_reply(self) -> Reply | None:
-        try:
-            return self.session.channel.read_reply(PHASE_DATA, 1.0, "a reply", abort=False)
-        except SmtpError:
-            return None
 
     def reset(self) -> None:
         """RSET (RFC 5321 §4.1.1.5); a refused RSET closes the session."""

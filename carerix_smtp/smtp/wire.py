@@ -1,6 +1,7 @@
 """SMTP on the wire, without a socket: replies parsed into :class:`Reply`, command
 lines joined for one write, and message data as sent after DATA (CRLF line endings,
-dot-stuffing, the terminating "."), with its size for ``SIZE=``.
+dot-stuffing, the terminating ".") or in BDAT chunks (CRLF line endings only), with
+its size for ``SIZE=``.
 """
 
 from __future__ import annotations
@@ -147,6 +148,30 @@ def _normalise(block: bytes) -> bytes:
     return block.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
+def _normalised(
+    data: bytes | bytearray | memoryview | BinaryIO, chunk_size: int
+) -> Iterator[bytes]:
+    """The message in blocks with CRLF line endings (a CR at a block's end waits for
+    the next block: it may be half of a CRLF); the last block ends with CRLF (RFC
+    5321 §4.1.1.4: the end of data follows a line ending).  Nothing for no data."""
+    pending_cr = b""
+    previous = b""
+    for piece in _pieces(data, chunk_size):
+        block = pending_cr + piece
+        if block.endswith(b"\r"):
+            pending_cr, block = b"\r", block[:-1]
+        else:
+            pending_cr = b""
+        if block:
+            if previous:
+                yield previous
+            previous = _normalise(block)
+    if pending_cr or (previous and not previous.endswith(b"\n")):
+        previous += CRLF
+    if previous:
+        yield previous  # the line ending rides with the last block: one write
+
+
 def wire_chunks(
     data: bytes | bytearray | memoryview | BinaryIO, chunk_size: int = CHUNK_SIZE
 ) -> Iterator[bytes]:
@@ -154,30 +179,29 @@ def wire_chunks(
     §4.5.2), ending with CRLF "." CRLF.  The terminator rides in the last chunk so
     a small message is a single write.  Memory: a few chunks, whatever the size.
     """
-    pending_cr = b""
     at_line_start = True  # the start of the message is the start of a line
     previous: bytes | None = None
-    for piece in _pieces(data, chunk_size):
-        block = pending_cr + piece
-        # A CR at the end of a chunk may be half of a CRLF: decide with the next chunk.
-        if block.endswith(b"\r"):
-            pending_cr, block = b"\r", block[:-1]
-        else:
-            pending_cr = b""
-        if not block:
-            continue
-        out = _normalise(block).replace(b"\n.", b"\n..")
+    for block in _normalised(data, chunk_size):
+        out = block.replace(b"\n.", b"\n..")
         if at_line_start and out[:1] == b".":
             out = b"." + out
         at_line_start = out.endswith(b"\n")
         if previous is not None:
             yield previous
         previous = out
-    tail = b""
-    if pending_cr:
-        tail = CRLF
-        at_line_start = True
-    if not at_line_start:
-        tail += CRLF  # RFC 5321 §4.1.1.4: the terminator follows a line ending
-    tail += b".\r\n"
-    yield (previous or b"") + tail
+    yield (previous or b"") + b".\r\n"
+
+
+def bdat_chunks(
+    data: bytes | bytearray | memoryview | BinaryIO, chunk_size: int = CHUNK_SIZE
+) -> Iterator[tuple[bytes, bool]]:
+    """The message as sent in BDAT chunks (RFC 3030 §2): CRLF line endings (ending
+    with one, like DATA), but no dot-stuffing and no terminator -- the byte count
+    delimits it.  (chunk, last) pairs; a small message is one chunk; an empty one is
+    one empty chunk ("BDAT 0 LAST" is valid)."""
+    previous: bytes | None = None
+    for block in _normalised(data, chunk_size):
+        if previous is not None:
+            yield previous, False
+        previous = block
+    yield previous or b"", True
