@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -369,6 +370,7 @@ def header_blocks(draw: st.DrawFn) -> bytes:
 @settings(max_examples=400, deadline=None)
 @given(header_blocks())
 @example(b"From: a@x.example\nTo: .<a@x.example>\n")  # found by hypothesis
+@example(b"From: a@x.example\nTo: .<a@x.example>\nReturn-Path: a(b)@c.example\n")  # ditto
 def test_fast_path_agrees_with_the_header_registry(block: bytes) -> None:
     old, new = _outcome(_oracle, block), _outcome(_new, block)
     assert new[0] != "crash", (block, new)
@@ -376,11 +378,12 @@ def test_fast_path_agrees_with_the_header_registry(block: bytes) -> None:
         # the old parser raised IndexError/AttributeError (a poison message that
         # stopped every run); now such a file is refused like any unusable one, or,
         # where the address is unambiguous ("To: .<a@x.example>"), read: every address
-        # it returns stands in the block as written
+        # it returns stands in the block as written, comments aside ("a(b)@c.example")
         assert new[0] in ("error", "ok"), (block, new)
         if new[0] == "ok":
+            uncommented = re.sub(rb"\([^()]*\)", b"", block)
             for address in (new[1][0], *new[1][1]):
-                assert address.encode() in block, (block, new)
+                assert address.encode() in uncommented, (block, new)
     elif old[0] == "error" and "encoded" in old[1]:
         # the one deliberate difference: an RFC 2047 word in a display name with no
         # white space before "<" ("=?utf-8?q?Jos=C3=A9?=<j@x>") is accepted, since the
