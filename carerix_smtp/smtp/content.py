@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from carerix_smtp.errors import SmtpConnectError, SmtpError
 from carerix_smtp.smtp.conversation import Conversation
 from carerix_smtp.smtp.phases import PHASE_DATA, PHASE_DATA_END
 from carerix_smtp.smtp.wire import Reply, bdat_chunks, wire_chunks
-
-if TYPE_CHECKING:
-    from carerix_smtp.smtp.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +22,13 @@ class Resetting(Conversation, Protocol):
     """A :class:`Conversation` that can RSET (SmtpSession)."""
 
     def reset(self) -> None: ...
+
+
+class Chained(Protocol):
+    """The next transaction written behind this data (transaction.Transaction): it
+    learns the session its commands went out on."""
+
+    session: Conversation | None
 
 
 class Content:
@@ -65,7 +69,7 @@ class Content:
     def bdat(
         self,
         data: bytes | bytearray | memoryview | BinaryIO,
-        chained: tuple[Transaction, bytes] | None,
+        chained: tuple[Chained, bytes] | None,
         meanwhile: Callable[[], None] | None = None,
     ) -> Reply:
         """The message in BDAT chunks (RFC 3030), the last one "BDAT <n> LAST", then
