@@ -159,14 +159,22 @@ def delivery_log(
     dest: Path,
 ) -> dict[str, Any]:
     """The delivery log's line for one attempt (``Spool.log_delivery``)."""
+    accepted: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    deferred: dict[str, str] = {}
+    by_outcome = {ACCEPTED: accepted, FAILED: refused, DEFERRED: deferred}
+    for rcpt, (outcome, result) in attempt.results.items():  # one pass, not three
+        group = by_outcome.get(outcome)
+        if group is not None:
+            group[rcpt] = result.describe()
     return {
         "file": claim.name,
         "message_id": message.message_id,
         "server": entry.name,
         "attempt": state.attempts,
-        "accepted": {r: res.describe() for r, (o, res) in attempt.results.items() if o == ACCEPTED},
-        "refused": {r: res.describe() for r, (o, res) in attempt.results.items() if o == FAILED},
-        "deferred": {r: res.describe() for r, (o, res) in attempt.results.items() if o == DEFERRED},
+        "accepted": accepted,
+        "refused": refused,
+        "deferred": deferred,
         "outcome": state.status,
         "moved_to": f"{dest.parent.name}/{dest.name}",
         **({"error": attempt.error} if attempt.error else {}),

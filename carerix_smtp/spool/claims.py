@@ -84,8 +84,10 @@ class Claims:
     def from_path(self, kind: Kind, name: str, where: str, leaf: str, key: str) -> Claim:
         """The Claim for a file already in claims/ (or ``leaf`` in directory ``where``)."""
         layout = self._layout
-        with storage("stat", layout.where(where, leaf)):
+        try:  # once per message: the path of the error message only when needed
             st = os.stat(leaf, dir_fd=layout.fd(where), follow_symlinks=False)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, "stat", layout.where(where, leaf)) from exc
         state = self._read_sidecar(name) if kind == "deferred" else None
         return Claim(
             kind,

@@ -138,6 +138,14 @@ def _check_address(address: str, name: str, where: str) -> str:
     return address
 
 
+def _plain(spec: str) -> bool:
+    """True when an addr-spec of the fast grammar passes _check_address for sure: in
+    ASCII that grammar has no white space or control character, a non-empty local
+    part, one "@" and a domain DOMAIN matches — except the empty literal "[]".
+    (Outside ASCII, str white space such as U+00A0 is atext there: checked.)"""
+    return spec.isascii() and not spec.endswith("[]")
+
+
 def _addresses(raws: Sequence[bytes], field: str, name: str) -> list[str]:
     """The addresses of every ``field`` field (raw bytes), in order."""
     out: list[str] = []
@@ -148,7 +156,9 @@ def _addresses(raws: Sequence[bytes], field: str, name: str) -> list[str]:
                 continue
             fast = _fast_addresses(text)
             if fast is not None:
-                out.extend(_check_address(spec, name, field) for spec in fast)
+                out.extend(
+                    spec if _plain(spec) else _check_address(spec, name, field) for spec in fast
+                )
                 continue
         value = _registry_header(field, raw, name)
         try:

@@ -51,6 +51,12 @@ def is_mbox_line(data: bytes) -> bool:
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?")
 
 
+# Field names seen, as bytes -> lower-cased str: every message repeats the same
+# dozen (From, To, Subject, ...); bounded, so odd names cannot grow it for ever.
+_FIELD_NAMES: dict[bytes, str] = {}
+_FIELD_NAMES_MAX = 512
+
+
 def split_fields(block: bytes, name: str) -> list[HeaderField]:
     """The header block's fields, each with its raw lines.  A block with anything
     unusual (a NUL, a bare CR, a line that is not a field) goes the slow way, line
@@ -58,11 +64,18 @@ def split_fields(block: bytes, name: str) -> list[HeaderField]:
     if b"\x00" not in block and block.count(b"\r") == block.count(b"\r\n"):
         fields: list[HeaderField] = []
         pos, end, match = 0, len(block), _FIELD.match
+        names, new_field = _FIELD_NAMES, HeaderField._make
         while pos < end:
             found = match(block, pos)
             if found is None:
                 break
-            fields.append(HeaderField(found.group(1).decode("ascii").lower(), found.group(0)))
+            raw_name = found[1]
+            field_name = names.get(raw_name)
+            if field_name is None:
+                field_name = raw_name.decode("ascii").lower()
+                if len(names) < _FIELD_NAMES_MAX:
+                    names[raw_name] = field_name
+            fields.append(new_field((field_name, found[0])))
             pos = found.end()
         else:
             return fields

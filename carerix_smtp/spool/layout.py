@@ -317,8 +317,12 @@ class SpoolLayout:
 
     def rename(self, src_rel: str, src: str, dst_rel: str, dst: str) -> None:
         """``rename(2)`` between two spool directories (replaces ``dst``)."""
-        with storage("move", f"{self.where(src_rel, src)} to {self.where(dst_rel, dst)}"):
-            os.rename(src, dst, src_dir_fd=self.fd(src_rel), dst_dir_fd=self.fd(dst_rel))
+        src_fd, dst_fd = self.fd(src_rel), self.fd(dst_rel)
+        try:  # once per message: the paths of the error message only when needed
+            os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except OSError as exc:
+            where = f"{self.where(src_rel, src)} to {self.where(dst_rel, dst)}"
+            raise StorageError.from_os_error(exc, "move", where) from exc
 
     def remove(self, rel: str, name: str) -> None:
         """Unlink ``name`` in ``rel``; nothing when it is not there."""

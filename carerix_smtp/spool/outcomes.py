@@ -7,6 +7,7 @@ way, without a new line."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from carerix_smtp.spool.claims import Claim
 from carerix_smtp.spool.journal import Journal
 from carerix_smtp.spool.layout import RECORD_SUFFIX, SpoolLayout, storage, variant
-from carerix_smtp.spool.records import MessageState, dumps
+from carerix_smtp.spool.records import MessageState, dumps, json_text
 from carerix_smtp.spool.sent_log import SentLog
 
 
@@ -67,19 +68,11 @@ class Outcomes:
             state.name = name
             state.status = dest
             record = dumps(state.to_json())
-            about: dict[str, Any] = {
-                "claim": claim.key,
-                "dest": dest,
-                "name": name,
-                "file": [claim.dev, claim.ino, claim.size, claim.mtime],
-            }
-            day = None
-            if dest == "sent":
-                about["at"] = at = self._sent_log.position()
-                day = at[0]
-            head = dumps(about)
+            at = self._sent_log.position() if dest == "sent" else None
             # {"claim":...,"file":[...],"state":{the record}}: the record encoded once
-            self._journal.append(b"".join((head[:-1], b',"state":', record, b"}\n")))
+            head = journal_head(claim, dest, name, at)
+            self._journal.append(b"".join((head, b',"state":', record, b"}\n")))
+            day = at[0] if at is not None else None
             path = self.place(claim, state, dest, name, move=True, record=record, day=day)
             if self._journal.checkpoint_due():
                 self._journal.checkpoint()
@@ -145,3 +138,33 @@ class Outcomes:
     def close(self) -> None:
         """Close the day file (call with the shared lock held: it is being released)."""
         self._sent_log.close()
+
+
+def journal_head(claim: Claim, dest: str, name: str, at: tuple[str, int] | None) -> bytes:
+    """``dumps({"claim":..,"dest":..,"name":..,"file":[dev,ino,size,mtime],"at":..})``
+    without its closing brace, formatted directly (once per message: a general
+    encoder call cost as much as the whole record's); anything unusual goes
+    through ``dumps``, so the bytes are the same either way."""
+    key, size, mtime = claim.key, claim.size, claim.mtime
+    plain = type(claim.dev) is int and type(claim.ino) is int and type(size) is int
+    if plain and type(mtime) is float and math.isfinite(mtime):
+        try:
+            text = (
+                f'{{"claim":{json_text(key)},"dest":{json_text(dest)},'
+                f'"name":{json_text(name)},"file":[{claim.dev:d},{claim.ino:d},{size:d},'
+                f"{mtime!r}]"
+            )
+            if at is not None:
+                text += f',"at":[{json_text(at[0])},{at[1]:d}]'
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate in a name: dumps escapes it
+    about: dict[str, Any] = {
+        "claim": key,
+        "dest": dest,
+        "name": name,
+        "file": [claim.dev, claim.ino, size, mtime],
+    }
+    if at is not None:
+        about["at"] = [at[0], at[1]]
+    return dumps(about)[:-1]

@@ -39,20 +39,25 @@ DELIVERY_LOG_MAX = 64 * 1024 * 1024  # rotated once to delivery.log.1 beyond thi
 # --- time and JSON helpers ---------------------------------------------------
 
 
-_last_iso: tuple[int, str] = (-1, "")  # most times in a run fall in the same second
+# Seconds already formatted.  A record holds the file's queue time (its mtime, an
+# earlier second) beside this second's attempt times, so a single-entry cache
+# missed twice per message; a dict holds both (cleared when it grows: a thread
+# racing the clearing only formats a time again).
+_ISO_CACHE: dict[int, str] = {}
+_ISO_CACHE_MAX = 4096
 
 
 def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ``2024-05-01T12:00:00+00:00`` (records are for people too)."""
-    global _last_iso
     if ts is None:
         return None
-    second = math.floor(ts)
-    last = _last_iso
-    if last[0] == second:
-        return last[1]
-    text = datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
-    _last_iso = (second, text)
+    second = int(ts) if ts >= 0 else math.floor(ts)  # int(): cheaper, same for ts >= 0
+    text = _ISO_CACHE.get(second)
+    if text is None:
+        text = datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
+        if len(_ISO_CACHE) >= _ISO_CACHE_MAX:
+            _ISO_CACHE.clear()
+        _ISO_CACHE[second] = text
     return text
 
 
@@ -65,13 +70,24 @@ def from_iso(text: Any) -> float | None:
         return None
 
 
+# What json.dumps(value, ensure_ascii=False, separators=(",", ":")) uses, built once:
+# json.dumps builds a new encoder per call when given options (a few records a message).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON as UTF-8; ASCII escapes when a str holds a lone surrogate
     (undecodable header bytes), so that every line reads back."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return _COMPACT_ASCII.encode(value).encode("ascii")
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text, non-ASCII kept (what ``dumps`` encodes)."""
+    return _COMPACT.encode(value)
 
 
 @dataclass
@@ -252,10 +268,21 @@ DAY_FILE = re.compile(r"records-\d{4}-\d{2}-\d{2}\.jsonl")
 _NAME_PREFIX = re.compile(rb'\{"name":"([^"\\]*)"')  # dumps() puts "name" first
 
 
+_last_day: tuple[int, str] = (-1, "")  # a run rarely crosses midnight: one strftime
+
+
 def day_file(ts: float) -> str:
     """``records-YYYY-MM-DD.jsonl``: the day file a record written at ``ts`` goes to
     (UTC day; not ending in .eml, so never taken for a message)."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("records-%Y-%m-%d.jsonl")
+    global _last_day
+    number = int(ts // 86400)  # UTC days since the epoch (POSIX time: no leap seconds)
+    last = _last_day
+    if last[0] == number:
+        return last[1]
+    day = datetime.fromtimestamp(number * 86400, timezone.utc)
+    text = day.strftime("records-%Y-%m-%d.jsonl")
+    _last_day = (number, text)
+    return text
 
 
 def is_day_file(name: str) -> bool:
@@ -379,8 +406,8 @@ class DeliveryLog:
         get it, and why".
         """
         line = {"time": iso(self._clock()), **entry}
-        text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
-        data = text.encode("utf-8", "backslashreplace")  # a lone surrogate: \udcxx, still JSON
+        # a lone surrogate becomes \udcxx: still JSON
+        data = (json_text(line) + "\n").encode("utf-8", "backslashreplace")
         with self._book:
             if self._fd is None or self._size > DELIVERY_LOG_MAX:
                 self._open()

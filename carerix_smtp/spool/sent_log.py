@@ -55,8 +55,11 @@ class SentLog:
             self._open(self._day, create=True)
         line = record + b"\n"
         assert self._fd is not None
-        with storage("append to", self._layout.where("sent", self._day)):
+        try:  # once per message: the path of the error message only when needed
             write_all(self._fd, line)
+        except OSError as exc:
+            where = self._layout.where("sent", self._day)
+            raise StorageError.from_os_error(exc, "append to", where) from exc
         self._size += len(line)
         return at
 

@@ -371,6 +371,7 @@ def header_blocks(draw: st.DrawFn) -> bytes:
 @given(header_blocks())
 @example(b"From: a@x.example\nTo: .<a@x.example>\n")  # found by hypothesis
 @example(b"From: a@x.example\nTo: .<a@x.example>\nReturn-Path: a(b)@c.example\n")  # ditto
+@example(b"From: a @ b.example\nTo: Ann B.<a@[IPv6:::1]>\n")  # ditto: CFWS around "@"
 def test_fast_path_agrees_with_the_header_registry(block: bytes) -> None:
     old, new = _outcome(_oracle, block), _outcome(_new, block)
     assert new[0] != "crash", (block, new)
@@ -378,10 +379,11 @@ def test_fast_path_agrees_with_the_header_registry(block: bytes) -> None:
         # the old parser raised IndexError/AttributeError (a poison message that
         # stopped every run); now such a file is refused like any unusable one, or,
         # where the address is unambiguous ("To: .<a@x.example>"), read: every address
-        # it returns stands in the block as written, comments aside ("a(b)@c.example")
+        # it returns stands in the block as written, comments and white space aside
+        # ("a(b)@c.example", "a @ b.example": CFWS, RFC 5322 §3.2.2)
         assert new[0] in ("error", "ok"), (block, new)
         if new[0] == "ok":
-            uncommented = re.sub(rb"\([^()]*\)", b"", block)
+            uncommented = re.sub(rb"\([^()]*\)|[ \t]", b"", block)
             for address in (new[1][0], *new[1][1]):
                 assert address.encode() in uncommented, (block, new)
     elif old[0] == "error" and "encoded" in old[1]:
@@ -484,3 +486,28 @@ def test_field_split_fast_path_agrees_with_line_by_line(lines: list[bytes], eol:
             return str(exc)
 
     assert outcome(headers_module.split_fields) == outcome(headers_module._split_lines)
+
+
+@pytest.mark.parametrize(
+    ("to", "error"),
+    [
+        pytest.param("b@[]", "'b@[]' has an invalid domain", id="empty-literal"),
+        pytest.param("b@x\u00a0y.example", "has an invalid domain", id="nbsp-in-domain"),
+        pytest.param("b\u2003c@y.example", "white space in the local part", id="em-space-local"),
+    ],
+)
+def test_fast_addresses_outside_plain_ascii_are_still_checked(to: str, error: str) -> None:
+    """Plain ASCII addresses of the fast grammar skip the checks (they cannot fail
+    them); these can, and must still be refused."""
+    with pytest.raises(MessageError, match=re.escape(error)):
+        parse_message(f"From: a@x.example\nTo: {to}\n\nbody\n".encode())
+
+
+def test_field_names_in_any_case_are_read_after_the_first_message() -> None:
+    """Field names are remembered lower-cased; later spellings of the same name in
+    another case still land under that name."""
+    first = parse_message(b"From: a@x.example\nTo: b@y.example\n\nx\n")
+    again = parse_message(b"FROM: a@x.example\nto: b@y.example\nCC: c@y.example\n\nx\n")
+    assert (first.mail_from, first.recipients) == ("a@x.example", ("b@y.example",))
+    assert again.recipients == ("b@y.example", "c@y.example")
+    assert [f.name for f in again.fields] == ["from", "to", "cc"]

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from servers import sent_lines, sent_record
 
+from carerix_smtp.spool.claims import Claim
+from carerix_smtp.spool.outcomes import journal_head
 from carerix_smtp.spool.records import (
     MessageState,
     RecipientResult,
     day_file,
+    dumps,
+    iso,
     read_record,
     read_records,
 )
@@ -239,3 +243,58 @@ def test_an_outcome_at_midnight_goes_where_its_journal_line_says(tmp_path: Path)
     assert line["at"] == [day_file(T0), 0]
     assert os.path.getsize(spool.dir("sent") / day_file(T0)) > 0
     assert not (spool.dir("sent") / day_file(T0 + 86_400)).exists()
+
+
+def _about(claim: Claim, name: str, at: tuple[str, int] | None) -> bytes:
+    about: dict[str, object] = {
+        "claim": claim.key,
+        "dest": "sent",
+        "name": name,
+        "file": [claim.dev, claim.ino, claim.size, claim.mtime],
+    }
+    if at is not None:
+        about["at"] = list(at)
+    return dumps(about)[:-1]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("m.eml", id="ascii"),
+        pytest.param('é "q" \\ \n.eml', id="escapes"),
+        pytest.param("bad\udcff.eml", id="lone-surrogate"),
+    ],
+)
+@pytest.mark.parametrize("at", [None, ("records-2023-11-14.jsonl", 123)], ids=["no-at", "at"])
+@pytest.mark.parametrize("mtime", [T0 + 0.123456, 1e-7, 0.0], ids=["now", "tiny", "zero"])
+def test_journal_head_is_what_dumps_makes(
+    name: str, at: tuple[str, int] | None, mtime: float
+) -> None:
+    """The journal line's head is formatted directly; recovery reads it with json,
+    so the bytes must be those dumps() made before (a lone surrogate: ASCII escapes)."""
+    claim = Claim("queued", name, Path(name), f"queued/t1~{name}", 2025, mtime, "file", None, 7, 9)
+    head = journal_head(claim, "sent", name, at)
+    assert head == _about(claim, name, at)
+    assert json.loads(head + b"}")["name"] == name
+
+
+def test_day_file_and_iso_across_midnight() -> None:
+    """Both cache what they formatted; a time on either side of midnight (and back:
+    a clock stepped back) still gets its own day and second."""
+    midnight = 1_700_006_400.0  # 2023-11-15T00:00:00Z
+    times = [midnight - 0.5, midnight, midnight + 0.5, midnight - 1.0, midnight + 86_400]
+    assert [day_file(t) for t in times] == [
+        "records-2023-11-14.jsonl",
+        "records-2023-11-15.jsonl",
+        "records-2023-11-15.jsonl",
+        "records-2023-11-14.jsonl",
+        "records-2023-11-16.jsonl",
+    ]
+    assert [iso(t) for t in times] == [
+        "2023-11-14T23:59:59+00:00",
+        "2023-11-15T00:00:00+00:00",
+        "2023-11-15T00:00:00+00:00",
+        "2023-11-14T23:59:59+00:00",
+        "2023-11-16T00:00:00+00:00",
+    ]
+    assert iso(-0.5) == "1969-12-31T23:59:59+00:00"
