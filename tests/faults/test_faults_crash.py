@@ -59,6 +59,20 @@ def per_kill(sink: Any, start_times: list[float]) -> list[int]:
     return caused
 
 
+def stuck(process: Any, trial: int, target: int, received: int) -> None:
+    """A run that did not get to its kill point: say whether it hung or exited, and
+    what it printed (CI saw this once, not reproduced since)."""
+    running = process.poll() is None
+    if running:
+        kill_process_group(process)
+    _, err = process.communicate()
+    state = "still running (killed now)" if running else f"exited {process.returncode}"
+    pytest.fail(
+        f"trial {trial}: {received} of {target} messages received in 60 s; cxsmtp {state}; "
+        f"stderr: {err[-2000:]!r}"
+    )
+
+
 @pytest.mark.timeout(300)
 def test_sigkill_of_the_process_group_at_random_points(
     tmp_path: Path, isolated: Any, sink_factory: Any, matrix: Any
@@ -72,7 +86,8 @@ def test_sigkill_of_the_process_group_at_random_points(
         target = len(sink.messages) + rng.randint(1, 25)
         start_times.append(time.time())
         process = start_send(spool, wrapper=wrapper_for(trial))
-        assert sink.wait_until(lambda s, t=target: len(s.messages) >= t, timeout=60)
+        if not sink.wait_until(lambda s, t=target: len(s.messages) >= t, timeout=60):
+            stuck(process, trial, target, len(sink.messages))
         time.sleep(rng.uniform(0, 0.004))  # a random point: reply, journal, rename…
         members = kill_process_group(process)
         assert process.returncode == -signal.SIGKILL
