@@ -281,9 +281,6 @@ class BatchGrant:
         """Slots neither confirmed nor admitted."""
         return max(0, self.max_messages - self.sent - len(self._claims))
 
-    def time_left(self) -> float:
-        return self.deadline_at - self.ledger.clock()
-
     def admit(self, size: int) -> bool:
         """Take a slot for a message of ``size`` bytes if it still fits in this batch.
 

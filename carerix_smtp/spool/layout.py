@@ -109,9 +109,6 @@ class SpoolLayout:
     def dir(self, name: str) -> Path:
         return self.paths.get(name) or self.path / name
 
-    def origin_dir(self, kind: Kind) -> Path:
-        return self.dir(origin(kind))
-
     def where(self, rel: str, name: str) -> str:
         """The path of ``name`` in directory ``rel``, for messages."""
         return f"{self.path}/{rel}/{name}" if rel else f"{self.path}/{name}"
