@@ -79,6 +79,10 @@ class SpoolError(ConfigError):
     """The spool directory is missing, not a directory, or not writable."""
 
 
+class NoSpoolError(ConfigError):
+    """No SPOOL argument, no CXSMTP_SPOOL and no ``spool`` setting (exit 78)."""
+
+
 class SpoolBusyError(CxsmtpError):
     """The spool is being changed by another run right now (exit 75)."""
 

@@ -20,7 +20,8 @@ def show(
         typer.Option(
             "--json",
             help="Print one JSON object: config_file, email_send_limit, send_limit_window, "
-            "default_server, nameservers, servers and users (sender address -> server).",
+            "default_server, nameservers, spool, sendmail_mode, retain_sent (seconds), "
+            "servers and users (sender address -> server).",
         ),
     ] = False,
 ) -> None:
@@ -54,7 +55,9 @@ def set_(
         str,
         typer.Argument(
             metavar="KEY",
-            help="email-send-limit, send-limit-window, default-server or nameservers.",
+            help="email-send-limit, send-limit-window, default-server, nameservers, spool "
+            "(the default spool directory), sendmail-mode (queue or send) or retain-sent "
+            "(how long sent messages are kept: 30d, 12h, 90m, 45s, seconds; 0 = not kept).",
         ),
     ],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],

@@ -20,14 +20,18 @@ from carerix_smtp.cli.status_view import when as _when
 
 if TYPE_CHECKING:
     from carerix_smtp.cli.progress import SendProgress
+    from carerix_smtp.config.file import Config
     from carerix_smtp.limits.sqlite import Ledger
     from carerix_smtp.send.plan import Plan
     from carerix_smtp.send.report import RunSummary
 
 SpoolArg = Annotated[
-    Path,
+    Path | None,
     typer.Argument(
-        metavar="SPOOL", help="Spool directory: *.eml files in it are queued.", show_default=False
+        metavar="SPOOL",
+        help="Spool directory: *.eml files in it are queued [default: CXSMTP_SPOOL, else "
+        "the setting spool (cxsmtp settings set spool DIR)].",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of text.")]
@@ -36,6 +40,22 @@ SHOWN_FAILURES = 20  # per run, sorted; --json and the records have them all
 
 def _err(message: str) -> None:
     print(f"cxsmtp: {message}", file=sys.stderr)
+
+
+def _spool(cli: CliContext, given: Path | None, config: Config | None = None) -> Path:
+    """SPOOL, else CXSMTP_SPOOL, else the setting ``spool`` (config/spool_path.py)."""
+    from carerix_smtp.config.spool_path import resolve_spool
+
+    if given is not None:
+        return given
+    return resolve_spool(None, config or cli.load_config(), cli.env)
+
+
+def _names_a_message(word: Path, suffix: str = ".eml") -> bool:
+    """True when the first positional word is not the SPOOL but a message (enqueue's
+    FILE, retry's NAME): then the default spool is meant.  A directory is a SPOOL."""
+    text = str(word)
+    return text == "-" or (text.endswith(suffix) and not word.is_dir())
 
 
 def _existing_ledger(cli: CliContext) -> Callable[[], Ledger] | None:
@@ -53,7 +73,7 @@ def _existing_ledger(cli: CliContext) -> Callable[[], Ledger] | None:
 
 def send(
     ctx: typer.Context,
-    spool: SpoolArg,
+    spool: SpoolArg = None,
     server: Annotated[
         str | None,
         typer.Option(
@@ -133,6 +153,7 @@ def send(
     stamp_lines(ctx, stdout=not json_out)  # non-terminals only: a log file says when
     cli = get_context(ctx)
     config = cli.load_config()
+    spool = _spool(cli, spool, config)
     options = SendOptions(server=server, max_messages=max_messages, dry_run=dry_run, loop=loop)
     if dry_run:
         from carerix_smtp.send.plan import plan_send
@@ -163,7 +184,7 @@ def send(
             history_dir=cli.state_dir,
             quiet=quiet,
         )
-    _render_summary(summary, spool, json_out=json_out, quiet=quiet, terminal=cli.stdout_is_terminal)
+    render_summary(summary, spool, json_out=json_out, quiet=quiet, terminal=cli.stdout_is_terminal)
     raise typer.Exit(int(summary.exit_code))
 
 
@@ -208,7 +229,7 @@ def _left_text(summary: RunSummary) -> str:
     return text
 
 
-def _render_summary(
+def render_summary(
     summary: RunSummary, spool: Path, *, json_out: bool, quiet: bool, terminal: bool
 ) -> None:
     from carerix_smtp.cli.cron_output import render_deferring, render_run_errors
@@ -286,7 +307,8 @@ def _render_plan(plan: Plan, spool: Path, json_out: bool) -> None:
 
 
 def enqueue(
-    spool: SpoolArg,
+    ctx: typer.Context,
+    spool: SpoolArg = None,
     files: Annotated[
         list[str] | None,
         typer.Argument(
@@ -302,13 +324,17 @@ def enqueue(
     usable nothing is queued. Each is written to SPOOL/tmp/ and renamed into the
     queue, so a running `cxsmtp send` never sees half a file. Prints the queued names.
 
+    Without SPOOL (the first word is '-' or a *.eml file) the default spool is used.
+
     Example:  cxsmtp enqueue /var/spool/mailing report.eml
     """
     from carerix_smtp.errors import InputError
     from carerix_smtp.spool.message import complete_headers
     from carerix_smtp.spool.spool import Spool
 
-    target = Spool(spool)
+    if spool is not None and _names_a_message(spool):
+        files, spool = [str(spool), *(files or [])], None
+    target = Spool(_spool(get_context(ctx), spool))
     target.check(writable=True)
     prepared: list[tuple[str, bytes]] = []
     for item in files or ["-"]:
@@ -327,7 +353,7 @@ def enqueue(
 # --- status ------------------------------------------------------------------------
 
 
-def status(ctx: typer.Context, spool: SpoolArg, json_out: JsonOpt = False) -> None:
+def status(ctx: typer.Context, spool: SpoolArg = None, json_out: JsonOpt = False) -> None:
     """Counts per state (queued, deferred with the next retry, sent, failed), who
     did not get what (each once), the last run and each server's last error, and
     per server the sending limits: messages and bytes sent in the last hour and 24
@@ -342,6 +368,7 @@ def status(ctx: typer.Context, spool: SpoolArg, json_out: JsonOpt = False) -> No
     from carerix_smtp.send.status import collect_status
 
     cli = get_context(ctx)
+    spool = _spool(cli, spool)
     report = collect_status(spool, cli.load_config, cli.state_dir, ledger=_existing_ledger(cli))
     if json_out:
         print_json(report.to_json())
@@ -358,7 +385,8 @@ def status(ctx: typer.Context, spool: SpoolArg, json_out: JsonOpt = False) -> No
 
 
 def retry(
-    spool: SpoolArg,
+    ctx: typer.Context,
+    spool: SpoolArg = None,
     names: Annotated[
         list[str] | None,
         typer.Argument(
@@ -371,12 +399,17 @@ def retry(
 ) -> None:
     """Put failed messages back in the queue and make deferred ones due now.
 
+    Without SPOOL (the first word is a NAME ending in .eml) the default spool is used.
+
     Example:  cxsmtp retry /var/spool/mailing --all
     """
     from carerix_smtp.errors import UsageError
     from carerix_smtp.spool.layout import SpoolBusyError
     from carerix_smtp.spool.spool import Spool
 
+    if spool is not None and _names_a_message(spool):
+        names, spool = [str(spool), *(names or [])], None
+    spool = _spool(get_context(ctx), spool)
     if bool(names) == everything:
         raise UsageError("give message NAMEs or --all (not both)")
     target = Spool(spool)

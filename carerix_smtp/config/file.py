@@ -56,6 +56,8 @@ DEFAULT_BATCH_INTERVAL = 300.0
 DEFAULT_BATCH_DEADLINE = 60.0
 # seed: emailSendLimit "default setting 10.000"
 DEFAULT_SEND_LIMIT = 10_000
+DEFAULT_RETAIN_SENT = 30 * 86_400.0
+SENDMAIL_MODES = ("queue", "send")
 
 
 @dataclass
@@ -111,6 +113,12 @@ class Settings:
     send_limit_window: float = 86_400.0
     default_server: str | None = None
     nameservers: list[str] = field(default_factory=list)
+    # The spool used when a command names none (cxsmtp send, sendmail); see config/spool_path.py.
+    spool: str | None = None
+    # What `cxsmtp sendmail` does after queuing: "queue" (leave it for cron) or "send" (a run now).
+    sendmail_mode: str = "queue"
+    # How long sent messages stay in the spool (seconds); 0 = remove them at once.
+    retain_sent: float = DEFAULT_RETAIN_SENT
 
 
 @dataclass
@@ -212,9 +220,10 @@ FLOAT_KEYS = {
     "retry_max": 0.0,
     "max_queue_age": 0.0,
     "send_limit_window": 1.0,
+    "retain_sent": 0.0,
 }
 _BOOL_KEYS = {"accepts_large_amounts", "tls_verify", "allow_plaintext_auth"}
-_STR_KEYS = {"host", "username", "ca_file", "password_command", "default_server"}
+_STR_KEYS = {"host", "username", "ca_file", "password_command", "default_server", "spool"}
 
 
 def _convert(where: str, key: str, value: Any) -> Any:
@@ -245,6 +254,10 @@ def _convert(where: str, key: str, value: Any) -> Any:
             raise ConfigError(
                 f"{where}: security must be one of auto, ssl, starttls, none, not {value!r}"
             ) from None
+    if key == "sendmail_mode":
+        if value not in SENDMAIL_MODES:
+            raise ConfigError(f"{where}: sendmail_mode must be queue or send, not {value!r}")
+        return value
     if key == "nameservers":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f'{where}: nameservers must be a list of "IP" or "IP:PORT" strings')
@@ -368,6 +381,12 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         settings["default_server"] = config.settings.default_server
     if config.settings.nameservers:
         settings["nameservers"] = config.settings.nameservers
+    if config.settings.spool is not None:
+        settings["spool"] = config.settings.spool
+    if config.settings.sendmail_mode != Settings().sendmail_mode:
+        settings["sendmail_mode"] = config.settings.sendmail_mode
+    if config.settings.retain_sent != Settings().retain_sent:
+        settings["retain_sent"] = config.settings.retain_sent
     data: dict[str, Any] = {"settings": settings}
     data["servers"] = {name: server_to_dict(e) for name, e in sorted(config.servers.items())}
     data["users"] = {addr: {"server": name} for addr, name in sorted(config.users.items())}

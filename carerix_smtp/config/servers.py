@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from carerix_smtp.config import passwords as secrets
@@ -18,6 +19,7 @@ from carerix_smtp.config.credentials import credentials_path
 from carerix_smtp.config.file import (
     FLOAT_KEYS,
     INT_KEYS,
+    SENDMAIL_MODES,
     SERVER_KEYS,
     Config,
     ServerEntry,
@@ -313,12 +315,47 @@ def set_setting(config: Config, key: str, value: str) -> None:
         config.settings.default_server = value
     elif key == "nameservers":
         config.settings.nameservers = [v.strip() for v in value.split(",") if v.strip()]
+    elif key in ("spool", "sendmail_mode", "retain_sent"):
+        _set_spool_setting(config, key, value)
     else:
         raise UsageError(
             f"unknown setting {key!r}; known: email-send-limit, send-limit-window, "
-            "default-server, nameservers"
+            "default-server, nameservers, spool, sendmail-mode, retain-sent"
         )
     save_config(config)
+
+
+def _set_spool_setting(config: Config, key: str, value: str) -> None:
+    if key == "spool":
+        if not value.strip():
+            raise UsageError("spool must be a directory path, not empty")
+        config.settings.spool = str(Path(value.strip()).expanduser().absolute())
+    elif key == "sendmail_mode":
+        if value.strip() not in SENDMAIL_MODES:
+            raise UsageError(f"sendmail-mode must be queue or send, not {value!r}")
+        config.settings.sendmail_mode = value.strip()
+    else:
+        config.settings.retain_sent = parse_duration(value, "retain-sent")
+
+
+_DURATION_UNITS = {"d": 86_400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: str, what: str) -> float:
+    """Durations: "30d", "12h", "90m", "45s" or plain seconds ("0" too) -> seconds."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not number or seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise UsageError(
+            f"{what} must be a duration like 30d, 12h, 90m, 45s or seconds (0 or more), "
+            f"not {value!r}"
+        )
+    return seconds
 
 
 def describe_server(
@@ -369,6 +406,9 @@ def describe_settings(config: Config) -> dict[str, Any]:
         "send_limit_window": config.settings.send_limit_window,
         "default_server": config.settings.default_server,
         "nameservers": config.settings.nameservers,
+        "spool": config.settings.spool,
+        "sendmail_mode": config.settings.sendmail_mode,
+        "retain_sent": config.settings.retain_sent,
         "servers": sorted(config.servers),
         "users": dict(sorted(config.users.items())),
     }

@@ -138,9 +138,9 @@ def test_ctrl_c_outside_a_send_exits_130_quietly() -> None:
 
 
 def test_usage_errors_are_still_click_s_exit_64() -> None:
-    result = run_cxsmtp("send")
+    result = run_cxsmtp("server", "show")
     assert result.returncode == 64
-    assert "Usage:" in result.stderr and "Missing argument 'SPOOL'" in result.stderr
+    assert "Usage:" in result.stderr and "Missing argument 'NAME'" in result.stderr
     unknown = run_cxsmtp("--no-such-option")
     assert unknown.returncode == 64 and "No such option" in unknown.stderr
     assert "unexpected" not in result.stderr + unknown.stderr

@@ -73,7 +73,7 @@ def test_help_has_no_internal_metavars_or_words(path: tuple[str, ...]) -> None:
         (("send",), "-s, --server NAME"),
         (("server", "add"), "--set KEY=VALUE"),
         (("server", "use"), "--user ADDRESS"),
-        (("enqueue",), "Usage: cxsmtp enqueue [OPTIONS] SPOOL [FILE]..."),
+        (("enqueue",), "Usage: cxsmtp enqueue [OPTIONS] [SPOOL] [FILE]..."),
         (("settings", "set"), "Usage: cxsmtp settings set [OPTIONS] KEY VALUE"),
         ((), "--config PATH"),
     ],
