@@ -10,6 +10,8 @@
     the time from process start to the first message on the wire (the sink's
     timestamp of the first message received minus the start; pass at <= 1.5 s,
     "about a second");
+    Also ``cxsmtp queue list`` on the same 100,000 (subprocess, output to
+    /dev/null): at most 2 s (issue 13; it reads every message's header block);
 (b) one 50 MB message: peak RSS of ``cxsmtp send`` minus that of sending one
     small message, as a multiple of the message size — streamed, not held in
     memory (pass at <= 0.5: less than half a copy).
@@ -56,6 +58,7 @@ RUN_TIMEOUT = 60.0
 STATUS_MAX = 0.5  # seconds for `cxsmtp status` with 100,000 queued (issue 12)
 STATUS_SCANDIR_MAX = 3.0  # the status core: at most 3x a bare os.scandir count
 STATUS_ROUNDS = 3
+QUEUE_LIST_MAX = 2.0  # seconds for `cxsmtp queue list` with 100,000 queued (issue 13)
 
 
 def build_spool(path: Path, count: int) -> Path:
@@ -124,6 +127,35 @@ def status_verdicts(figures: dict[str, float], big: int) -> bool:
     )
 
 
+def queue_list_verdict(spool: Path, env: dict[str, str], big: int) -> bool:
+    """`cxsmtp queue list SPOOL` (subprocess, output to /dev/null): median of
+    STATUS_ROUNDS runs within QUEUE_LIST_MAX; it reads every message's header block."""
+
+    def run() -> float:
+        argv = [*cxsmtp(), "queue", "list", str(spool)]
+        code, wall, _, _ = run_measured(argv, env, RUN_TIMEOUT)
+        if code != 0:
+            raise RuntimeError(f"cxsmtp queue list {spool} exited {code}")
+        return wall
+
+    wall = interleaved(STATUS_ROUNDS, {"list": run})["list"]
+    return target(
+        f"cxsmtp queue list, {big:,} queued",
+        f"{wall:.2f} s (target <= {QUEUE_LIST_MAX} s)",
+        wall <= QUEUE_LIST_MAX,
+    )
+
+
+def queue_list_only(work: Path, big: int) -> bool:
+    """``--only-queue-list``: the big spool and `cxsmtp queue list` on it, nothing else."""
+    env = cxsmtp_env(work)
+    spool = build_spool(work / f"spool-{big}", big)
+    try:
+        return queue_list_verdict(spool, env, big)
+    except RuntimeError as exc:
+        return target("cxsmtp queue list", f"error: {exc}", False)
+
+
 def spool_run(sink: Any, env: dict[str, str], spool: Path) -> tuple[int, int, float]:
     """(peak RSS of send --dry-run, of send -n FIRST_MESSAGES, first message's delay)."""
     code, _, plan_rss, _ = run_measured(
@@ -159,6 +191,7 @@ def big_spool(work: Path, big: int) -> bool:
             try:
                 if count == big:  # after the small run: the ledger exists, as in use
                     ok = status_verdicts(status_figures(spool, env), big)
+                    ok = queue_list_verdict(spool, env, big) and ok
                 figures[count] = spool_run(sink, env, spool)
             except RuntimeError as exc:
                 return target(f"spool of {count:,} files", f"error: {exc}", False)
@@ -240,8 +273,14 @@ def main() -> int:
     parser.add_argument("--skip-big-spool", action="store_true", help="skip (a)")
     parser.add_argument("--skip-huge", action="store_true", help="skip (b)")
     parser.add_argument("--big", type=int, default=BIG_SPOOL, help="files in the big spool")
+    parser.add_argument(
+        "--only-queue-list", action="store_true", help="only `cxsmtp queue list` on the big spool"
+    )
     args = parser.parse_args()
     ok = True
+    if args.only_queue_list:
+        with scratch_dir("cxsmtp-bench-spool-") as tmp:
+            return 0 if queue_list_only(Path(tmp), args.big) else 1
     if not args.skip_big_spool:
         with scratch_dir("cxsmtp-bench-spool-") as tmp:
             ok = big_spool(Path(tmp), args.big) and ok

@@ -18,7 +18,16 @@ from carerix_smtp.cli.errors import CxsmtpGroup, OneLineFormatter, guard_threads
 
 # Command groups, each a module with ``register(app)``.  Heavy modules are
 # imported inside the commands, so ``cxsmtp --help`` starts fast.
-COMMAND_MODULES = ("server", "settings", "test_cmd", "spool_cmds", "sink_cmd", "doctor_cmd")
+COMMAND_MODULES = (
+    "server",
+    "settings",
+    "test_cmd",
+    "spool_cmds",
+    "sink_cmd",
+    "doctor_cmd",
+    "queue_cmds",
+    "sendmail_cmd",
+)
 
 app = typer.Typer(
     cls=CxsmtpGroup,
@@ -136,6 +145,9 @@ def main() -> None:
     """The ``cxsmtp`` script.  Errors inside a command are reported by CxsmtpGroup;
     this catches what fails around it (parsing, closing the context), so that no
     traceback reaches cron without ``--debug`` either."""
+    from carerix_smtp.cli.sendmail_cmd import run_if_sendmail
+
+    run_if_sendmail(sys.argv)  # as sendmail or mailq (argv[0]) or `cxsmtp sendmail`: exits
     debug = "--debug" in sys.argv[1:]
     guard_threads(debug)
     try:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 SHOWN = 20  # lines of "not delivered"; --json has them all
 STYLES = {"queued": "cyan", "deferred": "yellow", "pending": "yellow", "sent": "green"}
 STYLES["failed"] = "red"
+STYLES["held"] = "magenta"
 BLOCKS = " ▁▂▃▄▅▆▇█"  # eighths of a chart row
 CHART_ROWS = 4
 
@@ -63,6 +64,8 @@ def state_rows(result: SpoolStatus) -> list[tuple[str, int, str, str]]:
         ("sent", result.sent, sent),
         ("failed", result.failed, ""),
     ]
+    if result.held.count:  # only when there are some: held is rare
+        rows.insert(2, ("held", result.held, "send skips them: cxsmtp queue release"))
     return [
         (label, count.count, size(count.bytes), extra if count.count else "")
         for label, count, extra in rows

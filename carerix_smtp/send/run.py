@@ -82,6 +82,7 @@ from carerix_smtp.errors import (
     SmtpAuthError,
     SmtpPolicyError,
     SmtpTLSError,
+    StorageError,
 )
 from carerix_smtp.send.history import record_run
 from carerix_smtp.send.report import (
@@ -232,6 +233,7 @@ class _Passes:
                 return summary
             recovery = spool.recover()
             summary.possible_duplicates.extend(Path(p).name for p in recovery.requeued)
+            self.retain()
             candidates = spool.candidates(limit=listing_limit(self.options))
             if not candidates:
                 summary.status = "nothing-to-do"
@@ -254,6 +256,17 @@ class _Passes:
             summary.note_backlog(spool.scan("queued"), spool.scan("deferred"))
         summary.elapsed_s = monotonic() - started
         return summary
+
+    def retain(self) -> None:
+        """Remove sent mail older than ``retain_sent`` (spool/retention.py: at most
+        10,000 files per run, sent/ scanned at most once an hour).  A file that
+        cannot be removed is logged; sending goes on."""
+        from carerix_smtp.spool.retention import retain
+
+        try:
+            retain(self.spool.layout, self.config.settings.retain_sent, self.clock())
+        except StorageError as exc:
+            log.warning("retention of sent mail: %s", exc)
 
     def loop(self, candidates: Sequence[Candidate]) -> None:
         options, summary, stop = self.options, self.summary, self.stop

@@ -49,7 +49,8 @@ KINDS: tuple[Kind, Kind] = ("deferred", "queued")
 TOP = ""
 CLAIMS = f"{STATE_DIR}/claims"
 CLAIM_DIRS: dict[Kind, str] = {kind: f"{CLAIMS}/{kind}" for kind in KINDS}
-SUBDIRS = (STATE_DIR, CLAIMS, *CLAIM_DIRS.values(), "deferred", "sent", "failed", "tmp")
+# held/: messages ``cxsmtp queue hold`` keeps from ``send`` (spool/held.py)
+SUBDIRS = (STATE_DIR, CLAIMS, *CLAIM_DIRS.values(), "deferred", "held", "sent", "failed", "tmp")
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW

@@ -240,6 +240,7 @@ class SpoolStatus:
     path: Path
     queued: StateCount = field(default_factory=StateCount)
     deferred: StateCount = field(default_factory=StateCount)
+    held: StateCount = field(default_factory=StateCount)  # queue hold: send skips them
     sent: StateCount = field(default_factory=StateCount)
     failed: StateCount = field(default_factory=StateCount)
     in_flight: int = 0
@@ -259,6 +260,7 @@ class SpoolStatus:
             "spool": str(self.path),
             "queued": self.queued.to_json(),
             "deferred": self.deferred.to_json(),
+            "held": self.held.to_json(),
             "sent": self.sent.to_json(),
             "failed": self.failed.to_json(),
             "in_flight": self.in_flight,
@@ -354,6 +356,7 @@ class Listing:
         deferred = _rows(layout, "deferred", records["deferred"])
         _count(result.queued, queued)
         _count(result.deferred, deferred)
+        _count(result.held, _rows(layout, "held"))
         _count(result.sent, _rows(layout, "sent"))
         _count(result.failed, _rows(layout, "failed", records["failed"]))
         result.next_retry = result.deferred.oldest

@@ -13,12 +13,15 @@ Layout (SPEC §3)::
     SPOOL/sent/records-DAY.jsonl       recipients) is a line of the day's file
                                        (earlier versions: sent/NAME.eml.json)
     SPOOL/failed/NAME.eml + .eml.json  permanent failure, unusable file, or too old
+    SPOOL/held/NAME.eml              held (cxsmtp queue hold): send never lists it; a
+                                       sidecar beside it when held from deferred/
     SPOOL/.cxsmtp/lock               flock(2) target; the kernel drops it when we die
     SPOOL/.cxsmtp/journal            JSON lines, synced per group: outcomes since the
                                        last checkpoint
     SPOOL/.cxsmtp/claims/queued/     messages in flight, by origin, named TOKEN~NAME
     SPOOL/.cxsmtp/claims/deferred/
     SPOOL/.cxsmtp/delivery.log       JSON lines, one per attempt (who got it, who not, why)
+    SPOOL/.cxsmtp/retention          its mtime: the last complete retention scan of sent/
 
 Deferred messages live in ``SPOOL/deferred/`` (not at the top level) so that the
 top level holds only what producers dropped, an ``ls`` shows what waits for a
@@ -135,6 +138,12 @@ class Spool:
 
     def dir(self, name: str) -> Path:
         return self.path / name
+
+    @property
+    def layout(self) -> SpoolLayout:
+        """The directories and file primitives (for the queue commands: spool/held.py,
+        spool/removal.py, spool/retention.py)."""
+        return self._layout
 
     # -- validation, layout and the lock (layout.py) --
 

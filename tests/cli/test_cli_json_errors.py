@@ -62,6 +62,9 @@ FAILURES: dict[tuple[str, ...], tuple[list[str], str | None, int, str] | None] =
     ("test",): (["test", "nope"], None, 78, "UnknownServerError"),
     ("send",): (["send", "{missing}"], None, 78, "SpoolError"),
     ("status",): (["status", "{missing}"], None, 78, "SpoolError"),
+    ("queue", "list"): (["queue", "list", "{missing}"], None, 78, "SpoolError"),
+    ("queue", "show"): (["queue", "show", "nope", "{missing}"], None, 78, "SpoolError"),
+    ("queue", "purge"): (["queue", "purge", "--older-than", "7d", "{missing}"], None, 78, "SpoolError"),
     ("doctor",): None,
 }
 
@@ -118,8 +121,9 @@ def test_real_process_json_error_and_exit_code(tmp_path: Path) -> None:
     assert error["kind"] == "SpoolError" and str(missing) in error["message"]
     assert f"cxsmtp: error: {error['message']}" in result.stderr
     result = run_cxsmtp("send", "--json", "--config", str(tmp_path / "c.toml"))
-    assert result.returncode == 64
-    assert error_object(result.stdout)["message"] == "Missing argument 'SPOOL'."
+    assert result.returncode == 78  # no SPOOL and none configured (issue 13)
+    error = error_object(result.stdout)
+    assert error["kind"] == "NoSpoolError" and "cxsmtp settings set spool" in error["message"]
 
 
 def test_without_json_usage_errors_print_nothing_on_stdout() -> None:
