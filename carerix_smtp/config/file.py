@@ -86,6 +86,13 @@ class ServerEntry:
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_age: float = 432_000.0
+    # issue 14: OAuth2 (a command that prints a current access token, like msmtp's
+    # passwordeval with "auth oauthbearer"), fallback relays in order, the EHLO name,
+    # and the preset an entry was made from (its limits' sources for ``server show``).
+    oauth_token_command: str | None = None
+    fallback: list[str] = field(default_factory=list)
+    helo_name: str | None = None
+    preset: str | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -111,6 +118,7 @@ class Settings:
     send_limit_window: float = 86_400.0
     default_server: str | None = None
     nameservers: list[str] = field(default_factory=list)
+    helo_name: str | None = None  # issue 14: the EHLO name of entries without their own
 
 
 @dataclass
@@ -214,7 +222,16 @@ FLOAT_KEYS = {
     "send_limit_window": 1.0,
 }
 _BOOL_KEYS = {"accepts_large_amounts", "tls_verify", "allow_plaintext_auth"}
-_STR_KEYS = {"host", "username", "ca_file", "password_command", "default_server"}
+_STR_KEYS = {
+    "host",
+    "username",
+    "ca_file",
+    "password_command",
+    "default_server",
+    "oauth_token_command",
+    "helo_name",
+    "preset",
+}
 
 
 def _convert(where: str, key: str, value: Any) -> Any:
@@ -248,6 +265,10 @@ def _convert(where: str, key: str, value: Any) -> Any:
     if key == "nameservers":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f'{where}: nameservers must be a list of "IP" or "IP:PORT" strings')
+        return list(value)
+    if key == "fallback":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: fallback must be a list of server names")
         return list(value)
     raise AssertionError(key)  # pragma: no cover
 
@@ -354,7 +375,7 @@ def server_to_dict(entry: ServerEntry) -> dict[str, Any]:
     defaults = ServerEntry(name=entry.name, host=entry.host)
     for key in SERVER_KEYS:
         value = getattr(entry, key)
-        if key == "host" or value == getattr(defaults, key) or value is None:
+        if key == "host" or value == getattr(defaults, key) or value is None or value == []:
             continue
         out[key] = value.value if isinstance(value, Security) else value
     return out
@@ -368,6 +389,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         settings["default_server"] = config.settings.default_server
     if config.settings.nameservers:
         settings["nameservers"] = config.settings.nameservers
+    if config.settings.helo_name is not None:
+        settings["helo_name"] = config.settings.helo_name
     data: dict[str, Any] = {"settings": settings}
     data["servers"] = {name: server_to_dict(e) for name, e in sorted(config.servers.items())}
     data["users"] = {addr: {"server": name} for addr, name in sorted(config.users.items())}
