@@ -54,7 +54,8 @@ def set_(
         str,
         typer.Argument(
             metavar="KEY",
-            help="email-send-limit, send-limit-window, default-server or nameservers.",
+            help="email-send-limit, send-limit-window, default-server, nameservers or "
+            'helo-name (the EHLO name of entries without their own; "" for automatic).',
         ),
     ],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],

@@ -245,6 +245,8 @@ def _render_summary(
     if limit:
         line += f"; {limit}"
     typer.echo(line)
+    for note in summary.fallback_notes():  # issue 14: fallback relays
+        typer.echo(f"cxsmtp: {note}")
     render_deferring(summary)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import tomli_w
 
+from carerix_smtp.config.fallbacks import check_fallbacks
 from carerix_smtp.config.hosts import Endpoint, parse_host
 from carerix_smtp.config.tls import Security, TlsMode, check_plaintext_auth, security_for_port
 from carerix_smtp.errors import ConfigError, CxsmtpError, UnknownServerError
@@ -340,6 +341,7 @@ def config_from_dict(path: Path, data: Mapping[str, Any]) -> Config:
     default = config.settings.default_server
     if default is not None and default not in config.servers:
         raise ConfigError(f"{path}: [settings]: default_server {default!r} is not defined")
+    check_fallbacks({n: e.fallback for n, e in config.servers.items()}, str(path))
     return config
 
 
