@@ -416,3 +416,30 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def token_command(root: Path, *tokens: str) -> tuple[str, Path]:
+    """An ``oauth_token_command`` (issue 14) that prints ``tokens`` one per run, the
+    last one again after that, and counts its runs in the returned file.  The tokens
+    are read from a file, so they are in no process's argv."""
+    import shlex
+    import sys
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tokens").write_text("\n".join(tokens) + "\n")
+    count = root / "runs"
+    script = root / "token.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        "here = pathlib.Path(sys.argv[0]).parent\n"
+        "runs = here / 'runs'\n"
+        "n = int(runs.read_text()) if runs.exists() else 0\n"
+        "runs.write_text(str(n + 1))\n"
+        "tokens = (here / 'tokens').read_text().split()\n"
+        "print(tokens[min(n, len(tokens) - 1)])\n"
+    )
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}", count
+
+
+def token_runs(count: Path) -> int:
+    return int(count.read_text()) if count.exists() else 0

@@ -12,6 +12,16 @@ from carerix_smtp.cli.completion import complete_server_name
 from carerix_smtp.cli.context import get_context
 from carerix_smtp.cli.errors import warn
 from carerix_smtp.cli.render import format_value, print_fields, print_json
+from carerix_smtp.cli.server_fallback import FallbackOpt, NoFallbackOpt, fallback_fields
+from carerix_smtp.cli.server_presets import (
+    HeloNameOpt,
+    PresetHostArg,
+    PresetOpt,
+    preset_prompts,
+    preset_username,
+    report_preset,
+    with_preset,
+)
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config, ServerEntry
@@ -84,6 +94,16 @@ PasswordCommandOpt = Annotated[
         "--password-command",
         metavar="COMMAND",
         help="Command whose first output line is the password (run without a shell).",
+    ),
+]
+OAuthTokenCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--oauth-token-command",
+        metavar="COMMAND",
+        help="Sign in with OAuth2 (OAUTHBEARER, else XOAUTH2): a command whose first output "
+        "line is a current access token, e.g. oama access USER (run without a shell).",
+        show_default=False,
     ),
 ]
 DefaultOpt = Annotated[bool, typer.Option("--default", help="Make this the default server.")]
@@ -228,7 +248,7 @@ def _fields(
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A short name for the entry, e.g. xs4all.")],
-    host: Annotated[str, typer.Argument(help='Server, e.g. "[smtp.xs4all.nl]:587".')],
+    host: PresetHostArg = None,
     login: LoginOpt = None,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
@@ -238,9 +258,13 @@ def add(
     insecure_skip_verify: NoVerifyOpt = None,
     allow_plaintext_auth: PlainAuthOpt = None,
     password_command: PasswordCommandOpt = None,
+    oauth_token_command: OAuthTokenCommandOpt = None,
     default: DefaultOpt = False,
     set_: SetOpt = None,
     password_store: PasswordStoreOpt = None,
+    preset: PresetOpt = None,
+    helo_name: HeloNameOpt = None,
+    fallback: FallbackOpt = None,
 ) -> None:
     """Add a server entry.
 
@@ -249,42 +273,47 @@ def add(
     [192.0.2.10]:587, [2001:db8::1]:587.
 
     Example: cxsmtp server add xs4all "[smtp.xs4all.nl]:587" --username jan --password-stdin
+
+    Example: cxsmtp server add mail --preset sendgrid --password-stdin
+
+    Example: cxsmtp server add gmail --preset gmail --username me@gmail.com
+    --oauth-token-command "oama access me@gmail.com"
     """
     from carerix_smtp.config.credentials import credentials_path
+    from carerix_smtp.config.oauth import check_token_options
     from carerix_smtp.config.passwords import choose_store
     from carerix_smtp.config.servers import add_server
 
     cli = get_context(ctx)
     config = cli.load_config()
     default_before = config.settings.default_server
+    username, ask = preset_username(preset, login, username), preset_prompts(preset)
+    check_token_options(
+        oauth_token_command, login=login is not None, password_stdin=password_stdin,
+        password_command=password_command is not None,
+    )  # fmt: skip
+    no_prompt = password_command or oauth_token_command  # a command gives the secret
     choice = None
-    if _password_wanted(login, username, password_stdin, password_command):
+    if _password_wanted(login, username if ask else None, password_stdin, no_prompt):
         choice = choose_store(name, password_store, cli.env)  # before any prompt
-    user, password = _read_password(login, username, password_stdin, password_command, True)
+    user, password = _read_password(login, username, password_stdin, no_prompt, ask)
     fields = _fields(
-        user,
-        accepts_large_amounts,
-        security,
-        ca_file,
-        insecure_skip_verify,
-        allow_plaintext_auth,
-        password_command,
-        set_,
-    )
+        user, accepts_large_amounts, security, ca_file, insecure_skip_verify,
+        allow_plaintext_auth, password_command, set_,
+    )  # fmt: skip
+    if oauth_token_command is not None:
+        fields["oauth_token_command"] = oauth_token_command
+    fields |= fallback_fields(fallback, False)
+    host, fields = with_preset(preset, host, fields, helo_name)
     entry = add_server(
-        config,
-        name,
-        host,
-        password=password,
-        make_default=default,
-        env=cli.env,
-        store=choice,
+        config, name, host, password=password, make_default=default, env=cli.env, store=choice,
         **fields,
-    )
+    )  # fmt: skip
     stored = ""
     if password and choice:
         stored = f" ({_report_store(name, choice, credentials_path(config.path))})"
     _report_added(config, entry, default_before, stored)
+    report_preset(config, entry)
 
 
 def _report_added(
@@ -314,18 +343,29 @@ def edit(
     insecure_skip_verify: NoVerifyOpt = None,
     allow_plaintext_auth: PlainAuthOpt = None,
     password_command: PasswordCommandOpt = None,
+    oauth_token_command: OAuthTokenCommandOpt = None,
     default: DefaultOpt = False,
     set_: SetOpt = None,
     unset: UnsetOpt = None,
+    helo_name: HeloNameOpt = None,
+    fallback: FallbackOpt = None,
+    no_fallback: NoFallbackOpt = False,
 ) -> None:
     """Change a server entry; options not given stay as they are.
 
     Example: cxsmtp server edit xs4all --accepts-large-amounts --set batch_deadline=45
+
+    Example: cxsmtp server edit xs4all --fallback relay2 --fallback relay3
     """
+    from carerix_smtp.config.oauth import check_token_options
     from carerix_smtp.config.servers import edit_server
 
     cli = get_context(ctx)
     config = cli.load_config()
+    check_token_options(
+        oauth_token_command, login=login is not None, password_stdin=password_stdin,
+        password_command=password_command is not None,
+    )  # fmt: skip
     user, password = _read_password(login, username, password_stdin, password_command, False)
     fields = _fields(
         user,
@@ -339,6 +379,11 @@ def edit(
     )
     if host is not None:
         fields["host"] = host
+    if helo_name is not None:
+        fields["helo_name"] = helo_name
+    if oauth_token_command is not None:
+        fields["oauth_token_command"] = oauth_token_command
+    fields |= fallback_fields(fallback, no_fallback)
     edited = edit_server(
         config, name, password=password, make_default=default, env=cli.env, unset=unset or (),
         **fields,
@@ -367,7 +412,8 @@ def remove(
     ],
     force: ForceOpt = False,
 ) -> None:
-    """Remove a server entry, its per-user choices and its stored password.
+    """Remove a server entry, its per-user choices, its place in other entries'
+    fallback lists and its stored password.
 
     Removing the default server makes the only server left the default; with several
     left it is refused unless --force (then `cxsmtp send` stops with exit 78 until
@@ -392,6 +438,8 @@ def remove(
         where = f"goes to the default server {default!r}" if default else "has no server"
         who = ", ".join(done.dropped_users)
         warn(f"dropped the per-sender choice of {who}: their mail {where}")
+    for other in done.dropped_from_fallbacks:
+        warn(f"removed {name!r} from the fallback relays of server {other!r}")
 
 
 def password(
@@ -507,4 +555,7 @@ def register(app: typer.Typer) -> None:
     server_app.command("remove")(remove)
     server_app.command("use")(use)
     server_app.command("password")(password)
+    from carerix_smtp.cli import server_import
+
+    server_import.register(server_app)
     app.add_typer(server_app, name="server")

@@ -56,8 +56,9 @@ def set_(
         typer.Argument(
             metavar="KEY",
             help="email-send-limit, send-limit-window, default-server, nameservers, spool "
-            "(the default spool directory), sendmail-mode (queue or send) or retain-sent "
-            "(how long sent messages are kept: 30d, 12h, 90m, 45s, seconds; 0 = not kept).",
+            "(the default spool directory), sendmail-mode (queue or send), retain-sent "
+            "(how long sent messages are kept: 30d, 12h, 90m, 45s, seconds; 0 = not kept) "
+            'or helo-name (the EHLO name of entries without their own; "" for automatic).',
         ),
     ],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],

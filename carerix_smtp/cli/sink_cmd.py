@@ -69,6 +69,25 @@ AuthOpt = Annotated[
         show_default=False,
     ),
 ]
+OAuthTokenOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--oauth-token",
+        metavar="TOKEN",
+        help="Offer XOAUTH2 and OAUTHBEARER and accept this access token (repeatable); a "
+        "wrong one is refused as Gmail does (334 JSON status 401, then 535).",
+        show_default=False,
+    ),
+]
+OAuthUserOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--oauth-user",
+        metavar="USER",
+        help="Accept --oauth-token only for this user (default: any user).",
+        show_default=False,
+    ),
+]
 AuthRequiredOpt = Annotated[
     bool, typer.Option("--auth-required", help="Refuse MAIL before AUTH (530 5.7.0).")
 ]
@@ -147,6 +166,8 @@ def sink(
     key: KeyOpt = None,
     ca_out: CaOutOpt = None,
     auth: AuthOpt = None,
+    oauth_token: OAuthTokenOpt = None,
+    oauth_user: OAuthUserOpt = None,
     auth_required: AuthRequiredOpt = False,
     auth_without_tls: AuthWithoutTlsOpt = False,
     latency: LatencyOpt = 0.0,
@@ -172,6 +193,12 @@ def sink(
         cxsmtp sink --listen 127.0.0.1:2525 --out ./sink-mail \\
             --tls starttls --ca-out ca.pem --auth demo:demo --latency 50 \\
             --fail 'rcpt:550:pattern=*@bad.example'
+
+    Example, OAuth2 (XOAUTH2/OAUTHBEARER) with one good token:
+
+    \b
+        cxsmtp sink --tls starttls --ca-out ca.pem --oauth-token tok123 \\
+            --oauth-user demo@example.com
     """
     from carerix_smtp.sink.run import serve_until_signal
 
@@ -187,6 +214,8 @@ def sink(
         cert_file=cert,
         key_file=key,
         ca_out=ca_out,
+        oauth_tokens=tuple(oauth_token or ()),
+        oauth_user=oauth_user,
         auth_required=auth_required,
         auth_require_tls=not auth_without_tls,
         latency_ms=latency,

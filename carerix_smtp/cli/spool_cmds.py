@@ -266,6 +266,8 @@ def render_summary(
     if limit:
         line += f"; {limit}"
     typer.echo(line)
+    for note in summary.fallback_notes():  # issue 14: fallback relays
+        typer.echo(f"cxsmtp: {note}")
     render_deferring(summary)
 
 

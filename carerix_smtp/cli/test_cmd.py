@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from carerix_smtp.cli.context import CliContext
+    from carerix_smtp.probe.probe import ProbeRequest
     from carerix_smtp.probe.report import ProbeReport
 
 SYMBOLS = {"ok": "✔", "failed": "✘", "skipped": "–"}
@@ -70,11 +71,21 @@ def test(
             file_okay=False,
         ),
     ] = None,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also test the entry's fallback relays, in order. Exit 0 only when every "
+            "one passed, else the exit code of the first that failed.",
+        ),
+    ] = False,
 ) -> None:
     """Test a server: resolve, connect, greeting, EHLO, TLS, AUTH (and with --to a
     test message), reporting time and findings per phase and a hint on failure.
 
     Example: cxsmtp test xs4all --to me@example.com
+
+    Example: cxsmtp test xs4all --all
 
     Exit codes: 0 passed; 68 host name not found; 69 unreachable (refused, timed
     out, no greeting, connection lost); 76 TLS failed (handshake, certificate,
@@ -94,6 +105,8 @@ def test(
         wait_until_ready=wait_until_ready,
         spool=spool,
     )
+    if all_:
+        _test_chain(cli, request, json_)
     report = probe_server(request, cli.load_config, cli.env, on_retry=_retry_printer(cli))
     if json_:
         from carerix_smtp.cli.render import print_json
@@ -102,6 +115,31 @@ def test(
     else:
         render_report(report, terminal=cli.stdout_is_terminal, console=cli.console)
     raise typer.Exit(report.exit_code)
+
+
+def _test_chain(cli: CliContext, request: ProbeRequest, json_: bool) -> None:
+    """``--all``: the entry and its fallbacks, each rendered as it is done."""
+    from carerix_smtp.probe.chain import probe_chain
+
+    def show(report: ProbeReport) -> None:
+        if not json_:
+            render_report(report, terminal=cli.stdout_is_terminal, console=cli.console)
+
+    chain = probe_chain(
+        request, cli.load_config, cli.env, on_retry=_retry_printer(cli), on_report=show
+    )
+    if json_:
+        from carerix_smtp.cli.render import print_json
+
+        print_json(chain.to_dict())
+    else:
+        verdicts = ", ".join(
+            f"{r.server} {'passed' if r.passed else f'failed (exit {r.exit_code})'}"
+            for r in chain.reports
+        )
+        usable = f"mail would go through {chain.usable}" if chain.usable else "no usable server"
+        typer.echo(f"all: {verdicts}; {usable}")
+    raise typer.Exit(chain.exit_code)
 
 
 def _retry_printer(cli: CliContext) -> Callable[[ProbeReport, float], None]:

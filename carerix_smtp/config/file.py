@@ -32,6 +32,7 @@ from typing import Any
 
 import tomli_w
 
+from carerix_smtp.config.fallbacks import check_fallbacks
 from carerix_smtp.config.hosts import Endpoint, parse_host
 from carerix_smtp.config.tls import Security, TlsMode, check_plaintext_auth, security_for_port
 from carerix_smtp.errors import ConfigError, CxsmtpError, UnknownServerError
@@ -88,6 +89,13 @@ class ServerEntry:
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_age: float = 432_000.0
+    # issue 14: OAuth2 (a command that prints a current access token, like msmtp's
+    # passwordeval with "auth oauthbearer"), fallback relays in order, the EHLO name,
+    # and the preset an entry was made from (its limits' sources for ``server show``).
+    oauth_token_command: str | None = None
+    fallback: list[str] = field(default_factory=list)
+    helo_name: str | None = None
+    preset: str | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -119,6 +127,7 @@ class Settings:
     sendmail_mode: str = "queue"
     # How long sent messages stay in the spool (seconds); 0 = remove them at once.
     retain_sent: float = DEFAULT_RETAIN_SENT
+    helo_name: str | None = None  # issue 14: the EHLO name of entries without their own
 
 
 @dataclass
@@ -223,7 +232,17 @@ FLOAT_KEYS = {
     "retain_sent": 0.0,
 }
 _BOOL_KEYS = {"accepts_large_amounts", "tls_verify", "allow_plaintext_auth"}
-_STR_KEYS = {"host", "username", "ca_file", "password_command", "default_server", "spool"}
+_STR_KEYS = {
+    "host",
+    "username",
+    "ca_file",
+    "password_command",
+    "default_server",
+    "oauth_token_command",
+    "helo_name",
+    "preset",
+    "spool",
+}
 
 
 def _convert(where: str, key: str, value: Any) -> Any:
@@ -261,6 +280,10 @@ def _convert(where: str, key: str, value: Any) -> Any:
     if key == "nameservers":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f'{where}: nameservers must be a list of "IP" or "IP:PORT" strings')
+        return list(value)
+    if key == "fallback":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: fallback must be a list of server names")
         return list(value)
     raise AssertionError(key)  # pragma: no cover
 
@@ -332,6 +355,7 @@ def config_from_dict(path: Path, data: Mapping[str, Any]) -> Config:
     default = config.settings.default_server
     if default is not None and default not in config.servers:
         raise ConfigError(f"{path}: [settings]: default_server {default!r} is not defined")
+    check_fallbacks({n: e.fallback for n, e in config.servers.items()}, str(path))
     return config
 
 
@@ -367,7 +391,7 @@ def server_to_dict(entry: ServerEntry) -> dict[str, Any]:
     defaults = ServerEntry(name=entry.name, host=entry.host)
     for key in SERVER_KEYS:
         value = getattr(entry, key)
-        if key == "host" or value == getattr(defaults, key) or value is None:
+        if key == "host" or value == getattr(defaults, key) or value is None or value == []:
             continue
         out[key] = value.value if isinstance(value, Security) else value
     return out
@@ -387,6 +411,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         settings["sendmail_mode"] = config.settings.sendmail_mode
     if config.settings.retain_sent != Settings().retain_sent:
         settings["retain_sent"] = config.settings.retain_sent
+    if config.settings.helo_name is not None:
+        settings["helo_name"] = config.settings.helo_name
     data: dict[str, Any] = {"settings": settings}
     data["servers"] = {name: server_to_dict(e) for name, e in sorted(config.servers.items())}
     data["users"] = {addr: {"server": name} for addr, name in sorted(config.users.items())}

@@ -16,6 +16,7 @@ from typing import Any
 
 from carerix_smtp.config import passwords as secrets
 from carerix_smtp.config.credentials import credentials_path
+from carerix_smtp.config.fallbacks import check_fallbacks, dependants
 from carerix_smtp.config.file import (
     FLOAT_KEYS,
     INT_KEYS,
@@ -29,7 +30,9 @@ from carerix_smtp.config.file import (
     server_from_dict,
     server_to_dict,
 )
+from carerix_smtp.config.helo import check_helo_name
 from carerix_smtp.config.hosts import parse_host
+from carerix_smtp.config.presets import describe_preset
 from carerix_smtp.config.tls import make_ssl_context
 from carerix_smtp.errors import ConfigError, InputError, UsageError
 
@@ -37,8 +40,15 @@ log = logging.getLogger(__name__)
 
 # Keys that `--set KEY=VALUE` may change (the named options cover the others).
 TUNABLE_KEYS = tuple(sorted(k for k in SERVER_KEYS if k in INT_KEYS or k in FLOAT_KEYS))
-# Keys that `--unset KEY` returns to their default (None for the first three).
-UNSETTABLE_KEYS = ("username", "password_command", "ca_file", *TUNABLE_KEYS)
+# Keys that `--unset KEY` returns to their default (None for the named ones).
+UNSETTABLE_KEYS = (
+    "username",
+    "password_command",
+    "ca_file",
+    "helo_name",
+    "oauth_token_command",
+    *TUNABLE_KEYS,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +69,7 @@ class Removal:
     dropped_users: tuple[str, ...]
     new_default: str | None  # the only server left, now saved as the default
     default_cleared: bool  # the default was removed (--force) and several servers remain
+    dropped_from_fallbacks: tuple[str, ...] = ()  # servers whose fallback list named it
 
 
 def split_login(login: str) -> tuple[str, str]:
@@ -129,7 +140,21 @@ def check_ca_file(path: str, server: str | None = None) -> None:
 def _validated(entry: ServerEntry, config: Config) -> ServerEntry:
     """Run the same validation as loading the file would, so a saved file always loads."""
     where = f"server {entry.name!r}"
-    return server_from_dict(entry.name, server_to_dict(entry), where)
+    if entry.oauth_token_command and entry.username is None:  # issue 14: the token's account
+        raise UsageError(
+            f"{where}: an oauth_token_command needs a username (the account the token is "
+            "for): add --username USER"
+        )
+    if entry.helo_name is not None:  # issue 14: the EHLO name's syntax (RFC 5321 §4.1.1.1)
+        entry = dataclasses.replace(entry, helo_name=check_helo_name(entry.helo_name))
+    checked = server_from_dict(entry.name, server_to_dict(entry), where)
+    lists = _fallback_lists(config) | {entry.name: checked.fallback}
+    check_fallbacks(lists, str(config.path))  # issue 14: defined servers, no loop
+    return checked
+
+
+def _fallback_lists(config: Config) -> dict[str, list[str]]:
+    return {name: entry.fallback for name, entry in config.servers.items()}
 
 
 def add_server(
@@ -207,7 +232,7 @@ def edit_server(
 
 def _apply_unset(changes: dict[str, Any], unset: Iterable[str]) -> tuple[str, ...]:
     """Put each ``--unset`` key's default into ``changes``; refuse an empty value."""
-    for key in ("username", "password_command"):
+    for key in ("username", "password_command", "oauth_token_command"):
         if changes.get(key) is not None and not str(changes[key]).strip():
             option = "--" + key.replace("_", "-")
             raise UsageError(f"{option} is empty; to remove {key} use --unset {key}")
@@ -237,6 +262,13 @@ def remove_server(
             "remove it and leave no default"
         )
     users = tuple(sorted(addr for addr, server in config.users.items() if server == name))
+    # Like its per-user choices, it leaves the fallback lists that name it (issue 14).
+    relying = dependants(_fallback_lists(config), name)
+    for other in relying:
+        entry = config.servers[other]
+        config.servers[other] = dataclasses.replace(
+            entry, fallback=[n for n in entry.fallback if n != name]
+        )
     del config.servers[name]
     for addr in users:
         del config.users[addr]
@@ -248,7 +280,7 @@ def remove_server(
     save_config(config)
     cleared = default == name and len(remaining) > 1
     removed = secrets.delete_password(name, env, credentials=credentials_path(config.path))
-    return Removal(name, removed, users, new_default, cleared)
+    return Removal(name, removed, users, new_default, cleared, relying)
 
 
 def set_password(
@@ -317,10 +349,13 @@ def set_setting(config: Config, key: str, value: str) -> None:
         config.settings.nameservers = [v.strip() for v in value.split(",") if v.strip()]
     elif key in ("spool", "sendmail_mode", "retain_sent"):
         _set_spool_setting(config, key, value)
+    elif key == "helo_name":  # "" returns to the automatic name (smtp/ehlo.py)
+        helo = check_helo_name(value, "helo-name") if value.strip() else None
+        config.settings.helo_name = helo
     else:
         raise UsageError(
             f"unknown setting {key!r}; known: email-send-limit, send-limit-window, "
-            "default-server, nameservers, spool, sendmail-mode, retain-sent"
+            "default-server, nameservers, spool, sendmail-mode, retain-sent, helo-name"
         )
     save_config(config)
 
@@ -368,6 +403,8 @@ def describe_server(
     source = (
         secrets.password_source(entry, env, credentials=credentials) if entry.username else "none"
     )
+    if entry.oauth_token_command and entry.username:
+        source = "oauth2"  # issue 14: the token command wins; no password is looked up
     data: dict[str, Any] = {
         "name": entry.name,
         "host": entry.host,
@@ -380,17 +417,31 @@ def describe_server(
         "username": entry.username,
         "password_source": source,
         "password_command": entry.password_command,
+        "oauth_token_command": entry.oauth_token_command,  # OAUTHBEARER/XOAUTH2 when set
         "ca_file": entry.ca_file,
         "tls_verify": entry.tls_verify,
         "allow_plaintext_auth": entry.allow_plaintext_auth,
         "accepts_large_amounts": entry.accepts_large_amounts,
         "rate_per_hour": entry.effective_rate_per_hour,
+        **_helo_shown(config, entry),
         "default": _is_default(config, entry),
         "users": sorted(addr for addr, name in config.users.items() if name == entry.name),
+        "fallback": list(entry.fallback),  # issue 14: tried in this order
+        "fallback_for": list(dependants(_fallback_lists(config), entry.name)),
     }
     for key in TUNABLE_KEYS:
         data.setdefault(key, getattr(entry, key))
+    data.update(describe_preset(entry.preset, entry.name))
     return data
+
+
+def _helo_shown(config: Config, entry: ServerEntry) -> dict[str, Any]:
+    """The EHLO name and where it comes from: entry > settings > automatic (None)."""
+    if entry.helo_name:
+        return {"helo_name": entry.helo_name, "helo_name_from": "entry"}
+    if config.settings.helo_name:
+        return {"helo_name": config.settings.helo_name, "helo_name_from": "settings"}
+    return {"helo_name": None, "helo_name_from": "automatic (this host's name or address)"}
 
 
 def _is_default(config: Config, entry: ServerEntry) -> bool:
@@ -409,6 +460,7 @@ def describe_settings(config: Config) -> dict[str, Any]:
         "spool": config.settings.spool,
         "sendmail_mode": config.settings.sendmail_mode,
         "retain_sent": config.settings.retain_sent,
+        "helo_name": config.settings.helo_name,
         "servers": sorted(config.servers),
         "users": dict(sorted(config.users.items())),
     }

@@ -12,6 +12,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carerix_smtp.config.credentials import credentials_path
 from carerix_smtp.config.file import Config, ServerEntry, load_config
@@ -19,7 +20,11 @@ from carerix_smtp.config.passwords import env_var_name, get_password
 from carerix_smtp.doctor.report import Check, fail, ok, warn
 from carerix_smtp.errors import CxsmtpError, ExitCode
 
-PasswordLookup = Callable[[ServerEntry, Mapping[str, str]], "str | None"]
+if TYPE_CHECKING:
+    from carerix_smtp.config.oauth import Credential
+
+# A password, or (oauth_token_command, issue 14) a token source whose first token was fetched.
+PasswordLookup = Callable[[ServerEntry, Mapping[str, str]], "Credential | None"]
 
 
 def check_config(path: Path) -> tuple[Config | None, Check]:
@@ -43,6 +48,8 @@ def check_config(path: Path) -> tuple[Config | None, Check]:
 
 def password_origin(entry: ServerEntry, env: Mapping[str, str]) -> str:
     """The source :func:`get_password` takes the password from, in its own order."""
+    if entry.oauth_token_command:  # issue 14: the token wins; no password is looked up
+        return "oauth_token_command"
     if env.get(env_var_name(entry.name)):
         return f"environment {env_var_name(entry.name)}"
     if entry.password_command:
@@ -77,9 +84,12 @@ def check_server(
     if not found:
         return warn(name, f"{where}: user {entry.username}: {origin} gave an empty password")
     slow = f" (took {took:.1f} s)" if took >= 1.0 else ""
-    return ok(name, f"{where}: user {entry.username}, password from the {origin}{slow}")
+    what = "OAuth2 token" if entry.oauth_token_command else "password"
+    return ok(name, f"{where}: user {entry.username}, {what} from the {origin}{slow}")
 
 
 def check_servers(config: Config, env: Mapping[str, str]) -> list[Check]:
-    lookup = functools.partial(get_password, credentials=credentials_path(config.path))
+    from carerix_smtp.config.oauth import credential_for
+
+    lookup = functools.partial(credential_for, credentials=credentials_path(config.path))
     return [check_server(entry, env, lookup) for _, entry in sorted(config.servers.items())]

@@ -185,6 +185,14 @@ class ProbeHints:
             if error.hint or self.entry.password_command:  # never advise one that is set
                 return error.hint
             return f"set the password: cxsmtp server password {name}, or a password_command"
+        if reason == "token-refused":  # issue 14: the provider's status is in the error
+            return error.hint if isinstance(error, SmtpError) else None
+        if reason == "no-mechanism" and self.entry.oauth_token_command:
+            return (
+                "the server offers no OAuth2 mechanism (OAUTHBEARER, XOAUTH2): sign in with a "
+                f"password instead (cxsmtp server edit {name} --unset oauth_token_command, then "
+                f"cxsmtp server password {name})"
+            )
         if reason == "auth-not-offered":
             return (
                 f"the server offers no AUTH here: for sending with a login use the submission "
@@ -212,6 +220,8 @@ class ProbeHints:
                 "the provider has disabled password (basic) authentication for this account or "
                 "requires an app password: create an app password or token at the provider and "
                 f"use it, e.g. cxsmtp server edit {name} --password-command 'pass show smtp/{name}'"
+                f"; or sign in with OAuth2: cxsmtp server edit {name} --oauth-token-command CMD "
+                "(a tool such as oama prints the token)"
             )
         if code == 535:
             fix = (

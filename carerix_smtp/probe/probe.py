@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carerix_smtp.config.credentials import credentials_path
-from carerix_smtp.config.passwords import get_password
+from carerix_smtp.config.helo import helo_name_for
+from carerix_smtp.config.oauth import credential_for
 from carerix_smtp.errors import CxsmtpError, ExitCode, SecretError, UsageError
 from carerix_smtp.probe.hints import ProbeHints
 from carerix_smtp.probe.phases import ProbePhases
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     import dns.resolver
 
     from carerix_smtp.config.file import Config, ServerEntry
+    from carerix_smtp.config.oauth import Credential
 
 
 @dataclass
@@ -76,11 +78,16 @@ def probe_server(
     password = password_error = None
     if entry.username is not None:
         try:
-            password = get_password(entry, env, credentials=credentials_path(config.path))
+            # an oauth_token_command gives a token source (OAuth2), else the password
+            password = credential_for(entry, env, credentials=credentials_path(config.path))
         except SecretError as exc:  # reported as the AUTH phase, after TLS was checked
             password_error = exc
     options = ProbeOptions(
-        to=request.to, mail_from=request.mail_from, timeout=request.timeout, spool=request.spool
+        to=request.to,
+        mail_from=request.mail_from,
+        timeout=request.timeout,
+        spool=request.spool,
+        local_hostname=helo_name_for(entry, config.settings),  # issue 14: entry > settings
     )
 
     def attempt() -> ProbeReport:
@@ -93,7 +100,7 @@ def probe_server(
 
 def run_probe(
     entry: ServerEntry,
-    password: str | None,
+    password: Credential | None,
     options: ProbeOptions | None = None,
     *,
     resolver: dns.resolver.Resolver | None = None,
@@ -120,7 +127,7 @@ class _Probe:
     def __init__(
         self,
         entry: ServerEntry,
-        password: str | None,
+        password: Credential | None,
         options: ProbeOptions,
         resolver: dns.resolver.Resolver | None,
         ssl_context: ssl.SSLContext | None,

@@ -70,5 +70,10 @@ def phase_summary(name: str, d: dict[str, Any]) -> str:
             parts.append("NOT VERIFIED")
         return "; ".join(parts)
     if name == PHASE_AUTH and d.get("mechanism"):
-        return f"AUTH {d['mechanism']}"
+        notes = []  # OAuth2 (issue 14): the provider's error status, a refreshed token
+        if d.get("oauth_status"):
+            notes.append(f"token refused, status {d['oauth_status']}")
+        if d.get("token_refreshed"):
+            notes.append("token fetched again after a refusal")
+        return f"AUTH {d['mechanism']}" + (f" ({'; '.join(notes)})" if notes else "")
     return ""

@@ -22,12 +22,15 @@ from carerix_smtp.spool.records import RecipientResult
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config, ServerEntry
+    from carerix_smtp.config.oauth import Credential
     from carerix_smtp.smtp.session import SmtpSession
     from carerix_smtp.smtp.transaction import SendResult, Transaction
     from carerix_smtp.spool.message import Message
 
-SessionFactory = Callable[["ServerEntry", "str | None"], "SmtpSession"]
-PasswordSource = Callable[["ServerEntry"], "str | None"]
+# The credential is a password, or an OAuth2 token source shared by the run's
+# connections to that server (config/oauth.py).
+SessionFactory = Callable[["ServerEntry", "Credential | None"], "SmtpSession"]
+PasswordSource = Callable[["ServerEntry"], "Credential | None"]
 
 
 class ServerUnusable(Exception):
@@ -43,7 +46,7 @@ class Connection:
     def __init__(
         self,
         entry: ServerEntry,
-        password: str | None,
+        password: Credential | None,
         factory: SessionFactory,
         *,
         max_reconnects: int = DEFAULT_MAX_RECONNECTS,
@@ -277,21 +280,25 @@ def _close_data(tx: Transaction) -> None:
 
 
 def default_session_factory(config: Config, *, local_hostname: str | None = None) -> SessionFactory:
+    from carerix_smtp.config.helo import helo_name_for
     from carerix_smtp.smtp.resolve import make_resolver
     from carerix_smtp.smtp.session import SmtpSession
 
     resolver = make_resolver(config.settings.nameservers)
 
-    def factory(entry: ServerEntry, password: str | None) -> SmtpSession:
-        return SmtpSession(entry, password, resolver=resolver, local_hostname=local_hostname)
+    def factory(entry: ServerEntry, password: Credential | None) -> SmtpSession:
+        # The EHLO name: the caller's > the entry's > the global setting (issue 14).
+        helo = helo_name_for(entry, config.settings, local_hostname)
+        return SmtpSession(entry, password, resolver=resolver, local_hostname=helo)
 
     return factory
 
 
-def default_password_source(entry: ServerEntry, config: Config | None = None) -> str | None:
-    """env, password_command, keyring, then the credentials file beside ``config``."""
+def default_password_source(entry: ServerEntry, config: Config | None = None) -> Credential | None:
+    """The entry's OAuth2 token source when it has an oauth_token_command; else the
+    password: env, password_command, keyring, then the credentials file beside ``config``."""
     from carerix_smtp.config.credentials import credentials_path
-    from carerix_smtp.config.passwords import get_password
+    from carerix_smtp.config.oauth import credential_for
 
     credentials = credentials_path(config.path) if config is not None else None
-    return get_password(entry, credentials=credentials)
+    return credential_for(entry, credentials=credentials)

@@ -169,6 +169,8 @@ class Delivery:
             # partial: sent to some, others still pending; sent-with-failures: none pending
             partial = state.status == "deferred" and bool(state.accepted)
             self.count(state.status, message.size, partial=partial)
+            if state.status == "sent" and state.server:  # per server (issue 14: fallbacks)
+                self.summary.server_use(state.server).sent += 1
             if state.status == "sent":
                 self.summary.recipients_failed += len(state.failed)
             self.emit(

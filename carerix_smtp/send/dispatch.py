@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from carerix_smtp.errors import (
-    ConfigError,
     Interrupted,
     MessageError,
     SmtpAuthError,
@@ -177,9 +176,9 @@ class Pass:
         first.  False: the pass ends here."""
         fixed = self.router.fixed_server()
         if fixed is not None and candidates:
-            # Ask for the batch, then connect, before claiming anything: a run the
-            # limits hold back does not connect, and a refused password or an
-            # unreachable server leaves every message exactly as it was.
+            # The batch, then the connection (of the server chosen, issue 14: fallbacks), before
+            # claiming: held back by limits, refused or unreachable, every message stays as it was.
+            fixed = self.servers.fallbacks.choose(fixed)
             conn = self.servers.connection(fixed)
             gate = self.servers.gates[fixed.name]
             if (
@@ -322,10 +321,10 @@ class Pass:
     def admit(self, claim: Claim, message: Message) -> Job | None:
         """Route ``message`` and ask its server's gate: a job for a one-connection
         server, None when it was put back or handed to a server's connections."""
-        try:
-            entry = self.router.server_for(message)
+        try:  # the server, or the fallback taking its messages (may connect: issue 14)
+            entry = self.servers.fallbacks.choose(self.router.server_for(message))
             conn = self.servers.connection(entry)
-        except ConfigError:
+        except BaseException:  # a configuration error, Stop (no server usable)...
             quietly(functools.partial(self.spool.requeue, claim))
             raise
         if self.servers.server_done(entry.name):

@@ -8,11 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.errors import ExitCode
 from carerix_smtp.spool.listing import DEFAULT_CANDIDATE_LIMIT
 from carerix_smtp.spool.records import iso
+
+if TYPE_CHECKING:
+    from carerix_smtp.config.oauth import Credential
 
 DEFAULT_MAX_RECONNECTS = 3
 # A server that defers this many whole messages in a row (451 "try later", rate
@@ -120,6 +123,19 @@ class ServerNotice:
 
 
 @dataclass
+class ServerUse:
+    """One server's part in a run (issue 14: fallback relays): what it sent, why it
+    was skipped (``skipped_reason``) and where its messages went then (``fallback``;
+    None: they stayed queued), and for which servers it took messages (``used_for``)."""
+
+    name: str
+    sent: int = 0
+    skipped_reason: str | None = None
+    fallback: str | None = None
+    used_for: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunSummary:
     """What one run did.  ``status`` is one word; ``exit_code`` follows SPEC §3."""
 
@@ -150,6 +166,23 @@ class RunSummary:
     server_failures: list[ServerFailure] = field(default_factory=list)
     servers_reached: list[str] = field(default_factory=list)
     notices: list[ServerNotice] = field(default_factory=list)  # send/history.py
+    servers: dict[str, ServerUse] = field(default_factory=dict)  # by name (issue 14)
+
+    def server_use(self, name: str) -> ServerUse:
+        """``servers[name]``, made on first use (callers hold the run's lock)."""
+        use = self.servers.get(name)
+        if use is None:
+            use = self.servers[name] = ServerUse(name)
+        return use
+
+    def fallback_notes(self) -> list[str]:
+        """One line per server skipped for a fallback in this run."""
+        return [
+            f"server {u.name} was skipped ({u.skipped_reason}); its mail went through "
+            f"fallback {u.fallback} ({self.servers[u.fallback].sent} sent there)"
+            for u in sorted(self.servers.values(), key=lambda u: u.name)
+            if u.fallback is not None and u.fallback in self.servers
+        ]
 
     @property
     def exit_code(self) -> ExitCode:
@@ -225,6 +258,7 @@ class RunSummary:
             "next_window_at": iso_finite(self.next_window_at),
             "batches": [b.to_json() for b in self.batches],
             "server_errors": [asdict(f) for f in self.server_failures],
+            "servers": [asdict(self.servers[name]) for name in sorted(self.servers)],
         }
 
 
@@ -233,7 +267,7 @@ class Totals:
     """What lives across the passes of one run."""
 
     admitted: int = 0  # messages let through to the wire (--max-messages counts these)
-    passwords: dict[str, str | None] = field(default_factory=dict)
+    passwords: dict[str, Credential | None] = field(default_factory=dict)  # or token source
 
 
 def listing_limit(options: SendOptions) -> int:

@@ -1,6 +1,7 @@
 """Which server each message of a pass goes to (``Router``): ``--server``, else
-the From's per-user choice, else the default; and the sizes of a server's next due
-messages, for its batch gate.
+the From's per-user choice, else the default -- or the fallback that took that
+server's messages in this pass (``instead``, see send/fallback.py); and the sizes
+of a server's next due messages, for its batch gate.
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ class Router:
         self.candidates: Sequence[Candidate] = []
         self.pos = 0
         self.routes: dict[tuple[str, str], str | None] = {}
+        # server -> the fallback that takes its messages in this pass (issue 14)
+        self.instead: dict[str, str] = {}
+        # fallbacks tried for another server that could not be used; none of their own
+        # messages met that yet (their failure is no failure of the run, see run.py)
+        self.passed_over: dict[str, str] = {}
         self._fixed: ServerEntry | None = None
         self._fixed_known = False
 
     def server_for(self, message: Message) -> ServerEntry:
+        """The server chosen for ``message`` (before any fallback)."""
         if self.options.server:
             return self.config.server(self.options.server)
         return self.config.server_for_sender(message.from_address)
@@ -55,18 +62,19 @@ class Router:
         """Every server a message of this pass can go to."""
         fixed = self.fixed_server()
         if fixed is not None:
-            return {fixed.name}
+            return {self.instead.get(fixed.name, fixed.name)}
         names = {n for n in self.config.users.values() if n in self.config.servers}
         with contextlib.suppress(ConfigError):
             names.add(self.config.default().name)
-        return names or set(self.config.servers)
+        return {self.instead.get(n, n) for n in names or self.config.servers}
 
     def route(self, candidate: Candidate) -> str | None:
-        """The server ``candidate`` goes to, reading its header if need be (cached);
-        None when that cannot be told (the claim will fail it with the reason)."""
+        """The server ``candidate`` goes to (a fallback's name once it took over),
+        reading its header if need be (cached); None when that cannot be told (the
+        claim will fail it with the reason)."""
         fixed = self.fixed_server()
         if fixed is not None:
-            return fixed.name
+            return self.instead.get(fixed.name, fixed.name)
         key = (candidate.kind, candidate.name)
         if key not in self.routes:
             name: str | None = None
@@ -78,7 +86,8 @@ class Router:
                 except (MessageError, ConfigError):
                     name = None
             self.routes[key] = name
-        return self.routes[key]
+        name = self.routes[key]
+        return self.instead.get(name, name) if name is not None else None
 
     def queued_sizes(self, server: str, count: int) -> list[int]:
         """Sizes of the next ``count`` due messages of ``server``, from the current one on."""

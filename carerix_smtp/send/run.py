@@ -341,6 +341,9 @@ class _Passes:
         server could not be used at all (exit 75).  A server that only deferred is
         no error: its line leaves ``errors`` (the text summary mentions it)."""
         summary = self.summary
+        # issue 14: servers whose messages a fallback took, and fallbacks passed over
+        # that had no message of their own: not unusable for this run's mail
+        instead, spare = run.router.instead, run.router.passed_over
         for name, conns in _connections(run).items():
             reached = any(conn.opened - (conn.failure is not None) > 0 for conn in conns)
             if reached and name not in summary.servers_reached:
@@ -348,6 +351,8 @@ class _Passes:
             failure = _failure_of(name, conns, run.servers.pools.get(name), self.options)
             if failure is None:
                 continue
+            if name in instead:
+                failure.message += f"; its mail went through fallback {instead[name]}"
             summary.server_failures = [f for f in summary.server_failures if f.server != name] + [
                 failure
             ]
@@ -356,7 +361,12 @@ class _Passes:
             elif failure.kind in ("auth", "policy"):  # Stop noted the bare error: name the server
                 bare = failure.message.removeprefix(f"server {name}: ")
                 summary.errors = [failure.message if e == bare else e for e in summary.errors]
-        return any(f.kind in ("connect", "tls", "dropped") for f in summary.server_failures)
+        return any(
+            f.kind in ("connect", "tls", "dropped")
+            and f.server not in instead
+            and f.server not in spare
+            for f in summary.server_failures
+        )
 
     def note(self, run: Pass, candidates: Sequence[Candidate]) -> None:
         """What a pass did, in the summary: what is left and what held it back."""

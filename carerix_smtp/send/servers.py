@@ -20,6 +20,7 @@ from carerix_smtp.send.connection import (
     ServerUnusable,
     SessionFactory,
 )
+from carerix_smtp.send.fallback import Fallbacks
 from carerix_smtp.send.gates import BatchGate, CountGate, GateFactory, LedgerGate
 from carerix_smtp.send.stopping import (
     Stopping,
@@ -105,6 +106,7 @@ class Servers:
         self.aborting = threading.Event()  # stopped mid-transaction (second signal)
         self.dispatcher = threading.get_ident()  # the dispatching thread
         self.finishing = 0  # 1 while reading ahead during a message's final reply
+        self.fallbacks = Fallbacks(self)  # issue 14: who takes an unusable server's messages
 
     def connection(self, entry: ServerEntry) -> Connection:
         conn = self.connections.get(entry.name)

@@ -209,6 +209,11 @@ class SinkConfig:
     ca_out: Path | None = None  # also write the generated CA's PEM here
     require_starttls: bool = False
     auth: tuple[str, str] | None = None
+    # OAuth2 (XOAUTH2/OAUTHBEARER): the access tokens accepted, for ``oauth_user``
+    # (None: any user); ``oauth_mechanisms``: which of the two are offered.
+    oauth_tokens: tuple[str, ...] = ()
+    oauth_user: str | None = None
+    oauth_mechanisms: tuple[str, ...] = ("OAUTHBEARER", "XOAUTH2")
     auth_required: bool = False
     auth_require_tls: bool = True
     latency_ms: float = 0.0
@@ -223,9 +228,19 @@ class SinkConfig:
     fsync: bool = True
     idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: server timeout 5 minutes
 
-    def __repr__(self) -> str:  # never show the password
+    def __repr__(self) -> str:  # never show the password or a token
         auth = None if self.auth is None else (self.auth[0], "***")
-        return f"SinkConfig(host={self.host!r}, port={self.port}, tls={self.tls!r}, auth={auth!r})"
+        tokens = len(self.oauth_tokens)
+        return (
+            f"SinkConfig(host={self.host!r}, port={self.port}, tls={self.tls!r}, auth={auth!r}, "
+            f"oauth_tokens={tokens})"
+        )
+
+    @property
+    def auth_offered(self) -> tuple[str, ...]:
+        """The AUTH mechanisms offered (once the session may authenticate)."""
+        password = ("LOGIN", "PLAIN") if self.auth is not None else ()
+        return password + (self.oauth_mechanisms if self.oauth_tokens else ())
 
     def validate(self) -> None:
         """Raise :class:`UsageError` for combinations that cannot work."""
@@ -241,8 +256,13 @@ class SinkConfig:
             raise UsageError("sink: the CA output is for the generated certificate only")
         if self.require_starttls and self.tls != "starttls":
             raise UsageError("sink: require_starttls needs tls='starttls'")
-        if self.auth_required and self.auth is None:
-            raise UsageError("sink: AUTH required but no user:password given")
+        if self.auth_required and self.auth is None and not self.oauth_tokens:
+            raise UsageError("sink: AUTH required but no user:password or OAuth2 token given")
+        unknown = set(self.oauth_mechanisms) - {"OAUTHBEARER", "XOAUTH2"}
+        if unknown or (self.oauth_tokens and not self.oauth_mechanisms):
+            raise UsageError("sink OAuth2 mechanisms: accepted OAUTHBEARER and/or XOAUTH2")
+        if any(not t or not t.isprintable() or " " in t for t in self.oauth_tokens):
+            raise UsageError("sink: an OAuth2 token must be one word of printable characters")
         if self.latency_ms < 0:
             raise UsageError(f"sink latency {self.latency_ms} ms: must be 0 or more")
         if self.size is not None and self.size < 1:

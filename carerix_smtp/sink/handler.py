@@ -3,7 +3,8 @@ its credentials check, MAIL/RCPT with their faults, and at end of data the
 :class:`Received` record and its storage.
 
 AUTH
-    AUTH PLAIN and LOGIN are offered only with ``auth`` set and, unless
+    AUTH PLAIN and LOGIN are offered only with ``auth`` set, XOAUTH2 and
+    OAUTHBEARER only with ``oauth_tokens`` (sink/oauth.py), and, unless
     ``auth_require_tls=False``, only on an encrypted session (aiosmtpd does not
     know an implicit TLS session is encrypted, so the sink decides from the
     transport itself).
@@ -11,6 +12,8 @@ AUTH
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import time
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from carerix_smtp.sink import oauth
 from carerix_smtp.sink.protocol import SinkSMTP, format_peer
 from carerix_smtp.sink.store import Received
 
@@ -59,8 +63,14 @@ class SinkHandler:
             return [fault]
         session.host_name = hostname  # the 5-argument hook must set it itself
         config = self.config
-        offer_auth = config.auth is not None and (server.encrypted or not config.auth_require_tls)
-        lines = [line[4:] for line in responses if offer_auth or line[4:9].upper() != "AUTH "]
+        offered = config.auth_offered
+        offer_auth = bool(offered) and (server.encrypted or not config.auth_require_tls)
+        lines = [line[4:] for line in responses if line[4:9].upper() != "AUTH "]
+        if offer_auth:  # aiosmtpd lists every auth_* method; say what is configured
+            lines.insert(-1, "AUTH " + " ".join(offered))
+            # An AUTH line with a token is longer than aiosmtpd's 512 (RFC 4954 §4 allows
+            # 12288); the reader's line limit (1001) still caps it: tokens up to ~650 bytes.
+            server.command_size_limits["AUTH"] = server.line_length_limit
         if config.pipelining:  # RFC 2920; aiosmtpd reads commands in order from a buffer
             lines.insert(-1, "PIPELINING")
         if config.chunking:  # RFC 3030 BDAT (SinkSMTP.smtp_BDAT)
@@ -80,11 +90,57 @@ class SinkHandler:
         self, server: SinkSMTP, session: Session, envelope: Envelope, args: list[str]
     ) -> object:
         config = self.config
-        if config.auth is None:
+        if not config.auth_offered:
             return "502 5.5.1 AUTH not available"
         if config.auth_require_tls and not server.encrypted:
             return "538 5.7.11 Encryption required for requested authentication mechanism"
-        return MISSING  # go on with aiosmtpd's PLAIN / LOGIN
+        if args[0].upper() not in config.auth_offered:
+            return "504 5.5.4 Unrecognized authentication type"
+        return MISSING  # go on with aiosmtpd's PLAIN / LOGIN, or auth_XOAUTH2 / _OAUTHBEARER
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._oauth(server, "XOAUTH2", args)
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._oauth(server, "OAUTHBEARER", args)
+
+    async def _oauth(self, server: SMTP, mechanism: str, args: list[str]) -> AuthResult:
+        """Check the token; a wrong one gets Gmail's answer: 334 + base64 JSON status,
+        then 535 5.7.8 after the client's (empty or %x01) response."""
+        if len(args) == 1:  # no initial response: ask for it (an empty challenge)
+            blob = await server.challenge_auth(b"", encode_to_b64=False)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        if blob is MISSING:  # the client cancelled; aiosmtpd has answered
+            return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        parsed = oauth.parse_initial_response(mechanism, blob)
+        if parsed is None:
+            await server.push(f"501 5.5.2 Malformed {mechanism} response")
+            return AuthResult(success=False, handled=True)
+        user, token = parsed
+        if self._token_ok(user, token):
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode("utf-8"), b""))
+        log.info("sink: AUTH %s token refused for %r", mechanism, user)
+        answer = await server.challenge_auth(oauth.ERROR_CHALLENGE)
+        if answer is MISSING:
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=oauth.REFUSED)
+
+    def _token_ok(self, user: str, token: str) -> bool:
+        config = self.config
+        user_ok = config.oauth_user is None or hmac.compare_digest(
+            user.encode("utf-8"), config.oauth_user.encode("utf-8")
+        )
+        matches = [
+            hmac.compare_digest(token.encode("utf-8"), t.encode("utf-8"))
+            for t in config.oauth_tokens
+        ]
+        return user_ok and any(matches)
 
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any

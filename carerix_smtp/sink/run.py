@@ -30,6 +30,9 @@ def config_summary(sink: Sink) -> str:
         parts.append(f"TLS {config.tls}")
     if config.auth is not None:
         parts.append(f"AUTH {'required ' if config.auth_required else ''}for {config.auth[0]}")
+    if config.oauth_tokens:  # never the tokens
+        who = f" for {config.oauth_user}" if config.oauth_user else ""
+        parts.append(f"OAuth2 {' '.join(config.oauth_mechanisms)}{who}")
     if config.latency_ms:
         parts.append(f"latency {config.latency_ms:g} ms")
     if config.size is not None:

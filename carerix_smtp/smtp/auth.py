@@ -1,6 +1,8 @@
 """AUTH (RFC 4954): when the password may be sent, which SASL mechanism, and the
 mechanisms themselves.  A new mechanism is one function and one row of
-:data:`MECHANISMS`.  Nothing secret is ever logged.
+:data:`MECHANISMS`.  Nothing secret is ever logged.  An entry with an
+``oauth_token_command`` signs in with an OAuth2 token instead (smtp/oauth.py):
+the session's ``password`` is then a :class:`~carerix_smtp.config.oauth.TokenSource`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from carerix_smtp.config.oauth import TokenSource
 from carerix_smtp.config.tls import auth_allowed
 from carerix_smtp.errors import SmtpAuthError, SmtpPolicyError
 from carerix_smtp.smtp.phases import PHASE_AUTH
@@ -92,8 +95,13 @@ def authenticate(session: Conversation) -> None:
             "port": session.endpoint.port,
             "phase": PHASE_AUTH,
         }
+        if isinstance(session.password, TokenSource):
+            from carerix_smtp.smtp.oauth import authenticate_oauth
+
+            authenticate_oauth(session, session.password, facts, where)
+            return
         password = _password_to_send(session, where)
-        choices = _choices(session, facts, where)
+        choices = mechanism_choices(session, facts, where)
         for mechanism in choices:
             reply = _auth_exchange(session, mechanism, username, password)
             if reply.code == 504 and mechanism != choices[-1]:
@@ -118,7 +126,7 @@ def authenticate(session: Conversation) -> None:
 
 def _password_to_send(session: Conversation, where: dict[str, Any]) -> str:
     """The password, if there is one and this connection may carry it."""
-    if session.password is None:
+    if not isinstance(session.password, str):
         raise SmtpPolicyError(
             f"{session.where}: server entry {session.entry.name!r} has a username but no "
             "password was given; not sending unauthenticated",
@@ -132,8 +140,13 @@ def _password_to_send(session: Conversation, where: dict[str, Any]) -> str:
     return session.password
 
 
-def _choices(session: Conversation, facts: dict[str, Any], where: dict[str, Any]) -> list[str]:
-    """The mechanisms both sides support, ours in AUTH_PREFERENCE order."""
+def mechanism_choices(
+    session: Conversation,
+    facts: dict[str, Any],
+    where: dict[str, Any],
+    preference: tuple[str, ...] = AUTH_PREFERENCE,
+) -> list[str]:
+    """The mechanisms both sides support, ours in ``preference`` order."""
     offered = session.auth_mechanisms
     facts["offered"] = offered
     if not session.has_extension("AUTH"):
@@ -142,11 +155,11 @@ def _choices(session: Conversation, facts: dict[str, Any], where: dict[str, Any]
             reason="auth-not-offered",
             **where,
         )
-    choices = [m for m in AUTH_PREFERENCE if m in offered]
+    choices = [m for m in preference if m in offered]
     if not choices:
         raise AuthFailedError(
             f"{session.where}: none of the offered AUTH mechanisms ({' '.join(offered)}) "
-            f"is supported; cxsmtp supports {', '.join(AUTH_PREFERENCE)}",
+            f"is supported; cxsmtp supports {', '.join(preference)} here",
             reason="no-mechanism",
             **where,
         )
@@ -157,12 +170,12 @@ def _auth_exchange(session: Conversation, mechanism: str, username: str, passwor
     """Run one SASL exchange.  Nothing here is logged (RFC 4954 credentials)."""
 
     def command(line: str, shown: str) -> Reply:
-        return _secret_command(session, line, shown)
+        return secret_command(session, line, shown)
 
     return MECHANISMS[mechanism](command, username.encode("utf-8"), password.encode("utf-8"))
 
 
-def _secret_command(session: Conversation, line: str, shown: str) -> Reply:
+def secret_command(session: Conversation, line: str, shown: str) -> Reply:
     log.debug("%s C: %s", session.where, shown)  # ``shown`` never holds a secret
     session.write(line.encode("utf-8") + CRLF, PHASE_AUTH, session.command_timeout)
     reply = session.channel.read_reply(PHASE_AUTH, session.command_timeout, shown, log_reply=False)

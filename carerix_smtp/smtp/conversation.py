@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import dns.resolver
 
     from carerix_smtp.config.file import ServerEntry
+    from carerix_smtp.config.oauth import Credential
     from carerix_smtp.config.tls import TlsMode
     from carerix_smtp.errors import SmtpError
     from carerix_smtp.smtp.channel import Channel
@@ -35,7 +36,7 @@ class Conversation(ChannelOwner, Protocol):
     # -- settings, from the server entry and the caller ----------------------------
     entry: ServerEntry
     mode: TlsMode
-    password: str | None
+    password: Credential | None  # a password, or an OAuth2 token source
     resolver: dns.resolver.Resolver | None
     ssl_context: ssl.SSLContext | None
     local_hostname: str | None

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import dns.resolver
 
     from carerix_smtp.config.file import ServerEntry
+    from carerix_smtp.config.oauth import Credential
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class SmtpSession:
     def __init__(
         self,
         entry: ServerEntry,
-        password: str | None,
+        password: Credential | None,
         *,
         resolver: dns.resolver.Resolver | None = None,
         ssl_context: ssl.SSLContext | None = None,

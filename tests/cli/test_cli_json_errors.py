@@ -64,7 +64,12 @@ FAILURES: dict[tuple[str, ...], tuple[list[str], str | None, int, str] | None] =
     ("status",): (["status", "{missing}"], None, 78, "SpoolError"),
     ("queue", "list"): (["queue", "list", "{missing}"], None, 78, "SpoolError"),
     ("queue", "show"): (["queue", "show", "nope", "{missing}"], None, 78, "SpoolError"),
-    ("queue", "purge"): (["queue", "purge", "--older-than", "7d", "{missing}"], None, 78, "SpoolError"),
+    ("queue", "purge"): (
+        ["queue", "purge", "--older-than", "7d", "{missing}"],
+        None,
+        78,
+        "SpoolError",
+    ),
     ("doctor",): None,
 }
 
