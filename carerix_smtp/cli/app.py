@@ -18,7 +18,15 @@ from carerix_smtp.cli.errors import CxsmtpGroup, OneLineFormatter, guard_threads
 
 # Command groups, each a module with ``register(app)``.  Heavy modules are
 # imported inside the commands, so ``cxsmtp --help`` starts fast.
-COMMAND_MODULES = ("server", "settings", "test_cmd", "spool_cmds", "sink_cmd", "doctor_cmd")
+COMMAND_MODULES = (
+    "server",
+    "settings",
+    "test_cmd",
+    "spool_cmds",
+    "sink_cmd",
+    "doctor_cmd",
+    "dkim_cmd",
+)
 
 app = typer.Typer(
     cls=CxsmtpGroup,
