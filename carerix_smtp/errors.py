@@ -184,6 +184,17 @@ class MessageError(CxsmtpError):
     exit_code = ExitCode.DATAERR
 
 
+class DkimKeyError(ConfigError):
+    """A DKIM private key cannot be used: unreadable, wider than 0600, not a key (78)."""
+
+
+class DkimSignError(CxsmtpError):
+    """A message cannot be DKIM-signed (its key or a header the signer rejects); it
+    is deferred, never sent unsigned (exit 75)."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
 class SmtpError(CxsmtpError):
     """Something went wrong talking to an SMTP server.
 

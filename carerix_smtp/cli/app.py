@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "doctor_cmd",
     "queue_cmds",
     "sendmail_cmd",
+    "dkim_cmd",
 )
 
 app = typer.Typer(

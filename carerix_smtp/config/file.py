@@ -32,6 +32,7 @@ from typing import Any
 
 import tomli_w
 
+from carerix_smtp.config.dkim import DkimKey, dkim_from_dict, dkim_to_dict
 from carerix_smtp.config.fallbacks import check_fallbacks
 from carerix_smtp.config.hosts import Endpoint, parse_host
 from carerix_smtp.config.tls import Security, TlsMode, check_plaintext_auth, security_for_port
@@ -136,6 +137,7 @@ class Config:
     settings: Settings = field(default_factory=Settings)
     servers: dict[str, ServerEntry] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)
+    dkim: dict[str, DkimKey] = field(default_factory=dict)  # by domain (config/dkim.py)
 
     def server(self, name: str) -> ServerEntry:
         try:
@@ -345,9 +347,11 @@ def config_from_dict(path: Path, data: Mapping[str, Any]) -> Config:
                 if not isinstance(table.get("server"), str):
                     raise ConfigError(f"{where}: server must be the name of a server")
                 config.users[normalise_address(address)] = table["server"]
+        elif section == "dkim":
+            config.dkim = dkim_from_dict(path, value)
         else:
             raise ConfigError(
-                f"{path}: unknown section [{section}]; known sections: settings, servers, users"
+                f"{path}: unknown section [{section}]; known sections: settings, servers, users, dkim"
             )
     for address, name in config.users.items():
         if name not in config.servers:
@@ -416,6 +420,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = {"settings": settings}
     data["servers"] = {name: server_to_dict(e) for name, e in sorted(config.servers.items())}
     data["users"] = {addr: {"server": name} for addr, name in sorted(config.users.items())}
+    if config.dkim:
+        data["dkim"] = dkim_to_dict(config.path, config.dkim)
     return data
 
 

@@ -1,5 +1,11 @@
 """The exit code of a failed ``cxsmtp test``, and ``PhaseFailure``: the failure of
-one of the probe's own checks (SIZE, SPF), which carries its exit code."""
+one of the probe's own checks (SIZE, SPF, DKIM, DMARC), which carries its exit code.
+
+The DNS checks map as an SPF fail does: a record that is missing, wrong or would make
+receivers refuse the mail (DKIM missing/another key/revoked/unparseable; DMARC fail
+under p=quarantine or p=reject; an unusable DMARC record) is 65 (DATAERR); no DNS
+answer is 75 (TEMPFAIL); an unusable DKIM private key keeps its own code (78).
+Advice only (no DKIM key, no DMARC record, a DMARC fail under p=none) is exit 0."""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ EXIT_PROTOCOL = ExitCode.PROTOCOL
 
 
 class PhaseFailure(CxsmtpError):
-    """A check of the probe itself (SIZE, SPF) failed."""
+    """A check of the probe itself (SIZE, SPF, DKIM, DMARC) failed."""
 
     def __init__(self, message: str, phase: str, code: ExitCode, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)

@@ -3,8 +3,8 @@ names the option which fixes it.  A new probe hint goes here.
 
 ``ProbeHints`` picks the hint by phase and error; ``TlsHints`` explains TLS and
 certificate failures (it may connect again, without verification, to describe the
-certificate, or sniff whether a port speaks TLS or plain SMTP).  ``spf_hint`` is the
-advice for an SPF result.  Hints follow the seed's advice ("try putting the SMTP
+certificate, or sniff whether a port speaks TLS or plain SMTP).  ``spf_hint``,
+``dkim_hint`` and ``dmarc_hint`` are the advice for the deliverability checks.  Hints follow the seed's advice ("try putting the SMTP
 server between brackets", "add the port for SSL or TLS").
 """
 
@@ -48,6 +48,8 @@ from carerix_smtp.smtp.session import SmtpSession
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import ServerEntry
+    from carerix_smtp.probe.dkim_check import DkimCheck
+    from carerix_smtp.probe.dmarc import DmarcVerdict
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +426,106 @@ def spf_hint(result: str, domain: str, addresses: list[str], record: str | None)
     return (
         f"the SPF record of {domain} ({record}) does not authorise {shown} ({result}): "
         f"add '{mechanisms}' or your provider's include: to it; {SPF_NOTE}"
+    )
+
+
+DNS_RETRY = (
+    "DNS did not answer: check the network and the resolver ([settings] nameservers or "
+    "CXSMTP_NAMESERVER), then try again"
+)
+
+
+def dkim_hint(check: DkimCheck) -> str | None:
+    """What to publish or configure so that the DKIM check passes."""
+    domain, name, record = check.domain, check.name, check.expected
+    show = f"(cxsmtp dkim show {domain} prints it again, split for DNS)"
+    if check.result == "none":
+        return (
+            f"cxsmtp signs nothing from {check.from_domain}: cxsmtp dkim add "
+            f"{check.from_domain} --selector cxsmtp --generate, then publish the TXT record it "
+            "prints (if your relay signs for this domain itself, that is enough — this check "
+            "cannot see it)"
+        )
+    if check.result == "missing":
+        return f"publish this TXT record at {name}: {record} {show}"
+    if check.result in ("multiple", "malformed"):
+        return f"replace the TXT records at {name} by this one: {record} {show}"
+    if check.result == "revoked":
+        return (
+            f"the key at {name} was revoked: publish the configured key there ({record}), or "
+            f"use a new selector: cxsmtp dkim add {domain} --selector NEW --generate"
+        )
+    if check.result == "mismatch":
+        return (
+            f"{name} holds another key than the configured one: publish the configured key's "
+            f"record there: {record} {show}; or, if the published key is the right one, "
+            f"configure its private key: cxsmtp dkim add {domain} --selector {check.selector} "
+            "--key PRIVATE.pem"
+        )
+    if check.result == "key-error":
+        return (check.error.hint if check.error else None) or (
+            f"the private key for {domain} cannot be used: fix what the error names, or make "
+            f"a new key under a new selector and publish its record: cxsmtp dkim add {domain} "
+            "--selector NEW --generate"
+        )
+    if check.result == "temperror":
+        return DNS_RETRY
+    return None
+
+
+def dmarc_hint(verdict: DmarcVerdict) -> str | None:
+    """The DMARC record to publish, or the alignment to fix."""
+    from carerix_smtp.probe.dmarc import organizational_domain
+
+    lookup = verdict.lookup
+    org = organizational_domain(verdict.from_domain)
+    example = f"'v=DMARC1; p=none; rua=mailto:dmarc-reports@{org}'"
+    if verdict.result == "none":
+        return (
+            f"{verdict.from_domain} publishes no DMARC record: publish a TXT record at "
+            f"_dmarc.{org} such as {example} — start with p=none and read the reports; Gmail "
+            "and Yahoo require a DMARC record from bulk senders"
+        )
+    if verdict.result == "error":
+        return f"fix the record at _dmarc.{lookup.domain} ({lookup.error}), e.g. {example}"
+    if verdict.result == "temperror":
+        return DNS_RETRY
+    if verdict.result != "fail":
+        return None
+    action = {"reject": "refuse it", "quarantine": "put it in the spam folder"}
+    what = action.get(verdict.policy or "", "deliver it, but report the failure")
+    record = lookup.record
+    share = f" (pct={record.pct}: for {record.pct}% of it)" if record and record.pct < 100 else ""
+    return (
+        f"mail from {verdict.from_domain} fails DMARC: with p={verdict.policy} at "
+        f"_dmarc.{lookup.domain} receivers {what}{share}; make one of these pass: "
+        f"SPF — {_spf_fix(verdict)}; DKIM — {_dkim_fix(verdict)}"
+    )
+
+
+def _spf_fix(verdict: DmarcVerdict) -> str:
+    spf = verdict.spf
+    mode = verdict.lookup.record.aspf if verdict.lookup.record else "r"
+    if not spf.passed:
+        return f"SPF gives {spf.result} for {spf.domain} (see the spf phase)"
+    return (
+        f"the envelope domain {spf.domain} is not aligned with {verdict.from_domain} "
+        f"(aspf={mode}): send with an envelope sender in {verdict.from_domain}"
+        + (" or relax to aspf=r" if mode == "s" else "")
+    )
+
+
+def _dkim_fix(verdict: DmarcVerdict) -> str:
+    dkim = verdict.dkim
+    mode = verdict.lookup.record.adkim if verdict.lookup.record else "r"
+    if dkim.result == "none":
+        return f"no DKIM key: cxsmtp dkim add {verdict.from_domain} --selector cxsmtp --generate"
+    if not dkim.passed:
+        return f"the DKIM check gives {dkim.result} for d={dkim.domain} (see the dkim phase)"
+    return (
+        f"d={dkim.domain} is not aligned with {verdict.from_domain} (adkim={mode}): add a key "
+        f"for {verdict.from_domain} itself: cxsmtp dkim add {verdict.from_domain} --selector "
+        "cxsmtp --generate" + (", or relax to adkim=r" if mode == "s" else "")
     )
 
 

@@ -1,6 +1,7 @@
 """The phases ``cxsmtp test`` runs itself once the session is open: size (--spool),
-mail, rcpt and data (--to: a small test message), spf (--from), and quit.  The
-phases up to AUTH are run by ``SmtpSession.open`` and recorded from its trace."""
+mail, rcpt and data (--to: a small test message), spf, dkim and dmarc (--from), and
+quit.  The phases up to AUTH are run by ``SmtpSession.open`` and recorded from its
+trace."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.errors import ExitCode, SmtpError, SmtpReplyError, SpoolError
 from carerix_smtp.probe.exit_codes import PhaseFailure
-from carerix_smtp.probe.hints import SPF_NOTE, spf_hint
+from carerix_smtp.probe.hints import SPF_NOTE, dkim_hint, dmarc_hint, spf_hint
 from carerix_smtp.probe.report import (
     DEFAULT_TIMEOUT,
     FAILED,
@@ -23,7 +24,7 @@ from carerix_smtp.probe.report import (
     PhaseResult,
     ProbeOptions,
 )
-from carerix_smtp.probe.summary import size_text
+from carerix_smtp.probe.summary import dmarc_summary, size_text
 from carerix_smtp.smtp.phases import PHASE_DATA, PHASE_MAIL, PHASE_QUIT, PHASE_RCPT
 from carerix_smtp.smtp.session import SmtpSession
 from carerix_smtp.smtp.wire import Reply
@@ -31,8 +32,13 @@ from carerix_smtp.smtp.wire import Reply
 if TYPE_CHECKING:
     import dns.resolver
 
+    from carerix_smtp.config.dkim import DkimKey
     from carerix_smtp.config.file import ServerEntry
+    from carerix_smtp.probe.dkim_check import DkimCheck
     from carerix_smtp.probe.record import PhaseRecorder
+
+PHASE_DKIM = "dkim"
+PHASE_DMARC = "dmarc"
 
 
 class ProbePhases:
@@ -46,12 +52,16 @@ class ProbePhases:
         resolver: dns.resolver.Resolver | None,
         session: SmtpSession,
         recorder: PhaseRecorder,
+        dkim_key: DkimKey | None = None,
     ) -> None:
         self.entry = entry
         self.options = options
         self.resolver = resolver
         self.session = session
         self.recorder = recorder
+        self.dkim_key = dkim_key  # the key for the --from domain; None: none configured
+        self.spf_result = "none"  # the spf phase's, for dmarc
+        self.dkim_check: DkimCheck | None = None  # the dkim phase's, for dmarc
 
     def size(self) -> None:
         assert self.options.spool is not None
@@ -87,7 +97,7 @@ class ProbePhases:
         session = self.session
         to = self.options.to
         sender = self.options.mail_from or _default_sender(self.entry, to)
-        message = build_test_message(sender, to, self.entry)
+        message = self._signed(build_test_message(sender, to, self.entry), sender)
         start = time.perf_counter()
         reply = session.mail(sender, size=len(message) if session.has_extension("SIZE") else None)
         self._reply(PHASE_MAIL, reply, start, {"from": sender})
@@ -97,6 +107,20 @@ class ProbePhases:
         start = time.perf_counter()
         reply = session.data(message)
         self._reply(PHASE_DATA, reply, start, {"bytes": len(message)})
+
+    def _signed(self, message: bytes, sender: str) -> bytes:
+        """The test message DKIM-signed as `send` would sign it, when the --from
+        domain has a key (raises DkimSignError naming the key problem)."""
+        key, domain = self.dkim_key, _domain_of(sender)
+        if key is None or not (domain == key.domain or domain.endswith("." + key.domain)):
+            return message
+        from carerix_smtp.errors import DkimKeyError, DkimSignError
+        from carerix_smtp.smtp.dkim_sign import sign_bytes
+
+        try:
+            return sign_bytes(key, message)
+        except DkimSignError as exc:  # our own test message: the key is the problem (78)
+            raise DkimKeyError(str(exc)) from None
 
     def _reply(self, name: str, reply: Reply, start: float, detail: dict[str, Any]) -> None:
         ms = (time.perf_counter() - start) * 1000.0
@@ -137,7 +161,7 @@ class ProbePhases:
                 domain,
                 sender,
                 resolver=self.resolver,
-                timeout=min(self.options.timeout or DEFAULT_TIMEOUT, 10.0),
+                timeout=self._dns_timeout,
             )
         ms = (time.perf_counter() - start) * 1000.0
         detail: dict[str, Any] = {
@@ -146,6 +170,7 @@ class ProbePhases:
             "note": SPF_NOTE,
         }
         worst = _worst_spf([r.result for r in results.values()])
+        self.spf_result = worst
         decided = next(r for r in results.values() if r.result == worst)
         summary = ", ".join(f"{r.result} for {a}" for a, r in results.items())
         if decided.record:
@@ -164,6 +189,91 @@ class ProbePhases:
             )
         if worst != "pass":
             phase.hint = spf_hint(worst, domain, addresses, decided.record)
+
+    def deliverability(self) -> None:
+        """spf, dkim and dmarc: all three run (dmarc is decided by the other two, as a
+        receiver decides it); the first failure is raised after them."""
+        first: PhaseFailure | None = None
+        for check in (self.spf, self.dkim, self.dmarc):
+            try:
+                check()
+            except PhaseFailure as failure:
+                phase = self.recorder.report.phases[-1]
+                phase.hint = phase.hint or failure.hint
+                first = first or failure
+        if first is not None:
+            raise first
+
+    def dkim(self) -> None:
+        """Is the configured key for the --from domain published, intact and the same?"""
+        from carerix_smtp.probe.dkim_check import check_dkim
+
+        start = time.perf_counter()
+        check = check_dkim(
+            self.dkim_key,
+            _domain_of(self._sender),
+            resolver=self.resolver,
+            timeout=self._dns_timeout,
+        )
+        self.dkim_check = check
+        ms = (time.perf_counter() - start) * 1000.0
+        detail = check.to_dict()
+        summary = check.reason + (" (t=y: testing)" if check.testing else "")
+        ok = check.result in ("pass", "none")
+        phase = self.recorder.add(PhaseResult(PHASE_DKIM, OK, ms, detail, summary if ok else ""))
+        if ok:
+            phase.hint = dkim_hint(check)
+            return
+        code = ExitCode.TEMPFAIL if check.result == "temperror" else ExitCode.DATAERR
+        if check.error is not None:  # the private key: a local problem
+            code = check.error.exit_code
+        self._fail(phase, f"DKIM {check.result}: {check.reason}", code, dkim_hint(check))
+
+    def dmarc(self) -> None:
+        """The From domain's DMARC policy, and whether SPF or DKIM pass it aligned."""
+        from carerix_smtp.probe.dmarc import Identifier, evaluate, find_dmarc
+
+        start = time.perf_counter()
+        from_domain = _domain_of(self._sender)
+        lookup = find_dmarc(from_domain, resolver=self.resolver, timeout=self._dns_timeout)
+        # In `cxsmtp test` the --from address is also the envelope sender (MAIL FROM).
+        spf = Identifier(from_domain, self.spf_result, self.spf_result == "pass")
+        dkim_check = self.dkim_check
+        dkim = Identifier(
+            dkim_check.domain if dkim_check else None,
+            dkim_check.result if dkim_check else "none",
+            bool(dkim_check and dkim_check.passed),
+        )
+        verdict = evaluate(lookup, from_domain, spf, dkim)
+        ms = (time.perf_counter() - start) * 1000.0
+        phase = self.recorder.add(
+            PhaseResult(PHASE_DMARC, OK, ms, verdict.to_dict(), dmarc_summary(verdict))
+        )
+        hint = dmarc_hint(verdict)
+        if verdict.result == "temperror":
+            self._fail(phase, f"DMARC: {lookup.temperror}", ExitCode.TEMPFAIL, hint)
+        if verdict.result == "error" or verdict.enforced:
+            error = lookup.error or (
+                f"DMARC fail for {from_domain}: neither SPF nor DKIM passes aligned "
+                f"(p={verdict.policy})"
+            )
+            self._fail(phase, error, ExitCode.DATAERR, hint)
+        phase.hint = hint
+
+    @property
+    def _sender(self) -> str:
+        assert self.options.mail_from is not None
+        return self.options.mail_from
+
+    @property
+    def _dns_timeout(self) -> float:
+        return min(self.options.timeout or DEFAULT_TIMEOUT, 10.0)
+
+    def _fail(self, phase: PhaseResult, error: str, code: ExitCode, hint: str | None) -> None:
+        phase.status = FAILED
+        phase.error = error
+        phase.hint = hint
+        raise PhaseFailure(error, phase.name, code, hint=hint)
 
     def quit(self) -> None:
         if self.session.closed:
@@ -213,6 +323,10 @@ def build_test_message(sender: str, to: str, entry: ServerEntry) -> bytes:
         "",
     ]
     return "\r\n".join(lines).encode("ascii", "replace")
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].strip().rstrip(">").lower()
 
 
 def _default_sender(entry: ServerEntry, to: str) -> str:

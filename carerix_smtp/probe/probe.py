@@ -2,10 +2,12 @@
 at the first failure, a concrete hint.
 
     resolve -> connect -> greeting -> ehlo -> tls -> ehlo-tls -> auth
-            [-> size (--spool)] [-> mail -> rcpt -> data (--to)] [-> spf (--from)] -> quit
+            [-> size (--spool)] [-> mail -> rcpt -> data (--to)]
+            [-> spf -> dkim -> dmarc (--from)] -> quit
 
 With implicit TLS ("SSL", port 465) the tls phase comes right after connect.  The
-probe stops at the first failing phase; the ones after it are "skipped".  Hints
+probe stops at the first failing phase; the ones after it are "skipped" — except
+that spf, dkim and dmarc all run (DNS checks that decide DMARC together).  Hints
 follow the seed's advice ("try putting the SMTP server between brackets", "add
 the port for SSL or TLS") and name the option that fixes the problem.
 
@@ -41,6 +43,7 @@ from carerix_smtp.smtp.session import SmtpSession
 if TYPE_CHECKING:
     import dns.resolver
 
+    from carerix_smtp.config.dkim import DkimKey
     from carerix_smtp.config.file import Config, ServerEntry
     from carerix_smtp.config.oauth import Credential
 
@@ -89,9 +92,17 @@ def probe_server(
         spool=request.spool,
         local_hostname=helo_name_for(entry, config.settings),  # issue 14: entry > settings
     )
+    dkim_key = _dkim_key(config, request.mail_from)
 
     def attempt() -> ProbeReport:
-        return run_probe(entry, password, options, resolver=resolver, password_error=password_error)
+        return run_probe(
+            entry,
+            password,
+            options,
+            resolver=resolver,
+            password_error=password_error,
+            dkim_key=dkim_key,
+        )
 
     if duration is None:
         return attempt()
@@ -106,16 +117,19 @@ def run_probe(
     resolver: dns.resolver.Resolver | None = None,
     ssl_context: ssl.SSLContext | None = None,
     password_error: CxsmtpError | None = None,
+    dkim_key: DkimKey | None = None,
 ) -> ProbeReport:
     """Run every phase against ``entry``; never raises a CxsmtpError (it is reported).
 
     ``password_error``: why no password could be found (the auth phase fails with it,
-    after connectivity and TLS have been checked).
+    after connectivity and TLS have been checked).  ``dkim_key``: the DKIM key for the
+    --from domain (None: none configured), checked by the dkim phase.
     """
     options = options or ProbeOptions()
     endpoint = entry.endpoint
     report = ProbeReport(entry.name, entry.host, endpoint.port)
     probe = _Probe(entry, password, options, resolver, ssl_context, password_error, report)
+    probe.phases.dkim_key = dkim_key  # used by the dkim phase only
     probe.run()
     return report
 
@@ -172,7 +186,7 @@ class _Probe:
                 if self.options.to:
                     self.phases.message()
                 if self.options.mail_from:
-                    self.phases.spf()
+                    self.phases.deliverability()
             except CxsmtpError as exc:
                 self.recorder.fail(exc)
         self.phases.quit()
@@ -184,6 +198,15 @@ class _Probe:
         assert self.password_error is not None
         self.session.trace.append(PhaseTrace(PHASE_AUTH, 0.0, False, {}, self.password_error))
         raise self.password_error
+
+
+def _dkim_key(config: Config, mail_from: str | None) -> DkimKey | None:
+    """The DKIM key cxsmtp would sign mail from ``mail_from`` with, if any."""
+    if mail_from is None:
+        return None
+    from carerix_smtp.config.dkim import key_for
+
+    return key_for(config, mail_from.rpartition("@")[2].strip("<> ").lower())
 
 
 # --- wait until ready -----------------------------------------------------------------

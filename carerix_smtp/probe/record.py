@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from carerix_smtp.config.tls import TlsMode
 from carerix_smtp.errors import SmtpError
 from carerix_smtp.probe.exit_codes import exit_code_for
+from carerix_smtp.probe.phases import PHASE_DKIM, PHASE_DMARC
 from carerix_smtp.probe.report import (
     FAILED,
     OK,
@@ -74,7 +75,7 @@ class PhaseRecorder:
         if self.options.to:
             names += [PHASE_MAIL, PHASE_RCPT, PHASE_DATA]
         if self.options.mail_from:
-            names.append(PHASE_SPF)
+            names += [PHASE_SPF, PHASE_DKIM, PHASE_DMARC]
         names.append(PHASE_QUIT)
         return names
 

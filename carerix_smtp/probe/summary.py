@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.smtp.phases import (
     PHASE_AUTH,
@@ -13,6 +13,9 @@ from carerix_smtp.smtp.phases import (
     PHASE_RESOLVE,
     PHASE_TLS,
 )
+
+if TYPE_CHECKING:
+    from carerix_smtp.probe.dmarc import DmarcVerdict, Identifier
 
 
 def size_text(size: int | None) -> str:
@@ -77,3 +80,34 @@ def phase_summary(name: str, d: dict[str, Any]) -> str:
             notes.append("token fetched again after a refusal")
         return f"AUTH {d['mechanism']}" + (f" ({'; '.join(notes)})" if notes else "")
     return ""
+
+
+def dmarc_summary(verdict: DmarcVerdict) -> str:
+    """``p=reject at _dmarc.example.com; SPF pass, aligned (relaxed); no DKIM — DMARC pass``"""
+    lookup = verdict.lookup
+    if verdict.result == "none":
+        return f"no DMARC record ({', '.join(lookup.queried)})"
+    record = lookup.record
+    if record is None:  # unusable record, or no DNS answer: the error says which
+        return ""
+    text = f"p={verdict.policy} at _dmarc.{lookup.domain}"
+    if record.pct < 100:
+        text += f" (pct={record.pct})"
+    text += f"; {_identifier('SPF', verdict.spf, record.aspf, verdict.from_domain)}"
+    text += f"; {_identifier('DKIM', verdict.dkim, record.adkim, verdict.from_domain)}"
+    if verdict.result == "pass":
+        return text + " — DMARC pass"
+    if not verdict.enforced:
+        return text + f" — DMARC fail (p={verdict.policy}: delivered, but reported)"
+    return text
+
+
+def _identifier(name: str, ident: Identifier, mode: str, from_domain: str) -> str:
+    mode_text = {"r": "relaxed", "s": "strict"}.get(mode, mode)
+    if ident.result == "none" and name == "DKIM":
+        return "no DKIM"
+    if not ident.passed:
+        return f"{name} {ident.result}"
+    if ident.aligned:
+        return f"{name} pass, aligned ({mode_text})"
+    return f"{name} pass for {ident.domain}, not aligned with {from_domain} ({mode_text})"

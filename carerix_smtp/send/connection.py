@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.errors import (
+    DkimSignError,
     MessageError,
     SmtpAuthError,
     SmtpError,
@@ -23,6 +24,7 @@ from carerix_smtp.spool.records import RecipientResult
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config, ServerEntry
     from carerix_smtp.config.oauth import Credential
+    from carerix_smtp.send.signing import Signer
     from carerix_smtp.smtp.session import SmtpSession
     from carerix_smtp.smtp.transaction import SendResult, Transaction
     from carerix_smtp.spool.message import Message
@@ -50,8 +52,10 @@ class Connection:
         factory: SessionFactory,
         *,
         max_reconnects: int = DEFAULT_MAX_RECONNECTS,
+        signer: Signer | None = None,
     ) -> None:
         self.entry = entry
+        self.signer = signer  # DKIM (send/signing.py); None: nothing is signed
         self._password = password
         self._factory = factory
         self.max_reconnects = max_reconnects
@@ -142,7 +146,10 @@ class Connection:
         message, recipients = then
         if self.refusal(session, message, recipients, now) is not None:
             return None
-        data = message.transmitted() if message.raw is not None else message.open_data()
+        try:
+            data = self._data(message)
+        except (DkimSignError, OSError):
+            return None
         try:
             tx = self._transaction(session, message, recipients, data)
         except (MessageError, OSError):
@@ -181,6 +188,9 @@ class Connection:
             result = self._send(session, message, recipients, chained, now, then, meanwhile)
         except MessageError as exc:
             return everyone(recipients, FAILED, RecipientResult(None, None, str(exc), now()))
+        except DkimSignError as exc:  # never sent unsigned: deferred, the key may be fixed
+            why = RecipientResult(None, None, str(exc), now())
+            return everyone(recipients, DEFERRED, why, error=str(exc), local=True)
         except SmtpReplyError as exc:  # 421 and the like: the session is over
             self._drop()
             reply = RecipientResult(exc.code, exc.enhanced, exc.text or str(exc), now())
@@ -219,8 +229,7 @@ class Connection:
         else:
             # A small message is in memory already (message.SMALL_FILE); a big
             # one is streamed from its file.
-            data = message.transmitted() if message.raw is not None else message.open_data()
-            tx = self._transaction(session, message, recipients, data)
+            tx = self._transaction(session, message, recipients, self._data(message))
         following: Transaction | None = None
         kept = False
         try:
@@ -238,6 +247,13 @@ class Connection:
             if following is not None and not kept:
                 _close_data(following)
         return result
+
+    def _data(self, message: Message) -> Any:
+        """The message as sent: DKIM-signed when its From domain has a key (raises
+        DkimSignError); bytes when in memory, else a stream from its file."""
+        if self.signer is not None:
+            return self.signer.data(message)
+        return message.transmitted() if message.raw is not None else message.open_data()
 
     def unchain(self, message: Message) -> None:
         """``message`` was chained but will not be sent now: the session is in the

@@ -126,6 +126,8 @@ class Delivery:
     def count_deferrals(self, conn: Connection, entry: ServerEntry, attempt: Attempt) -> None:
         """A server that defers ``stop_after_deferrals`` whole messages in a row is
         left alone for the rest of the run."""
+        if attempt.local:
+            return
         if attempt.recipients(ACCEPTED) or attempt.recipients(FAILED):
             conn.consecutive_deferrals = 0
         else:

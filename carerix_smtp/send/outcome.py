@@ -35,6 +35,9 @@ class Attempt:
     # MAIL FROM refused: the message's reply; ``results`` then give every recipient
     # its fate (4xx deferred, 5xx failed) without a reply of its own
     mail: RecipientResult | None = None
+    # Deferred by cxsmtp before the server saw it (DKIM signing failed): says nothing
+    # about the server, so it does not count towards stop_after_deferrals.
+    local: bool = False
 
     def recipients(self, outcome: str) -> list[str]:
         return [r for r, (o, _) in self.results.items() if o == outcome]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from carerix_smtp.send.pool import Pool
     from carerix_smtp.send.report import RunSummary, SendOptions, Totals
     from carerix_smtp.send.routing import Router
+    from carerix_smtp.send.signing import Signer
     from carerix_smtp.spool.claims import Claim
     from carerix_smtp.spool.spool import Spool
 
@@ -107,6 +108,7 @@ class Servers:
         self.dispatcher = threading.get_ident()  # the dispatching thread
         self.finishing = 0  # 1 while reading ahead during a message's final reply
         self.fallbacks = Fallbacks(self)  # issue 14: who takes an unusable server's messages
+        self.signer = _signer(config)  # DKIM keys, each loaded once per run
 
     def connection(self, entry: ServerEntry) -> Connection:
         conn = self.connections.get(entry.name)
@@ -118,6 +120,7 @@ class Servers:
                 self.totals.passwords[entry.name],
                 self.session_factory,
                 max_reconnects=self.options.max_reconnects,
+                signer=self.signer,
             )
             self.connections[entry.name] = conn
             self.gates[entry.name] = self.make_gate(entry)
@@ -130,6 +133,7 @@ class Servers:
             self.totals.passwords[entry.name],
             self.session_factory,
             max_reconnects=self.options.max_reconnects,
+            signer=self.signer,
         )
 
     def make_gate(self, entry: ServerEntry) -> BatchGate:
@@ -259,3 +263,12 @@ class Servers:
         steps += [conn.close for conn in self.connections.values()]
         steps += [gate.close for gate in self.gates.values()]
         close_all(*steps)
+
+
+def _signer(config: Config) -> Signer | None:
+    """A DKIM signer when any key is configured (send/signing.py)."""
+    if not getattr(config, "dkim", None):
+        return None
+    from carerix_smtp.send.signing import Signer
+
+    return Signer(config)

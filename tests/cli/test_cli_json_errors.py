@@ -70,6 +70,8 @@ FAILURES: dict[tuple[str, ...], tuple[list[str], str | None, int, str] | None] =
         78,
         "SpoolError",
     ),
+    ("dkim", "list"): (["dkim", "list"], BROKEN, 78, "ConfigError"),
+    ("dkim", "show"): (["dkim", "show", "nope.example"], None, 78, "ConfigError"),
     ("doctor",): None,
 }
 
