@@ -1,6 +1,6 @@
 """``python -m carerix_smtp``."""
 
-from carerix_smtp.cli.app import main
+from carerix_smtp.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -146,9 +146,6 @@ def main() -> None:
     """The ``cxsmtp`` script.  Errors inside a command are reported by CxsmtpGroup;
     this catches what fails around it (parsing, closing the context), so that no
     traceback reaches cron without ``--debug`` either."""
-    from carerix_smtp.cli.sendmail_cmd import run_if_sendmail
-
-    run_if_sendmail(sys.argv)  # as sendmail or mailq (argv[0]) or `cxsmtp sendmail`: exits
     debug = "--debug" in sys.argv[1:]
     guard_threads(debug)
     try:

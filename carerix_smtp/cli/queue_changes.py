@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from carerix_smtp.cli.queue_cmds import AllOpt, IdsArg, SpoolOption, YesOpt, resolve
+from carerix_smtp.cli.queue_options import AllOpt, IdsArg, SpoolOption, YesOpt, resolve
 from carerix_smtp.cli.render import print_json
 
 if TYPE_CHECKING:

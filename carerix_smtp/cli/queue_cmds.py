@@ -11,55 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from carerix_smtp.cli.context import get_context
+from carerix_smtp.cli.queue_options import SpoolOpt, resolve
 from carerix_smtp.cli.render import print_json
 
 if TYPE_CHECKING:
     from carerix_smtp.spool.queue import MessageDetail, QueueEntry
-
-SpoolOpt = Annotated[
-    Path | None,
-    typer.Argument(
-        metavar="[SPOOL]",
-        help="Spool directory [default: the 'spool' setting, or CXSMTP_SPOOL].",
-        show_default=False,
-    ),
-]
-SpoolOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--spool",
-        metavar="SPOOL",
-        help="Spool directory [default: the 'spool' setting, or CXSMTP_SPOOL].",
-        show_default=False,
-    ),
-]
-IdsArg = Annotated[
-    list[str] | None,
-    typer.Argument(
-        metavar="ID...", help="Queue IDs (file names without .eml).", show_default=False
-    ),
-]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every message this command applies to.")]
-YesOpt = Annotated[
-    bool, typer.Option("--yes", "-y", help="Do it even when more than one message would go.")
-]
 
 LIST_KEYS = (
     "JSON: {spool, state, messages: [{id, state (queued|deferred|held|failed), size, "
     "queued_at, sender, recipients (pending ones), next_retry, attempts, last_reply, "
     "problem}], total: {messages, bytes, by_state}}."
 )
-
-
-def resolve(ctx: typer.Context, given: Path | None) -> Path:
-    """SPOOL as given, else the configured default spool (config/spool_path.py)."""
-    if given is not None:
-        return given
-    from carerix_smtp.config.spool_path import resolve_spool
-
-    cli = get_context(ctx)
-    return resolve_spool(None, cli.load_config(), cli.env)
 
 
 # --- list ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``cxsmtp sendmail`` / ``sendmail`` / ``mailq`` / ``cxsmtp-sendmail``: the
 sendmail-compatible entry point (issue 13).
 
-``main()`` is the ``cxsmtp-sendmail`` console script; cli/app.py calls ``run`` before
+``main()`` is the ``cxsmtp-sendmail`` console script; cli/entry.py calls ``run`` before
 Typer when argv[0] is ``sendmail`` or ``mailq`` or the command is ``sendmail``.  The
 queue path imports neither typer nor rich nor the send machinery (applications call
 sendmail once per message); errors go through cli/errors.py, imported when needed.
@@ -58,15 +58,6 @@ def main(argv: list[str] | None = None) -> None:
     """The ``cxsmtp-sendmail`` console script."""
     args = sys.argv[1:] if argv is None else argv
     sys.exit(run(args))
-
-
-def cxsmtp_main() -> None:
-    """The ``cxsmtp`` console script: sendmail without importing typer (the Typer
-    app alone costs as much as ``cxsmtp --version``), anything else cli/app.py."""
-    run_if_sendmail(sys.argv)
-    from carerix_smtp.cli.app import main as app_main
-
-    app_main()
 
 
 def run_if_sendmail(argv: list[str]) -> None:

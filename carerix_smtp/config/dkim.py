@@ -21,15 +21,13 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from carerix_smtp.errors import ConfigError, DkimKeyError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-
-    from carerix_smtp.config.file import Config
 
 __all__ = [
     "ALGORITHMS",
@@ -85,12 +83,19 @@ class DkimKey:
         return f"{self.selector}._domainkey.{self.domain}"
 
 
-def dkim_keys(config: Config) -> dict[str, DkimKey]:
+class HasDkim(Protocol):
+    """What these functions read of a Config (config/file.py imports this module)."""
+
+    @property
+    def dkim(self) -> dict[str, DkimKey]: ...
+
+
+def dkim_keys(config: HasDkim) -> dict[str, DkimKey]:
     """The configured keys by domain."""
     return dict(config.dkim)
 
 
-def key_for(config: Config, from_domain: str) -> DkimKey | None:
+def key_for(config: HasDkim, from_domain: str) -> DkimKey | None:
     """The key for mail from ``from_domain``: its own, else the nearest configured
     parent domain's (news.example.com is signed with example.com's key)."""
     domain = from_domain.strip().rstrip(".").lower()

@@ -19,6 +19,8 @@ from carerix_smtp.probe.report import (
     DEFAULT_TIMEOUT,
     FAILED,
     OK,
+    PHASE_DKIM,
+    PHASE_DMARC,
     PHASE_SIZE,
     PHASE_SPF,
     PhaseResult,
@@ -36,9 +38,6 @@ if TYPE_CHECKING:
     from carerix_smtp.config.file import ServerEntry
     from carerix_smtp.probe.dkim_check import DkimCheck
     from carerix_smtp.probe.record import PhaseRecorder
-
-PHASE_DKIM = "dkim"
-PHASE_DMARC = "dmarc"
 
 
 class ProbePhases:

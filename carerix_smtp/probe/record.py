@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from carerix_smtp.config.tls import TlsMode
 from carerix_smtp.errors import SmtpError
 from carerix_smtp.probe.exit_codes import exit_code_for
-from carerix_smtp.probe.phases import PHASE_DKIM, PHASE_DMARC
 from carerix_smtp.probe.report import (
     FAILED,
     OK,
+    PHASE_DKIM,
+    PHASE_DMARC,
     PHASE_SIZE,
     PHASE_SPF,
     SKIPPED,

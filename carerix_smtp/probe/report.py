@@ -9,6 +9,8 @@ from typing import Any
 
 PHASE_SIZE = "size"
 PHASE_SPF = "spf"
+PHASE_DKIM = "dkim"  # issue 15
+PHASE_DMARC = "dmarc"
 
 DEFAULT_TIMEOUT = 30.0  # per phase, like swaks; `--timeout` changes it
 

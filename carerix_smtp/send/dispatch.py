@@ -22,6 +22,7 @@ from carerix_smtp.errors import (
 from carerix_smtp.limits.sqlite import Ledger
 from carerix_smtp.send.connection import PasswordSource, ServerUnusable, SessionFactory
 from carerix_smtp.send.delivery import Delivery
+from carerix_smtp.send.fallback import Fallbacks
 from carerix_smtp.send.gates import BatchGate, GateFactory, LedgerGate, release_admission
 from carerix_smtp.send.pool import Job, Pool
 from carerix_smtp.send.report import ProgressEvent
@@ -119,10 +120,7 @@ class Pass:
         lock = threading.RLock()  # the summary and counters, from any thread
         self.router = Router(spool, config, options, totals)
         self.servers = Servers(
-            spool,
-            config,
-            options,
-            self.router,
+            spool, config, options, self.router,
             gate_factory=gate_factory,
             ledger=ledger,
             session_factory=session_factory,
@@ -132,7 +130,8 @@ class Pass:
             summary=summary,
             totals=totals,
             lock=lock,
-        )
+        )  # fmt: skip
+        self.fallbacks = Fallbacks(self.servers)  # issue 14: who takes an unusable server's mail
         self.delivery = Delivery(
             spool, options, self.servers, clock=clock, progress=progress, summary=summary, lock=lock
         )
@@ -178,7 +177,7 @@ class Pass:
         if fixed is not None and candidates:
             # The batch, then the connection (of the server chosen, issue 14: fallbacks), before
             # claiming: held back by limits, refused or unreachable, every message stays as it was.
-            fixed = self.servers.fallbacks.choose(fixed)
+            fixed = self.fallbacks.choose(fixed)
             conn = self.servers.connection(fixed)
             gate = self.servers.gates[fixed.name]
             if (
@@ -322,7 +321,7 @@ class Pass:
         """Route ``message`` and ask its server's gate: a job for a one-connection
         server, None when it was put back or handed to a server's connections."""
         try:  # the server, or the fallback taking its messages (may connect: issue 14)
-            entry = self.servers.fallbacks.choose(self.router.server_for(message))
+            entry = self.fallbacks.choose(self.router.server_for(message))
             conn = self.servers.connection(entry)
         except BaseException:  # a configuration error, Stop (no server usable)...
             quietly(functools.partial(self.spool.requeue, claim))

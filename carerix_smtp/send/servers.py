@@ -20,7 +20,6 @@ from carerix_smtp.send.connection import (
     ServerUnusable,
     SessionFactory,
 )
-from carerix_smtp.send.fallback import Fallbacks
 from carerix_smtp.send.gates import BatchGate, CountGate, GateFactory, LedgerGate
 from carerix_smtp.send.stopping import (
     Stopping,
@@ -107,7 +106,6 @@ class Servers:
         self.aborting = threading.Event()  # stopped mid-transaction (second signal)
         self.dispatcher = threading.get_ident()  # the dispatching thread
         self.finishing = 0  # 1 while reading ahead during a message's final reply
-        self.fallbacks = Fallbacks(self)  # issue 14: who takes an unusable server's messages
         self.signer = _signer(config)  # DKIM keys, each loaded once per run
 
     def connection(self, entry: ServerEntry) -> Connection:

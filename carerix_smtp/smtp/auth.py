@@ -84,8 +84,14 @@ AUTH_PREFERENCE = tuple(MECHANISMS)
 # --- the auth phase -------------------------------------------------------------------
 
 
-def authenticate(session: Conversation) -> None:
-    """The auth phase, when the entry has a username (else nothing)."""
+# (session, token source, facts, where) -> None: smtp/oauth.py's exchange, passed in by
+# the session, so that this module does not import the one that builds on it.
+TokenExchange = Callable[["Conversation", TokenSource, dict[str, Any], dict[str, Any]], None]
+
+
+def authenticate(session: Conversation, token_exchange: TokenExchange | None = None) -> None:
+    """The auth phase, when the entry has a username (else nothing); with an OAuth2
+    token source (``session.password``) ``token_exchange`` signs in."""
     username = session.entry.username
     if username is None:
         return
@@ -96,9 +102,9 @@ def authenticate(session: Conversation) -> None:
             "phase": PHASE_AUTH,
         }
         if isinstance(session.password, TokenSource):
-            from carerix_smtp.smtp.oauth import authenticate_oauth
-
-            authenticate_oauth(session, session.password, facts, where)
+            if token_exchange is None:
+                raise SmtpPolicyError(f"{session.where}: no OAuth2 exchange here", **where)
+            token_exchange(session, session.password, facts, where)
             return
         password = _password_to_send(session, where)
         choices = mechanism_choices(session, facts, where)

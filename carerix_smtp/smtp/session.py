@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from carerix_smtp.config.tls import TlsMode
 from carerix_smtp.errors import SmtpConnectError, SmtpError, SmtpReplyError
-from carerix_smtp.smtp import auth
+from carerix_smtp.smtp import auth, oauth
 from carerix_smtp.smtp.channel import Channel
 from carerix_smtp.smtp.connect import ConnectAttempt, connect, resolve
 from carerix_smtp.smtp.ehlo import ehlo, read_greeting
@@ -141,7 +141,7 @@ class SmtpSession:
             ehlo(self, PHASE_EHLO)
             starttls(self)
             if authenticate:
-                auth.authenticate(self)
+                auth.authenticate(self, oauth.authenticate_oauth)
         except BaseException:
             self.abort()
             raise
