@@ -40,8 +40,9 @@ def test(
         str | None,
         typer.Option(
             "--from",
-            help="Sender address: used for --to, and its domain's SPF record is checked "
-            "against the server's address.",
+            help="Sender address: used for --to; its domain's SPF (against the server's "
+            "address), DKIM (the published key vs the configured one) and DMARC (policy "
+            "and alignment) are checked.",
             metavar="ADDRESS",
         ),
     ] = None,
@@ -90,9 +91,10 @@ def test(
     Exit codes: 0 passed; 68 host name not found; 69 unreachable (refused, timed
     out, no greeting, connection lost); 76 TLS failed (handshake, certificate,
     STARTTLS missing or refused); 77 authentication refused; 65 refused by the
-    server (5xx to MAIL/RCPT/DATA or greeting), message above SIZE, or SPF fail;
+    server (5xx to MAIL/RCPT/DATA or greeting), message above SIZE, SPF fail, DKIM record missing/wrong, or DMARC fail
+    under p=quarantine/reject;
     75 temporary refusal (4xx); 78 configuration (unknown server, no password,
-    unencrypted password refused); 66 --ca-file unreadable.
+    unencrypted password refused, DKIM key unusable); 66 --ca-file unreadable.
     """
     from carerix_smtp.probe.probe import ProbeRequest, probe_server
 
@@ -181,8 +183,8 @@ def render_report(report: ProbeReport, *, terminal: bool, console: Console | Non
                 escape(_facts(phase.summary, phase.error)),
             )
         console.print(table)
-        for phase in report.phases:
-            if phase.hint and phase.status != "failed":
+        for phase in report.phases:  # each failed phase's hint; the first one's is "hint:"
+            if phase.hint and phase is not report.failed_phase:
                 console.print(f"note ({phase.name}): {phase.hint}", markup=False)
         if report.hint:
             console.print(f"hint: {report.hint}", markup=False)
@@ -194,8 +196,8 @@ def render_report(report: ProbeReport, *, terminal: bool, console: Console | Non
         ms = "" if phase.ms is None else f"{phase.ms:.0f} ms"
         line = f"{SYMBOLS[phase.status]} {phase.name.ljust(width)} {ms:>8}  "
         typer.echo((line + _facts(phase.summary, phase.error)).rstrip())
-    for phase in report.phases:
-        if phase.hint and phase.status != "failed":
+    for phase in report.phases:  # each failed phase's hint; the first one's is "hint:"
+        if phase.hint and phase is not report.failed_phase:
             typer.echo(f"note ({phase.name}): {phase.hint}")
     if report.hint:
         typer.echo(f"hint: {report.hint}")
