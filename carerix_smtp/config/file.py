@@ -90,6 +90,9 @@ class ServerEntry:
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_age: float = 432_000.0
+    # issue 14: the provider's daily limit for this server (messages per rolling 24 h),
+    # e.g. from a preset; None = only the global email_send_limit.
+    daily_limit: int | None = None
     # issue 14: OAuth2 (a command that prints a current access token, like msmtp's
     # passwordeval with "auth oauthbearer"), fallback relays in order, the EHLO name,
     # and the preset an entry was made from (its limits' sources for ``server show``).
@@ -215,6 +218,7 @@ _SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 # key -> (type, minimum) for numbers; minimum None = no lower bound check
 INT_KEYS = {
     "rate_per_hour": 1,
+    "daily_limit": 1,
     "batch_max_messages": 1,
     "batch_max_bytes": 1,
     "connections": 1,

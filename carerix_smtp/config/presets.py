@@ -6,10 +6,9 @@ number comes from (kept in the row too, so ``server show`` can print it).
 
 What a preset fills: host, security, the username where the provider fixes one
 (SendGrid's ``apikey``), ``rate_per_hour`` where the provider publishes a rate
-(per second, minute or hour) and the ``preset`` key.  A published *daily* limit is
-not enforced per server: cxsmtp has one 24-hour limit over all servers
-(``settings set email-send-limit``), no per-server one, so a daily limit is shown by
-``server show`` and named when the entry is added, not applied.  Providers whose
+(per second, minute or hour), ``daily_limit`` where it publishes a daily one (the
+server's own rolling 24 hours, besides the global email-send-limit) and the
+``preset`` key.  Providers whose
 limits depend on the plan (SendGrid, Mailgun, Postmark) publish no number: their
 rows leave the limits unset and say so.
 
@@ -60,7 +59,7 @@ class Preset:
     login: str  # the username/password convention, in words
     oauth2: bool  # the provider wants OAuth2 (XOAUTH2/OAUTHBEARER) for SMTP AUTH
     rate: Limit | None  # carried into rate_per_hour
-    daily: Limit | None  # shown, not enforced per server (see the module docstring)
+    daily: Limit | None  # carried into daily_limit
     note: str
     docs: str  # the page for host, port and sign-in
     argument: str = ""  # "REGION" for amazon-ses:REGION, "" when none is taken
@@ -266,6 +265,8 @@ class Chosen:
             out["username"] = self.preset.username
         if self.rate_per_hour is not None:
             out["rate_per_hour"] = self.rate_per_hour
+        if self.preset.daily is not None:
+            out["daily_limit"] = self.preset.daily.count
         return out
 
 
@@ -324,14 +325,12 @@ def preset_notes(spec: str, name: str, rate_per_hour: int, send_limit: int) -> l
             )
     daily = preset.daily
     if daily is not None:
-        text = (
-            f"{preset.title} allows {daily.count:,} {daily.unit} a day; cxsmtp has no "
-            f"per-server daily limit (the 24-hour email-send-limit, now {send_limit:,}, "
-            "counts all servers)"
-        )
-        if daily.count < send_limit:
-            text += f": if this is your only server, 'cxsmtp settings set email-send-limit {daily.count}'"
+        text = f"daily_limit {daily.count:,} per 24 hours: {daily}"
+        if daily.unit == "recipients":
+            text += " (the provider counts recipients, cxsmtp messages)"
         notes.append(text)
+        if send_limit < daily.count:
+            notes.append(f"the global email-send-limit ({send_limit:,}) is lower and applies too")
     notes.append(preset.note.format(name=name))
     return notes
 
@@ -349,10 +348,6 @@ def describe_preset(spec: str | None, name: str) -> dict[str, Any]:
         "preset": chosen.spec,
         "preset_login": preset.login,
         "preset_rate": str(preset.rate) if preset.rate else "none published",
-        "preset_daily_limit": (
-            f"{preset.daily} - shown only: not enforced per server"
-            if preset.daily
-            else "none published"
-        ),
+        "preset_daily_limit": str(preset.daily) if preset.daily else "none published",
         "preset_note": preset.note.format(name=name),
     }

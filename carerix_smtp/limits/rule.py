@@ -72,6 +72,10 @@ class Limits:
     batch_deadline: float = 60.0  # seed: "send every batch within 1 minute"
     email_send_limit: int = 10_000  # seed: emailSendLimit "default setting 10.000"
     send_limit_window: float = 86_400.0
+    # issue 14: a provider's daily limit for this server alone (Gmail 500 a day...):
+    # at most ``daily_limit`` per rolling ``daily_window``; None = none.
+    daily_limit: int | None = None
+    daily_window: float = 86_400.0
     # How long after its deadline a reservation of an owner that cannot be checked
     # stays counted (ledger.py): one message still in flight may take this long.
     # RFC 5321 §4.5.3.2: 10 minutes for the reply to the final ".", 5 for a command.
@@ -92,6 +96,8 @@ class Limits:
             raise ValueError("batch_interval, lease_grace >= 0 and batch_deadline > 0 needed")
         if not 0 < self.deadline_safety <= 1:
             raise ValueError("deadline_safety must be in (0, 1]")
+        if (self.daily_limit is not None and self.daily_limit < 1) or self.daily_window <= 0:
+            raise ValueError("daily_limit must be at least 1 and daily_window positive")
 
     @classmethod
     def from_entry(cls, entry: ServerEntry, settings: Settings) -> Limits:
@@ -106,7 +112,16 @@ class Limits:
             email_send_limit=settings.email_send_limit,
             send_limit_window=settings.send_limit_window,
             lease_grace=entry.data_timeout + entry.command_timeout,
+            daily_limit=entry.daily_limit,
         )
+
+    @property
+    def server_window(self) -> float:
+        """How far back this server's own sends count: its rate window, or its daily
+        window when it has a daily limit (the ledger reads that much)."""
+        if self.daily_limit is None:
+            return self.rate_window
+        return max(self.rate_window, self.daily_window)
 
     @property
     def rate_share(self) -> int | None:
@@ -126,7 +141,9 @@ class Limits:
     @property
     def batch_count_cap(self) -> int:
         """The most messages one batch may hold, before bytes and the deadline."""
-        cap = min(self.batch_max_messages, self.rate_per_hour)
+        cap = min(
+            self.batch_max_messages, self.rate_per_hour, self.daily_limit or self.rate_per_hour
+        )
         share = self.rate_share
         if share is not None:
             cap = min(cap, share)
@@ -345,6 +362,7 @@ class WaitKind(str, Enum):
     INTERVAL = "interval"  # one batch per batch_interval
     RATE = "rate"  # rate_per_hour in the rolling rate_window
     SEND_LIMIT = "send-limit"  # email_send_limit over all servers
+    DAILY = "daily"  # the server's own daily_limit in its rolling daily_window
     RESERVED = "reserved"  # other runs hold the rest of the allowance
 
 
@@ -353,7 +371,7 @@ class WindowState:
     """What the ledger knows at one moment about one server, for :func:`next_batch`.
 
     ``server_sends`` / ``all_sends``: sorted acceptance times of this server's
-    sends within ``rate_window`` and of every server's sends within
+    sends within ``Limits.server_window`` and of every server's sends within
     ``send_limit_window`` (older ones may be included; they do not count).
     ``server_reserved`` / ``all_reserved``: unconfirmed slots of live batches on
     this server / on all servers (``all_reserved`` includes ``server_reserved``).
@@ -392,6 +410,10 @@ def _reason(kind: WaitKind, limits: Limits) -> str:
         return f"next batch window (one batch every {format_duration(limits.batch_interval)})"
     if kind is WaitKind.RATE:
         return f"rate {limits.rate_per_hour} per {format_duration(limits.rate_window)} reached"
+    if kind is WaitKind.DAILY:
+        return (
+            f"daily limit {limits.daily_limit} per {format_duration(limits.daily_window)} reached"
+        )
     if kind is WaitKind.SEND_LIMIT:
         if limits.email_send_limit == 0:
             return "email-send-limit is 0: sending is switched off"
@@ -416,6 +438,11 @@ def release_times(
         <= limits.rate_per_hour - state.server_reserved - count
         and count_in_window(state.all_sends, at, limits.send_limit_window)
         <= limits.email_send_limit - state.all_reserved - count
+        and (
+            limits.daily_limit is None
+            or count_in_window(state.server_sends, at, limits.daily_window)
+            <= limits.daily_limit - state.server_reserved - count
+        )
     ):
         return [(at, WaitKind.RATE)] * count
     out: list[tuple[float, WaitKind]] = []
@@ -436,7 +463,18 @@ def release_times(
             j + 1,
             at,
         )
-        out.append((rate, WaitKind.RATE) if rate >= day else (day, WaitKind.SEND_LIMIT))
+        slot = (rate, WaitKind.RATE) if rate >= day else (day, WaitKind.SEND_LIMIT)
+        if limits.daily_limit is not None:  # a third window, the same rule (proof below)
+            daily = earliest_with_room(
+                state.server_sends,
+                limits.daily_window,
+                limits.daily_limit,
+                state.server_reserved,
+                j + 1,
+                at,
+            )
+            slot = max(slot, (daily, WaitKind.DAILY), key=lambda s: s[0])
+        out.append(slot)
     return out
 
 

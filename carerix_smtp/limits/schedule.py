@@ -171,6 +171,6 @@ def _forget_old_sends(
     queues: Mapping[str, ServerQueue],
 ) -> None:
     # Forget sends that no window can count any more (keeps the lists short).
-    del sends[: bisect.bisect_right(sends, start - q.limits.rate_window)]
+    del sends[: bisect.bisect_right(sends, start - q.limits.server_window)]
     oldest = start - max(x.limits.send_limit_window for x in queues.values())
     del every[: bisect.bisect_right(every, oldest)]

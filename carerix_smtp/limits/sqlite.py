@@ -415,8 +415,16 @@ def _usage(
 
 
 def _window_allows(state: WindowState, limits: Limits, now: float) -> int:
-    """Messages both windows still allow at ``now`` (the batch interval aside)."""
+    """Messages the windows still allow at ``now`` (the batch interval aside)."""
+    daily = (
+        window_allowance(
+            state.server_sends, now, limits.daily_window, limits.daily_limit, state.server_reserved
+        )
+        if limits.daily_limit is not None
+        else limits.rate_per_hour
+    )
     return min(
+        daily,
         window_allowance(
             state.server_sends,
             now,

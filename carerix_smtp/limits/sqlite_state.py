@@ -34,7 +34,7 @@ class LoadedState:
 
 def prune(conn: sqlite3.Connection, now: float, limits: Limits, retention: float) -> None:
     """Delete sends and closed reservations older than the retention and every window."""
-    horizon = now - max(retention, limits.rate_window, limits.send_limit_window)
+    horizon = now - max(retention, limits.server_window, limits.send_limit_window)
     conn.execute("DELETE FROM sends WHERE time < ?", (horizon,))
     conn.execute(
         "DELETE FROM reservations WHERE closed_at IS NOT NULL AND opened_at < ?", (horizon,)
@@ -46,7 +46,7 @@ def load_state(conn: sqlite3.Connection, server: str, limits: Limits, now: float
         row[0]
         for row in conn.execute(
             "SELECT time FROM sends WHERE server = ? AND time > ? ORDER BY time",
-            (server, now - limits.rate_window),
+            (server, now - limits.server_window),
         )
     ]
     all_sends = [

@@ -52,12 +52,15 @@ def test_add_with_a_preset_fills_the_entry_and_says_how_to_sign_in(isolated: Iso
     assert any(
         line.startswith("note: rate_per_hour 1,800: 30 messages per minute") for line in lines
     )
-    assert any("allows 10,000 recipients a day; cxsmtp has no per-server" in x for x in lines)
+    assert any(
+        x.startswith("note: daily_limit 10,000 per 24 hours: 10,000 recipients") for x in lines
+    )
     assert saved(isolated)["servers"]["work"] == {
         "host": "[smtp.office365.com]:587",
         "username": "a@x.example",
         "security": "starttls",
         "rate_per_hour": 1800,
+        "daily_limit": 10000,
         "preset": "microsoft365",
     }
 

@@ -132,7 +132,12 @@ def test_explicit_options_win_over_the_preset() -> None:
         {"security": Security.SSL, "rate_per_hour": 60},
     )
     assert host == "[smtp-alt.example.com]:465"
-    assert fields == {"security": Security.SSL, "rate_per_hour": 60, "preset": "microsoft365"}
+    assert fields == {
+        "security": Security.SSL,
+        "rate_per_hour": 60,
+        "daily_limit": 10_000,
+        "preset": "microsoft365",
+    }
 
 
 def test_without_a_preset_host_is_required() -> None:
@@ -144,22 +149,23 @@ def test_without_a_preset_host_is_required() -> None:
         apply_preset(None, None, {})
 
 
-def test_notes_for_a_daily_limit_below_the_global_one() -> None:
+def test_notes_for_a_daily_limit() -> None:
     notes = preset_notes("gmail", "gm", 1200, 10_000)
     assert notes[0] == "Gmail (personal account): login: your Gmail address"
     assert "cxsmtp server edit gm --oauth-token-command CMD" in notes[-1]
     assert "app password" in notes[-1] and "'cxsmtp server password gm'" in notes[-1]
-    (daily,) = [n for n in notes if "a day" in n]
-    assert "allows 500 messages a day; cxsmtp has no per-server daily limit" in daily
-    assert daily.endswith("'cxsmtp settings set email-send-limit 500'")
+    (daily,) = [n for n in notes if n.startswith("daily_limit")]
+    assert daily.startswith("daily_limit 500 per 24 hours: 500 messages per day")
+    assert not any("email-send-limit" in n for n in notes)  # 10,000 is not lower
 
 
 def test_notes_for_ses_name_the_rate_and_what_it_counts() -> None:
     notes = preset_notes("amazon-ses:us-east-1", "ses", 3600, 100)
     assert any(n.startswith("rate_per_hour 3,600: 1 recipient per second (https://") for n in notes)
     assert any("the provider counts recipients, cxsmtp counts messages" in n for n in notes)
-    (daily,) = [n for n in notes if "a day" in n]
-    assert "settings set" not in daily  # the global limit (100) is already lower
+    (daily,) = [n for n in notes if n.startswith("daily_limit")]
+    assert daily.startswith("daily_limit 200 per 24 hours") and "cxsmtp messages" in daily
+    assert "the global email-send-limit (100) is lower and applies too" in notes
     assert any("cxsmtp server edit ses --set rate_per_hour=N" in n for n in notes)
 
 
@@ -174,7 +180,6 @@ def test_describe_preset() -> None:
     assert data["preset"] == "microsoft365"
     assert data["preset_rate"].startswith("30 messages per minute (https://learn.microsoft.com/")
     assert data["preset_daily_limit"].startswith("10,000 recipients per day (https://")
-    assert data["preset_daily_limit"].endswith("shown only: not enforced per server")
     assert "cxsmtp server edit m365 --oauth-token-command" in data["preset_note"]
     assert describe_preset("sendgrid", "s")["preset_rate"] == "none published"
     assert describe_preset("gone", "g") == {"preset": "gone (not a preset this version knows)"}

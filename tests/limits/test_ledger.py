@@ -151,6 +151,29 @@ def test_interval_rate_share_and_partial_batch(ledger: Ledger, clock: FakeClock)
     assert sizes == [4, 4, 2]
 
 
+def test_daily_limit_per_server_across_runs(
+    ledger: Ledger, clock: FakeClock, tmp_path: Path
+) -> None:
+    # issue 14: a server's own daily limit (a preset's Gmail 500 a day), counted over
+    # its rolling day by the ledger, while the hour still allows more.
+    limits = Limits(**{**SMALL.__dict__, "batch_interval": 0.0, "daily_limit": 6})
+    sent = 0
+    for _ in range(3):
+        result = ledger.open_batch("a", limits, [1] * 50)
+        if isinstance(result, Wait):
+            break
+        sent += result.max_messages
+        send_all(result, [1] * 50, clock)
+    assert sent == 6
+    wait = wait_of(ledger.open_batch("a", limits, [1] * 50))
+    assert wait.kind is WaitKind.DAILY
+    assert wait.reason == "daily limit 6 per 24 h reached"
+    assert wait.until == pytest.approx(T0 + 86_400.01)  # the first send leaves the day
+    assert grant_of(ledger.open_batch("b", limits, [1] * 50)).max_messages == 4  # its own day
+    clock.now = T0 + 86_400.02
+    assert grant_of(ledger.open_batch("a", limits, [1] * 50)).max_messages >= 1
+
+
 def test_rate_then_send_limit(ledger: Ledger, clock: FakeClock) -> None:
     limits = Limits(**{**SMALL.__dict__, "batch_interval": 0.0})  # no batching: rate and limit
     for expected in (4, 4, 2):

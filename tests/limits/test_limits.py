@@ -297,6 +297,24 @@ def state(**kwargs: object) -> WindowState:
             state(), Limits(email_send_limit=0), 1, math.inf, 0, WaitKind.SEND_LIMIT,
             id="send-limit-0-never",
         ),
+        pytest.param(
+            state(server_sends=[NOW - 80000] * 495), Limits(daily_limit=500), 100, NOW, 5, None,
+            id="daily-limit-leaves-5",
+        ),
+        pytest.param(
+            state(server_sends=[NOW - 80000] * 500), Limits(daily_limit=500), 100,
+            NOW - 80000 + 86400, 100, WaitKind.DAILY,
+            id="daily-limit-reached-waits-a-day",
+        ),
+        pytest.param(
+            state(server_sends=[NOW - 80000] * 500), Limits(), 100, NOW, 100, None,
+            id="no-daily-limit-old-sends-free",
+        ),
+        pytest.param(
+            state(server_sends=[NOW - 80000] * 490, server_reserved=8, all_reserved=8),
+            Limits(daily_limit=500), 100, NOW, 2, None,
+            id="daily-limit-counts-reservations",
+        ),
     ],
 )  # fmt: skip
 def test_next_batch(
@@ -337,6 +355,9 @@ def test_next_batch_follows_the_batch_of_one_window_ago_at_its_pace() -> None:
             id="send-limit",
         ),
         pytest.param(WaitKind.INTERVAL, Limits(), "one batch every 5 min", id="interval"),
+        pytest.param(
+            WaitKind.DAILY, Limits(daily_limit=500), "daily limit 500 per 24 h reached", id="daily"
+        ),
     ],
 )
 def test_wait_reasons_name_the_limit(kind: WaitKind, limits: Limits, text: str) -> None:
@@ -344,6 +365,7 @@ def test_wait_reasons_name_the_limit(kind: WaitKind, limits: Limits, text: str) 
         WaitKind.RATE: state(server_sends=[NOW - 10] * 1200),
         WaitKind.SEND_LIMIT: state(all_sends=[NOW - 10] * 10000),
         WaitKind.INTERVAL: state(last_batch_start=NOW - 1),
+        WaitKind.DAILY: state(server_sends=[NOW - 7200] * 500),
     }
     decision = next_batch(states[kind], limits, NOW, 100)
     assert decision.kind is kind
@@ -573,3 +595,13 @@ def simulate_run(data: st.DataObject, servers: int) -> None:
     for sim in sims.values():
         assert windows_ok(sim.sends, sim.limits.rate_window, sim.limits.rate_per_hour)
     assert windows_ok(all_sends, day_window, shared)
+
+
+def test_daily_limit_from_entry_and_in_the_batch_cap() -> None:
+    entry = ServerEntry(name="gm", host="smtp.gmail.com", daily_limit=50)
+    limits = Limits.from_entry(entry, Settings())
+    assert (limits.daily_limit, limits.server_window) == (50, 86_400.0)
+    assert limits.batch_count_cap == 50  # not the rate share of 100
+    assert Limits.from_entry(ServerEntry(name="x", host="h"), Settings()).server_window == 3600.0
+    with pytest.raises(ValueError, match="daily_limit"):
+        Limits(daily_limit=0)
