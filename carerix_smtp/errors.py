@@ -101,6 +101,21 @@ class LedgerBusyError(StateError):
     exit_code = ExitCode.TEMPFAIL
 
 
+class LedgerUnavailableError(StateError):
+    """The shared ledger's database (PostgreSQL) cannot be reached or failed mid-run: the
+    run sends nothing more (fail closed; exit 75).  The message names host:port, never
+    the password."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+class LedgerSchemaError(StateError):
+    """The shared ledger's database has no cxsmtp schema (run ``cxsmtp ledger init URL``)
+    or one newer than this cxsmtp knows (exit 78)."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class GrantExceededError(StateError):
     """More messages were confirmed than a batch grant allowed (a bug in the caller)."""
 

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "queue_cmds",
     "sendmail_cmd",
     "dkim_cmd",
+    "ledger_cmd",
 )
 
 app = typer.Typer(

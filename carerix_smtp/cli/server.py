@@ -11,6 +11,7 @@ import typer
 from carerix_smtp.cli.completion import complete_server_name
 from carerix_smtp.cli.context import get_context
 from carerix_smtp.cli.errors import warn
+from carerix_smtp.cli.ledger_cmd import AccountOpt
 from carerix_smtp.cli.render import format_value, print_fields, print_json
 from carerix_smtp.cli.server_fallback import FallbackOpt, NoFallbackOpt, fallback_fields
 from carerix_smtp.cli.server_presets import (
@@ -265,6 +266,7 @@ def add(
     preset: PresetOpt = None,
     helo_name: HeloNameOpt = None,
     fallback: FallbackOpt = None,
+    account: AccountOpt = None,
 ) -> None:
     """Add a server entry.
 
@@ -304,6 +306,8 @@ def add(
     if oauth_token_command is not None:
         fields["oauth_token_command"] = oauth_token_command
     fields |= fallback_fields(fallback, False)
+    if account is not None:
+        fields["account"] = account
     host, fields = with_preset(preset, host, fields, helo_name)
     entry = add_server(
         config, name, host, password=password, make_default=default, env=cli.env, store=choice,
@@ -350,6 +354,7 @@ def edit(
     helo_name: HeloNameOpt = None,
     fallback: FallbackOpt = None,
     no_fallback: NoFallbackOpt = False,
+    account: AccountOpt = None,
 ) -> None:
     """Change a server entry; options not given stay as they are.
 
@@ -381,6 +386,8 @@ def edit(
         fields["host"] = host
     if helo_name is not None:
         fields["helo_name"] = helo_name
+    if account is not None:
+        fields["account"] = account
     if oauth_token_command is not None:
         fields["oauth_token_command"] = oauth_token_command
     fields |= fallback_fields(fallback, no_fallback)

@@ -21,6 +21,7 @@ def show(
             "--json",
             help="Print one JSON object: config_file, email_send_limit, send_limit_window, "
             "default_server, nameservers, spool, sendmail_mode, retain_sent (seconds), "
+            "ledger (a URL's password masked), ledger_password_command, "
             "servers and users (sender address -> server).",
         ),
     ] = False,
@@ -58,7 +59,9 @@ def set_(
             help="email-send-limit, send-limit-window, default-server, nameservers, spool "
             "(the default spool directory), sendmail-mode (queue or send), retain-sent "
             "(how long sent messages are kept: 30d, 12h, 90m, 45s, seconds; 0 = not kept) "
-            'or helo-name (the EHLO name of entries without their own; "" for automatic).',
+            'helo-name (the EHLO name of entries without their own; "" for automatic), '
+            "ledger (sqlite, or a PostgreSQL URL without password that several hosts share) "
+            'or ledger-password-command (prints that database\'s password; "" removes it).',
         ),
     ],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],

@@ -21,7 +21,7 @@ from carerix_smtp.cli.status_view import when as _when
 if TYPE_CHECKING:
     from carerix_smtp.cli.progress import SendProgress
     from carerix_smtp.config.file import Config
-    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.limits.ledger import LedgerStore
     from carerix_smtp.send.plan import Plan
     from carerix_smtp.send.report import RunSummary
 
@@ -58,14 +58,18 @@ def _names_a_message(word: Path, suffix: str = ".eml") -> bool:
     return text == "-" or (text.endswith(suffix) and not word.is_dir())
 
 
-def _existing_ledger(cli: CliContext) -> Callable[[], Ledger] | None:
-    """The state dir's ledger if there is one (read-only commands create none)."""
-    from carerix_smtp.limits.sqlite import Ledger
+def _existing_ledger(cli: CliContext) -> Callable[[], LedgerStore | None]:
+    """Opens the configured ledger when asked: None when it is the SQLite file and
+    there is none yet (read-only commands create none); a shared ledger that cannot
+    be reached is exit 75 (limits/open.py)."""
 
-    path = cli.state_dir / Ledger.FILENAME
-    if not path.exists():
-        return None
-    return lambda: Ledger(path)
+    def opened() -> LedgerStore | None:
+        from carerix_smtp.limits.open import open_ledger
+
+        settings = cli.load_config().settings
+        return open_ledger(settings, cli.state_dir, cli.env, existing_only=True)
+
+    return opened
 
 
 # --- send --------------------------------------------------------------------------
@@ -166,10 +170,12 @@ def send(
     def interruptible(seconds: float) -> None:
         stop.wait(seconds)
 
-    def ledger() -> Ledger:
-        from carerix_smtp.limits.sqlite import Ledger
+    def ledger() -> LedgerStore:
+        from carerix_smtp.limits.open import open_ledger
 
-        return Ledger.in_state_dir(cli.state_dir, sleep=interruptible)
+        opened = open_ledger(config.settings, cli.state_dir, cli.env, sleep=interruptible)
+        assert opened is not None  # existing_only=False always opens one
+        return opened
 
     show_bar = cli.stdout_is_terminal and not (quiet or json_out)
     with _progress(cli, show_bar) as progress, stop_on_signals(stop):

@@ -100,6 +100,14 @@ class ServerEntry:
     fallback: list[str] = field(default_factory=list)
     helo_name: str | None = None
     preset: str | None = None
+    # issue 16: the provider account whose limits this entry shares (the rate ledger's
+    # key); entries of several hosts, whatever their names, with one account share them.
+    account: str | None = None
+
+    @property
+    def ledger_key(self) -> str:
+        """The key of this entry's limits in the rate ledger: the account, else the name."""
+        return self.account or self.name
 
     @property
     def endpoint(self) -> Endpoint:
@@ -132,6 +140,11 @@ class Settings:
     # How long sent messages stay in the spool (seconds); 0 = remove them at once.
     retain_sent: float = DEFAULT_RETAIN_SENT
     helo_name: str | None = None  # issue 14: the EHLO name of entries without their own
+    # issue 16: "sqlite" (the state dir's file) or a PostgreSQL URL without password
+    # (config/ledger_url.py); CXSMTP_LEDGER_URL wins.  The password: libpq's
+    # PGPASSWORD/PGPASSFILE, or this command's first output line.
+    ledger: str = "sqlite"
+    ledger_password_command: str | None = None
 
 
 @dataclass
@@ -248,6 +261,8 @@ _STR_KEYS = {
     "helo_name",
     "preset",
     "spool",
+    "account",
+    "ledger_password_command",
 }
 
 
@@ -279,6 +294,12 @@ def _convert(where: str, key: str, value: Any) -> Any:
             raise ConfigError(
                 f"{where}: security must be one of auto, ssl, starttls, none, not {value!r}"
             ) from None
+    if key == "ledger":
+        from carerix_smtp.config.ledger_url import check_ledger_url
+
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: ledger must be a string, not {value!r}")
+        return check_ledger_url(value, f"{where}: ledger")
     if key == "sendmail_mode":
         if value not in SENDMAIL_MODES:
             raise ConfigError(f"{where}: sendmail_mode must be queue or send, not {value!r}")
@@ -421,6 +442,10 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         settings["retain_sent"] = config.settings.retain_sent
     if config.settings.helo_name is not None:
         settings["helo_name"] = config.settings.helo_name
+    if config.settings.ledger != Settings().ledger:
+        settings["ledger"] = config.settings.ledger
+    if config.settings.ledger_password_command is not None:
+        settings["ledger_password_command"] = config.settings.ledger_password_command
     data: dict[str, Any] = {"settings": settings}
     data["servers"] = {name: server_to_dict(e) for name, e in sorted(config.servers.items())}
     data["users"] = {addr: {"server": name} for addr, name in sorted(config.users.items())}

@@ -47,6 +47,7 @@ UNSETTABLE_KEYS = (
     "ca_file",
     "helo_name",
     "oauth_token_command",
+    "account",
     *TUNABLE_KEYS,
 )
 
@@ -352,12 +353,29 @@ def set_setting(config: Config, key: str, value: str) -> None:
     elif key == "helo_name":  # "" returns to the automatic name (smtp/ehlo.py)
         helo = check_helo_name(value, "helo-name") if value.strip() else None
         config.settings.helo_name = helo
+    elif key in ("ledger", "ledger_password_command"):
+        _set_ledger_setting(config, key, value)
     else:
         raise UsageError(
             f"unknown setting {key!r}; known: email-send-limit, send-limit-window, "
-            "default-server, nameservers, spool, sendmail-mode, retain-sent, helo-name"
+            "default-server, nameservers, spool, sendmail-mode, retain-sent, helo-name, "
+            "ledger, ledger-password-command"
         )
     save_config(config)
+
+
+def _set_ledger_setting(config: Config, key: str, value: str) -> None:
+    """issue 16: ``ledger`` (sqlite or a PostgreSQL URL without password) and the
+    command that prints the ledger database's password ("" removes it)."""
+    from carerix_smtp.config.ledger_url import check_ledger_url
+
+    if key == "ledger":
+        try:
+            config.settings.ledger = check_ledger_url(value, "ledger")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        config.settings.ledger_password_command = value.strip() or None
 
 
 def _set_spool_setting(config: Config, key: str, value: str) -> None:
@@ -428,6 +446,7 @@ def describe_server(
         "users": sorted(addr for addr, name in config.users.items() if name == entry.name),
         "fallback": list(entry.fallback),  # issue 14: tried in this order
         "fallback_for": list(dependants(_fallback_lists(config), entry.name)),
+        "account": entry.ledger_key,  # issue 16: the key of its limits in the rate ledger
     }
     for key in TUNABLE_KEYS:
         data.setdefault(key, getattr(entry, key))
@@ -451,6 +470,8 @@ def _is_default(config: Config, entry: ServerEntry) -> bool:
 
 
 def describe_settings(config: Config) -> dict[str, Any]:
+    from carerix_smtp.config.ledger_url import mask_url
+
     return {
         "config_file": str(config.path),
         "email_send_limit": config.settings.email_send_limit,
@@ -461,6 +482,10 @@ def describe_settings(config: Config) -> dict[str, Any]:
         "sendmail_mode": config.settings.sendmail_mode,
         "retain_sent": config.settings.retain_sent,
         "helo_name": config.settings.helo_name,
+        # issue 16: which rate ledger (a URL's password masked) and whether a command gives
+        # the database's password (never shown)
+        "ledger": mask_url(config.settings.ledger),
+        "ledger_password_command": config.settings.ledger_password_command,
         "servers": sorted(config.servers),
         "users": dict(sorted(config.users.items())),
     }

@@ -4,6 +4,7 @@ each spool named -- and the report they add up to."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carerix_smtp.config.file import Config
-from carerix_smtp.doctor.history import read_history
+from carerix_smtp.doctor.history import SpoolHistory, read_history
 from carerix_smtp.doctor.report import DoctorReport
 from carerix_smtp.doctor.setup import check_config, check_servers
+from carerix_smtp.doctor.shared_ledger import shared_ledger_checks
 from carerix_smtp.doctor.spools import SpoolHealth, check_spool
 from carerix_smtp.doctor.state import (
     RepairRequest,
@@ -48,7 +50,9 @@ def run_doctor(options: DoctorOptions) -> DoctorReport:
     def request() -> RepairRequest:
         return _repair_request(spools, config, options)
 
-    ledger_lines = check_and_repair_ledger(options.state_dir, request)
+    settings = config.settings if config is not None else None
+    shared = shared_ledger_checks(settings, options.state_dir, options.env)
+    ledger_lines = shared or check_and_repair_ledger(options.state_dir, request)
     report.checks += ledger_lines
     report.repaired = any(c.name == "ledger repair" and c.status == "ok" for c in ledger_lines)
     for health in spools:
@@ -63,8 +67,19 @@ def _repair_request(
     since = options.clock() - window
     busy = [f"{h.path} (pid {h.holder})" for h in spools if h.holder is not None and h.holder_alive]
     # a spool whose layout cannot be trusted is not read (its log could be anyone's)
-    histories = [read_history(h.path, since) for h in spools if h.usable]
+    histories = [_by_account(read_history(h.path, since), config) for h in spools if h.usable]
     return RepairRequest(histories, window, options.empty, busy, named=len(spools))
+
+
+def _by_account(history: SpoolHistory, config: Config | None) -> SpoolHistory:
+    """The log names the server entry; the ledger counts its account (issue 16)."""
+    if config is not None:
+        keys = {name: entry.ledger_key for name, entry in config.servers.items()}
+        history.sends = [
+            dataclasses.replace(send, server=keys.get(send.server, send.server))
+            for send in history.sends
+        ]
+    return history
 
 
 def _unique(paths: Sequence[Path]) -> list[Path]:

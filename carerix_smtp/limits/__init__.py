@@ -11,8 +11,12 @@
   ``sqlite_files``: its files (never through a symlink) and its errors;
 - ``hourly``: messages sent per hour over the last day (``cxsmtp status``'s chart);
 - ``repair``: checking a ledger and rebuilding a damaged one from known sends
-  (the core of ``cxsmtp doctor``).
+  (the core of ``cxsmtp doctor``);
+- ``open``: the one place that opens the configured ledger (SQLite, or the shared
+  PostgreSQL one; fail closed, the clock check); ``accounts``: usage per account
+  (``cxsmtp ledger show``).
 
-May import config/ (for :meth:`Limits.from_entry`, at type-checking time only)
-and errors; nothing from smtp/, spool/, send/ or cli/.
+May import config/ (for :meth:`Limits.from_entry`, at type-checking time only;
+``open`` reads config/ledger_url.py and runs a ledger password command through
+config/passwords.py) and errors; nothing from smtp/, spool/, send/ or cli/.
 """

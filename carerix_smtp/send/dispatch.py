@@ -19,7 +19,7 @@ from carerix_smtp.errors import (
     SmtpAuthError,
     SmtpPolicyError,
 )
-from carerix_smtp.limits.sqlite import Ledger
+from carerix_smtp.limits.ledger import LedgerStore
 from carerix_smtp.send.connection import PasswordSource, ServerUnusable, SessionFactory
 from carerix_smtp.send.delivery import Delivery
 from carerix_smtp.send.fallback import Fallbacks
@@ -97,7 +97,7 @@ class Pass:
         options: SendOptions,
         *,
         gate_factory: GateFactory | None,
-        ledger: Ledger | None,
+        ledger: LedgerStore | None,
         session_factory: SessionFactory,
         password_source: PasswordSource,
         clock: Callable[[], float],

@@ -9,11 +9,10 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
-from carerix_smtp.limits.ledger import BatchGrant, Usage, Wait
+from carerix_smtp.limits.ledger import BatchGrant, LedgerStore, Usage, Wait
 from carerix_smtp.limits.rule import Limits, WaitKind, format_duration
-from carerix_smtp.limits.sqlite import Ledger
 from carerix_smtp.send.report import BatchReport
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ class LedgerGate:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: LedgerStore,
         entry: ServerEntry,
         limits: Limits,
         queued_sizes: Callable[[int], list[int]],
@@ -115,7 +114,7 @@ class LedgerGate:
         if self.wait is not None:
             return False
         result = self.ledger.acquire(
-            self.entry.name,
+            self.entry.ledger_key,  # the account: hosts and entries sharing it share limits
             self.limits,
             self.queued_sizes(self.limits.batch_count_cap + 1),
             sleep=self.pause,
@@ -201,7 +200,7 @@ class LedgerGate:
             report.next_window_at = self.wait.until
             report.reason = self.wait.reason
             return report
-        usage = self.ledger.usage(self.entry.name, self.limits)
+        usage = self.ledger.usage(self.entry.ledger_key, self.limits)
         report.next_window_at = usage.next_batch_at
         report.reason = usage.reason
         reason = self.stop_reason or "count"
@@ -226,11 +225,13 @@ def _window_kind(usage: Usage) -> WaitKind:
 
 
 GateFactory = Callable[["ServerEntry"], BatchGate]
-LedgerSource = Ledger | Callable[[], Ledger]
+LedgerSource = LedgerStore | Callable[[], LedgerStore | None]
 
 
-def open_ledger(source: LedgerSource | None) -> tuple[Ledger | None, bool]:
-    """(ledger, ours): a factory is called (and its ledger closed by us), an instance used."""
-    if source is None or isinstance(source, Ledger):
-        return source, False
+def open_ledger(source: LedgerSource | None) -> tuple[LedgerStore | None, bool]:
+    """(ledger, ours): a factory is called (and its ledger closed by us), an instance used.
+
+    A store is told from a factory by its ``acquire`` (stores are not callable)."""
+    if source is None or hasattr(source, "acquire"):
+        return cast("LedgerStore | None", source), False
     return source(), True

@@ -25,7 +25,7 @@ from carerix_smtp.spool.spool import Spool
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config, ServerEntry
-    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.limits.ledger import LedgerStore
 
 
 @dataclass
@@ -159,24 +159,31 @@ def _route_queue(spool: Spool, config: Config, queue: DueQueue, plan: Plan) -> N
 
 
 def _schedule(
-    config: Config, queues: Mapping[str, Sequence[int]], ledger: Ledger | None, now: float
+    config: Config, queues: Mapping[str, Sequence[int]], ledger: LedgerStore | None, now: float
 ) -> tuple[Schedule, dict[str, Limits]]:
-    """The batches that would send ``queues`` at current limits (nothing is changed)."""
+    """The batches that would send ``queues`` at current limits (nothing is changed).
+
+    The schedule is keyed by the entries' ledger keys (their account, issue 16):
+    entries that share an account share its batches, so their queues are joined.
+    """
     limits = {name: Limits.from_entry(config.server(name), config.settings) for name in queues}
+    by_key: dict[str, tuple[Limits, list[int]]] = {}
+    for name, sizes in queues.items():
+        by_key.setdefault(config.server(name).ledger_key, (limits[name], []))[1].extend(sizes)
     if ledger is not None:
-        return ledger.plan({n: (limits[n], sizes) for n, sizes in queues.items()}), limits
-    server_queues = {n: ServerQueue(limits[n], sizes) for n, sizes in queues.items()}
+        return ledger.plan(by_key), limits
+    server_queues = {key: ServerQueue(lim, sizes) for key, (lim, sizes) in by_key.items()}
     return simulate_schedule(server_queues, [], now), limits
 
 
-def _fill_plan(plan: Plan, config: Config, ledger: Ledger | None, now: float) -> None:
+def _fill_plan(plan: Plan, config: Config, ledger: LedgerStore | None, now: float) -> None:
     queues = {name: entry.sizes for name, entry in plan.servers.items() if entry.sizes}
     if not queues:
         return
     schedule, limits = _schedule(config, queues, ledger, now)
     plan.last_at = schedule.last_at
     for name, entry in plan.servers.items():
-        batches = schedule.for_server(name)
+        batches = schedule.for_server(config.server(name).ledger_key)
         entry.batches = [PlannedBatchInfo(b.start, b.count, b.bytes, b.last_at) for b in batches]
         planned = sum(b.count for b in batches)
         if planned < entry.messages:
@@ -310,7 +317,7 @@ def limits_status(
             if queued is not None:
                 item.queued, item.queued_bytes = queued.messages, queued.bytes
             if the_ledger is not None:
-                usage = the_ledger.usage(name, lim)
+                usage = the_ledger.usage(entry.ledger_key, lim)
                 item.sent_hour, item.bytes_hour = usage.sent_hour, usage.bytes_hour
                 item.sent_day, item.bytes_day = usage.sent_day, usage.bytes_day
                 item.sent_day_all = usage.sent_day_all
@@ -323,7 +330,7 @@ def limits_status(
                 item.next_window_at = now if lim.email_send_limit > 0 else math.inf
             if not (item.queued or item.sent_day or item.reserved):
                 continue  # nothing queued for it, nothing sent through it lately
-            batches = schedule.for_server(name)
+            batches = schedule.for_server(entry.ledger_key)
             item.batches_left = len(batches)
             if item.queued:
                 planned = sum(b.count for b in batches)

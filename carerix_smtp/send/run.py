@@ -14,7 +14,7 @@ a crash-safe spool (the spool package) and the rate ledger (the limits package):
    stop event, so SIGTERM ends the sleep at once) until the next window opens,
    and make another pass, until nothing is due.
 
-Limits (SPEC §3, issue 5).  With a :class:`~carerix_smtp.limits.sqlite.Ledger` every
+Limits (SPEC §3, issue 5).  With a ledger (:class:`~carerix_smtp.limits.ledger.LedgerStore`) every
 server gets one :class:`LedgerGate` per pass: the ledger's grant for one batch,
 sized from that server's queue head (count, bytes, and the time the last
 batches took, so that it ends within the batch deadline), taken on the server's
@@ -101,7 +101,7 @@ from carerix_smtp.spool.spool import Spool
 # send (``_Passes.send``): cron's runs on an empty spool start fast (issue 12).
 if TYPE_CHECKING:
     from carerix_smtp.config.file import Config
-    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.limits.ledger import LedgerStore
     from carerix_smtp.send.connection import Connection, PasswordSource, SessionFactory
     from carerix_smtp.send.dispatch import Pass
     from carerix_smtp.send.gates import GateFactory, LedgerSource
@@ -205,7 +205,7 @@ class _Passes:
         self.options = options
         self.started = started
         self.ledger_source = ledger
-        self.ledger: Ledger | None = None  # opened under the spool lock
+        self.ledger: LedgerStore | None = None  # opened under the spool lock
         self.gate_factory = gate_factory
         self.session_factory = session_factory
         self.password_source = password_source

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from carerix_smtp.errors import Interrupted, SmtpAuthError, SmtpPolicyError
+from carerix_smtp.limits.ledger import LedgerStore
 from carerix_smtp.limits.rule import Limits
-from carerix_smtp.limits.sqlite import Ledger
 from carerix_smtp.send.connection import (
     Connection,
     PasswordSource,
@@ -74,7 +74,7 @@ class Servers:
         router: Router,
         *,
         gate_factory: GateFactory | None,
-        ledger: Ledger | None,
+        ledger: LedgerStore | None,
         session_factory: SessionFactory,
         password_source: PasswordSource,
         sleep: Callable[[float], None],

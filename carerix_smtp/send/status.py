@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from carerix_smtp.errors import ConfigError
 from carerix_smtp.send.history import RunHistory, load_history
@@ -91,7 +91,7 @@ def collect_status(
         return report
     if not config.servers:  # no server yet: nothing to say about limits
         return report
-    from carerix_smtp.limits.hourly import sends_per_hour
+    from carerix_smtp.limits.hourly import SendSource, sends_per_hour
     from carerix_smtp.send.gates import open_ledger
     from carerix_smtp.send.plan import limits_status
 
@@ -101,7 +101,13 @@ def collect_status(
             spool_path, config, ledger=the_ledger, clock=clock, queue=report.spool.queue
         )
         if the_ledger is not None:
-            report.hourly = sends_per_hour(the_ledger, now, HOURS)
+            # the ledger counts per account (issue 16); the chart is per server entry
+            by_key = sends_per_hour(cast("SendSource", the_ledger), now, HOURS)
+            report.hourly = {
+                name: by_key[entry.ledger_key]
+                for name, entry in config.servers.items()
+                if entry.ledger_key in by_key
+            }
     finally:
         if ours and the_ledger is not None:
             the_ledger.close()

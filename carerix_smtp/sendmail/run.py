@@ -58,7 +58,7 @@ def queue_message(
 
 def send_run(spool: Path, config: Config, state_dir: Path) -> RunSummary:
     """One plain ``cxsmtp send SPOOL`` run (a batch per server, within the limits)."""
-    from carerix_smtp.limits.sqlite import Ledger
+    from carerix_smtp.limits.open import open_ledger
     from carerix_smtp.send.report import SendOptions
     from carerix_smtp.send.run import run_send
 
@@ -66,7 +66,7 @@ def send_run(spool: Path, config: Config, state_dir: Path) -> RunSummary:
         spool,
         config,
         SendOptions(),
-        ledger=lambda: Ledger.in_state_dir(state_dir),
+        ledger=lambda: open_ledger(config.settings, state_dir),
         history_dir=state_dir,
         quiet=True,
     )

@@ -73,6 +73,7 @@ FAILURES: dict[tuple[str, ...], tuple[list[str], str | None, int, str] | None] =
     ("dkim", "list"): (["dkim", "list"], BROKEN, 78, "ConfigError"),
     ("dkim", "show"): (["dkim", "show", "nope.example"], None, 78, "ConfigError"),
     ("doctor",): None,
+    ("ledger", "show"): (["ledger", "show"], BROKEN, 78, "ConfigError"),  # issue 16
 }
 
 

@@ -1,4 +1,6 @@
-"""The SQLite ledger (ledger.py, sqlite*.py, owner.py): grants, waits, crashes, many processes at once."""
+"""The ledger stores (ledger.py, sqlite*.py, postgres*.py, owner.py): grants, waits, crashes,
+many processes at once.  Tests taking ``store`` or ``ledger`` run against both stores
+(conftest.py); the rest are SQLite's own (its file, its errors)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_server import StoreFactory
 
 from carerix_smtp.errors import CxsmtpError
 from carerix_smtp.limits.ledger import (
@@ -33,6 +38,13 @@ from carerix_smtp.limits.ledger import (
 from carerix_smtp.limits.owner import Owner
 from carerix_smtp.limits.rule import Limits, WaitKind
 from carerix_smtp.limits.sqlite import Ledger
+
+# The subprocess scripts below open the store their first argument names.
+OPEN_STORE = """
+from carerix_smtp.limits.sqlite import Ledger
+if sys.argv[1].startswith("postgresql://"):
+    from carerix_smtp.limits.postgres import PostgresLedger as Ledger
+"""
 
 T0 = 1_700_000_000.0
 
@@ -56,8 +68,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    with Ledger(tmp_path / "state" / "ledger.sqlite3", clock=clock, sleep=clock.sleep) as led:
+def ledger(store: StoreFactory, clock: FakeClock) -> Iterator[Ledger]:
+    with store(clock=clock, sleep=clock.sleep) as led:
         yield led
 
 
@@ -123,12 +135,11 @@ def test_a_batch_records_each_send_at_its_acceptance_time(ledger: Ledger, clock:
     assert not any(s.presumed for s in sends)
 
 
-def test_the_ledger_survives_runs(tmp_path: Path, clock: FakeClock) -> None:
-    path = tmp_path / "ledger.sqlite3"
-    with Ledger(path, clock=clock) as first:
+def test_the_ledger_survives_runs(store: StoreFactory, clock: FakeClock) -> None:
+    with store(clock=clock) as first:
         send_all(grant_of(first.open_batch("a", SMALL, [1] * 4)), [1] * 4, clock)
     clock.now += 1
-    with Ledger(path, clock=clock) as second:
+    with store(clock=clock) as second:
         wait = wait_of(second.open_batch("a", SMALL, [1] * 4))
         assert wait.kind is WaitKind.INTERVAL
         assert wait.until == T0 + 40
@@ -341,8 +352,8 @@ def test_plan_over_two_servers_shares_the_send_limit(ledger: Ledger, clock: Fake
     assert schedule.last_at is not None and schedule.last_at >= T0 + 86_400
 
 
-def test_old_rows_are_pruned(tmp_path: Path, clock: FakeClock) -> None:
-    with Ledger(tmp_path / "l.sqlite3", clock=clock, retention=1000.0) as led:
+def test_old_rows_are_pruned(store: StoreFactory, clock: FakeClock) -> None:
+    with store(clock=clock, retention=1000.0) as led:
         send_all(grant_of(led.open_batch("a", SMALL, [1] * 4)), [1] * 4, clock)
         clock.now = T0 + 999
         grant_of(led.open_batch("a", SMALL, [1])).close()
@@ -401,7 +412,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from carerix_smtp.limits.rule import Limits
-    from carerix_smtp.limits.sqlite import Ledger
+    OPEN_STORE
     ledger = Ledger(sys.argv[1], confirm_group=2, confirm_group_seconds=3600.0)
     limits = Limits(rate_per_hour=10, rate_window=3600, batch_interval=0, batch_max_messages=6)
     grant = ledger.open_batch("a", limits, [1] * 6)
@@ -411,11 +422,12 @@ HOLDER = textwrap.dedent(
     print("holding", flush=True)
     sys.stdin.read()
     """
-)
+).replace("OPEN_STORE", OPEN_STORE)
 
 
-def test_a_killed_holder_does_not_block(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite3"
+def test_a_killed_holder_does_not_block(store: StoreFactory) -> None:
+    path = store.target
+    store().close()  # the file or schema exists, as after a first run
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path)],
         stdin=subprocess.PIPE,
@@ -426,7 +438,7 @@ def test_a_killed_holder_does_not_block(tmp_path: Path) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "holding"
         limits = Limits(rate_per_hour=10, batch_interval=0, batch_max_messages=10)
-        with Ledger(path) as led:
+        with store() as led:
             usage = led.usage("a", limits)
             # The live holder is respected: its unwritten send still holds its slot.
             assert (usage.sent_hour, usage.reserved) == (0, 6)
@@ -445,11 +457,12 @@ def test_a_killed_holder_does_not_block(tmp_path: Path) -> None:
             holder.wait()
 
 
-def test_a_run_that_exits_without_closing_its_grant_releases_it(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite3"
+def test_a_run_that_exits_without_closing_its_grant_releases_it(store: StoreFactory) -> None:
+    path = store.target
+    store().close()
     script = HOLDER.replace("sys.stdin.read()", "")  # exits normally, grant still open
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, capture_output=True)
-    with Ledger(path) as led:
+    with store() as led:
         usage = led.usage("a", Limits())
         assert (usage.sent_hour, usage.reserved) == (1, 0)
         assert not any(s.presumed for s in led.sends())
@@ -522,7 +535,7 @@ WORKER = textwrap.dedent(
     import json, sys, time
     from carerix_smtp.limits.ledger import BatchGrant
     from carerix_smtp.limits.rule import Limits, WaitKind
-    from carerix_smtp.limits.sqlite import Ledger
+    OPEN_STORE
     path, server, start_at, kwargs = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
     limits = Limits(**json.loads(kwargs))
     ledger = Ledger(path)
@@ -546,12 +559,12 @@ WORKER = textwrap.dedent(
                 sent += 1
     print(sent)
     """
-)
+).replace("OPEN_STORE", OPEN_STORE)
 
 
-def run_workers(path: Path, jobs: list[tuple[str, dict[str, float], float]]) -> list[int]:
-    with Ledger(path):
-        pass  # create the schema once, as a first run would
+def run_workers(store: StoreFactory, jobs: list[tuple[str, dict[str, float], float]]) -> list[int]:
+    store().close()  # create the file once, as a first run would
+    path = store.target
     start_at = time.time() + 0.5
     import json
 
@@ -577,17 +590,16 @@ def max_in_window(times: list[float], window: float) -> int:
     return max((bisect.bisect_left(times, s + window) - i for i, s in enumerate(times)), default=0)
 
 
-def test_six_processes_together_hit_the_limits_exactly(tmp_path: Path) -> None:
+def test_six_processes_together_hit_the_limits_exactly(store: StoreFactory) -> None:
     """Demand (6 x unlimited) exceeds both limits: the totals equal them, not one more."""
-    path = tmp_path / "ledger.sqlite3"
     kw = {
         "rate_per_hour": 25,
         "batch_interval": 0.0,
         "batch_max_messages": 3,
         "email_send_limit": 40,
     }
-    counts = run_workers(path, [(s, kw, 20.0) for s in "ababab"])
-    with Ledger(path) as led:
+    counts = run_workers(store, [(s, kw, 20.0) for s in "ababab"])
+    with store() as led:
         sends = led.sends()
         per_server = {s: [r.time for r in sends if r.server == s] for s in "ab"}
     assert sum(counts) == len(sends) == 40
@@ -596,9 +608,8 @@ def test_six_processes_together_hit_the_limits_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_soak_eight_processes_for_ten_seconds(tmp_path: Path) -> None:
+def test_soak_eight_processes_for_ten_seconds(store: StoreFactory) -> None:
     """Eight processes over two servers, 1 s rate windows and a 3 s send-limit window."""
-    path = tmp_path / "ledger.sqlite3"
     kw = {
         "rate_per_hour": 9,
         "rate_window": 1.0,
@@ -608,8 +619,8 @@ def test_soak_eight_processes_for_ten_seconds(tmp_path: Path) -> None:
         "email_send_limit": 20,
         "send_limit_window": 3.0,
     }
-    counts = run_workers(path, [(s, kw, 10.0) for s in "abababab"])
-    with Ledger(path) as led:
+    counts = run_workers(store, [(s, kw, 10.0) for s in "abababab"])
+    with store() as led:
         sends = led.sends()
     assert sum(counts) == len(sends)
     for server in "ab":
@@ -617,10 +628,9 @@ def test_soak_eight_processes_for_ten_seconds(tmp_path: Path) -> None:
     assert max_in_window([r.time for r in sends], 3.0) == 20
 
 
-def test_processes_with_a_short_rolling_window_never_overshoot_it(tmp_path: Path) -> None:
+def test_processes_with_a_short_rolling_window_never_overshoot_it(store: StoreFactory) -> None:
     """Real clock, a 1 s window of 6 and batches every 0.1 s, 4 processes for 1.2 s:
     the stamps never put more than 6 in any 1 s window, and the window fills."""
-    path = tmp_path / "ledger.sqlite3"
     kw = {
         "rate_per_hour": 6,
         "rate_window": 1.0,
@@ -628,8 +638,8 @@ def test_processes_with_a_short_rolling_window_never_overshoot_it(tmp_path: Path
         "batch_max_messages": 2,
         "batch_deadline": 0.5,
     }
-    counts = run_workers(path, [("a", kw, 1.2)] * 4)
-    with Ledger(path) as led:
+    counts = run_workers(store, [("a", kw, 1.2)] * 4)
+    with store() as led:
         times = [r.time for r in led.sends("a")]
     assert sum(counts) == len(times)
     assert max_in_window(times, 1.0) == 6
@@ -701,7 +711,37 @@ def test_concurrent_senders_soak(data: st.DataObject) -> None:
     concurrent_run(data)
 
 
-def concurrent_run(data: st.DataObject) -> None:
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_concurrent_senders_through_the_postgres_ledger_never_overshoot(
+    pg_store: StoreFactory, data: st.DataObject
+) -> None:
+    """The same run through the PostgreSQL store (emptied before each example)."""
+    import psycopg
+
+    with psycopg.connect(pg_store.target) as conn:
+        conn.execute("TRUNCATE cxsmtp_sends, cxsmtp_reservations, cxsmtp_timing")
+
+    def open_postgres(clock: FakeClock) -> Any:
+        return pg_store(clock=clock, sleep=clock.sleep)
+
+    concurrent_run(data, open_postgres)
+
+
+@contextmanager
+def _open_sqlite(clock: FakeClock) -> Iterator[Ledger]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Ledger(Path(tmp) / "ledger.sqlite3", clock=clock, sleep=clock.sleep, durable=False) as led,
+    ):
+        yield led
+
+
+def concurrent_run(data: st.DataObject, open_ledger: Any = _open_sqlite) -> None:
     shared = data.draw(st.integers(1, 30))
     day_window = data.draw(st.floats(100, 600))
     senders = []
@@ -725,12 +765,7 @@ def concurrent_run(data: st.DataObject) -> None:
     speed = data.draw(st.floats(0.0, 3.0))
     refuse = data.draw(st.integers(-1, 6))
     clock = FakeClock()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        Ledger(
-            Path(tmp) / "ledger.sqlite3", clock=clock, sleep=clock.sleep, durable=False
-        ) as ledger,
-    ):
+    with open_ledger(clock) as ledger:
         runs = {s.name: run_sender(s, ledger, clock, speed, refuse) for s in senders}
         wake = dict.fromkeys(runs, T0)
         for _ in range(20_000):

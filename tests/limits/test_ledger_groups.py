@@ -1,5 +1,6 @@
-"""Confirmed sends written in groups (ledger.py, sqlite.py): one transaction per group,
-never a send missing from what this process reads, never an overshoot after a crash."""
+"""Confirmed sends written in groups (ledger.py, sqlite.py, postgres.py): one transaction per
+group, never a send missing from what this process reads, never an overshoot after a crash.
+Tests taking ``store`` run against both stores (conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
-from test_ledger import T0, FakeClock, grant_of, wait_of
+from pg_server import StoreFactory
+from test_ledger import OPEN_STORE, T0, FakeClock, grant_of, wait_of
 
 from carerix_smtp.limits.ledger import CONFIRM_GROUP, BatchGrant, LedgerBusyError
 from carerix_smtp.limits.owner import Owner
@@ -30,31 +32,43 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.sqlite3"
+def path(store: StoreFactory) -> StoreFactory:
+    """The store to open more ledgers on (the name kept from the SQLite-only days);
+    written() and used() read its file or database behind its back."""
+    return store
 
 
 @pytest.fixture
-def ledger(path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    with Ledger(path, clock=clock, sleep=clock.sleep, confirm_group=4) as led:
+def ledger(store: StoreFactory, clock: FakeClock) -> Iterator[Ledger]:
+    with store(clock=clock, sleep=clock.sleep, confirm_group=4) as led:
         yield led
 
 
-def written(path: Path) -> list[tuple[float, str | None]]:
-    """The sends in the file, read by a connection of its own (what another process sees)."""
-    conn = sqlite3.connect(path)
+def _query(store: StoreFactory, sql: str) -> list[tuple[object, ...]]:
+    """Rows read by a connection of its own (what another process sees)."""
+    if store.kind == "postgres":
+        import psycopg
+
+        sql = sql.replace(" sends", " cxsmtp_sends").replace(
+            " reservations", " cxsmtp_reservations"
+        )
+        with psycopg.connect(store.target) as pg:
+            return [tuple(row) for row in pg.execute(sql)]  # type: ignore[arg-type]
+    conn = sqlite3.connect(store.target)
     try:
-        return conn.execute("SELECT time, message_id FROM sends ORDER BY id").fetchall()
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
 
-def used(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return int(conn.execute("SELECT sum(used) FROM reservations").fetchone()[0] or 0)
-    finally:
-        conn.close()
+def written(store: StoreFactory) -> list[tuple[float, str | None]]:
+    """The sends written, oldest first: (stamp, message id)."""
+    rows = _query(store, "SELECT time, message_id FROM sends ORDER BY id")
+    return [(float(t), m) for t, m in rows]  # type: ignore[arg-type, misc]
+
+
+def used(store: StoreFactory) -> int:
+    return int(_query(store, "SELECT sum(used) FROM reservations")[0][0] or 0)  # type: ignore[call-overload]
 
 
 def confirm(grant: BatchGrant, clock: FakeClock, n: int, step: float = 1 / 1024) -> None:
@@ -65,7 +79,7 @@ def confirm(grant: BatchGrant, clock: FakeClock, n: int, step: float = 1 / 1024)
 
 
 def test_confirms_wait_in_memory_until_their_group_is_full(
-    ledger: Ledger, path: Path, clock: FakeClock
+    ledger: Ledger, path: StoreFactory, clock: FakeClock
 ) -> None:
     grant = grant_of(ledger.open_batch("a", LIMITS, [1] * 10))
     confirm(grant, clock, 3)
@@ -79,9 +93,9 @@ def test_confirms_wait_in_memory_until_their_group_is_full(
 
 
 def test_a_confirm_50_ms_after_the_previous_write_writes_the_group(
-    path: Path, clock: FakeClock
+    path: StoreFactory, clock: FakeClock
 ) -> None:
-    with Ledger(path, clock=clock) as led:
+    with path(clock=clock) as led:
         grant = grant_of(led.open_batch("a", LIMITS, [1] * 10))  # a write: the reservation
         # steps of 1/64 s and 1/256 s: exact in binary, even added to T0
         confirm(grant, clock, 1, step=0)
@@ -94,8 +108,8 @@ def test_a_confirm_50_ms_after_the_previous_write_writes_the_group(
         grant.close()
 
 
-def test_a_slow_batch_writes_each_send_at_once(path: Path, clock: FakeClock) -> None:
-    with Ledger(path, clock=clock) as led:
+def test_a_slow_batch_writes_each_send_at_once(path: StoreFactory, clock: FakeClock) -> None:
+    with path(clock=clock) as led:
         grant = grant_of(led.open_batch("a", LIMITS, [1] * 10))
         for n in range(1, 4):
             confirm(grant, clock, 1, step=0.5)  # a message every half second
@@ -104,11 +118,11 @@ def test_a_slow_batch_writes_each_send_at_once(path: Path, clock: FakeClock) -> 
 
 
 def test_reads_in_the_same_process_see_the_sends_waiting_in_memory(
-    ledger: Ledger, path: Path, clock: FakeClock
+    ledger: Ledger, path: StoreFactory, clock: FakeClock
 ) -> None:
     grant = grant_of(ledger.open_batch("a", LIMITS, [1] * 10))
     confirm(grant, clock, 3)
-    with Ledger(path, clock=clock) as other:  # another process: still reserved slots
+    with path(clock=clock) as other:  # another process: still reserved slots
         usage = other.usage("a", LIMITS)
         assert (usage.sent_hour, usage.reserved, usage.window_allows) == (0, 10, 90)
     usage = ledger.usage("a", LIMITS)
@@ -124,30 +138,53 @@ def test_reads_in_the_same_process_see_the_sends_waiting_in_memory(
     grant.close()
 
 
-def test_close_writes_the_last_group(ledger: Ledger, path: Path, clock: FakeClock) -> None:
+def test_close_writes_the_last_group(ledger: Ledger, path: StoreFactory, clock: FakeClock) -> None:
     grant = grant_of(ledger.open_batch("a", LIMITS, [1] * 10))
     confirm(grant, clock, 2)
     assert written(path) == []
     grant.close()
     assert (len(written(path)), used(path)) == (2, 2)
-    with Ledger(path, clock=clock) as other:
+    with path(clock=clock) as other:
         usage = other.usage("a", LIMITS)
         assert (usage.sent_hour, usage.reserved) == (2, 0)
 
 
-def test_a_ledger_closed_with_a_grant_open_writes_its_group(path: Path, clock: FakeClock) -> None:
-    led = Ledger(path, clock=clock)
+def test_a_ledger_closed_with_a_grant_open_writes_its_group(
+    path: StoreFactory, clock: FakeClock
+) -> None:
+    led = path(clock=clock)
     confirm(grant_of(led.open_batch("a", LIMITS, [1] * 10)), clock, 2)
     led.close()  # also what happens at interpreter exit
     assert len(written(path)) == 2
 
 
-def test_a_failed_write_keeps_the_group_for_the_next(path: Path, clock: FakeClock) -> None:
-    with Ledger(path, clock=clock, busy_timeout=0.05, confirm_group=4) as led:
+def block_writes(store: StoreFactory) -> Any:
+    """Another process holding what a group's write needs (SQLite: the file's write lock;
+    PostgreSQL: the reservation rows); ``.rollback()`` lets go."""
+    if store.kind == "postgres":
+        import psycopg
+
+        pg = psycopg.connect(store.target)  # a transaction until rollback
+        pg.execute("SELECT id FROM cxsmtp_reservations FOR UPDATE")
+        return pg
+    conn = sqlite3.connect(store.target, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+
+    class Blocker:
+        def rollback(self) -> None:
+            conn.execute("ROLLBACK")
+
+        def close(self) -> None:
+            conn.close()
+
+    return Blocker()
+
+
+def test_a_failed_write_keeps_the_group_for_the_next(path: StoreFactory, clock: FakeClock) -> None:
+    with path(clock=clock, busy_timeout=0.05, confirm_group=4) as led:
         grant = grant_of(led.open_batch("a", LIMITS, [1] * 10))
         confirm(grant, clock, 3)
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
+        blocker = block_writes(path)
         try:
             with pytest.raises(LedgerBusyError):
                 confirm(grant, clock, 1)
@@ -156,7 +193,7 @@ def test_a_failed_write_keeps_the_group_for_the_next(path: Path, clock: FakeCloc
             # bound the reservation records (a group and one message per connection).
             assert not grant.admit(1) and grant.stop_reason == "ledger"
         finally:
-            blocker.execute("ROLLBACK")
+            blocker.rollback()
             blocker.close()
         grant.flush()
         assert len(written(path)) == 4
@@ -165,15 +202,16 @@ def test_a_failed_write_keeps_the_group_for_the_next(path: Path, clock: FakeCloc
 
 
 def test_a_group_written_after_its_reservation_was_released_warns_and_counts(
-    path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    path: StoreFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     elsewhere = Owner("elsewhere", "another-boot", "pid:[1]", 4242, "123")
     limits = Limits(rate_per_hour=10, batch_interval=0, batch_max_messages=10, lease_grace=30.0)
-    foreign = Ledger(path, clock=clock, owner=elsewhere)
+    lease = {"lease": 30.0} if path.kind == "postgres" else {}  # SQLite: limits.lease_grace
+    foreign = path(clock=clock, owner=elsewhere, **lease)
     grant = grant_of(foreign.open_batch("a", limits, [1] * 10))
     confirm(grant, clock, 1)
     clock.now = T0 + 60 + 30  # the lease expired: released, every unconfirmed slot presumed
-    with Ledger(path, clock=clock) as led:
+    with path(clock=clock) as led:
         assert wait_of(led.open_batch("a", limits, [1])).kind is WaitKind.RATE
         with caplog.at_level(logging.WARNING):
             grant.flush()  # the owner was only stopped: its send comes after all
@@ -189,7 +227,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from carerix_smtp.limits.rule import Limits
-    from carerix_smtp.limits.sqlite import Ledger
+    OPEN_STORE
     options = {"confirm_group": int(sys.argv[2])} if sys.argv[2] != "default" else {}
     # no write for the time: only the count decides what is written when
     ledger = Ledger(sys.argv[1], confirm_group_seconds=3600.0, **options)
@@ -202,7 +240,7 @@ HOLDER = textwrap.dedent(
     print(grant.unwritten, flush=True)
     sys.stdin.read()
     """
-)
+).replace("OPEN_STORE", OPEN_STORE)
 
 
 @pytest.mark.parametrize(
@@ -210,13 +248,13 @@ HOLDER = textwrap.dedent(
     [pytest.param("default", 40, id="all-in-memory"), pytest.param("16", 8, id="groups-of-16")],
 )
 def test_a_killed_holder_with_unwritten_sends_leaves_its_window_full(
-    path: Path, group: str, unwritten: int
+    path: StoreFactory, group: str, unwritten: int
 ) -> None:
     """SIGKILL with confirmed sends in memory: every admitted message counts as sent."""
     assert CONFIRM_GROUP >= 40  # "default" keeps all 40 in memory
     limits = Limits(rate_per_hour=41, batch_interval=0, batch_max_messages=41)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path), group],
+        [sys.executable, "-c", HOLDER, path.target, group],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -227,7 +265,7 @@ def test_a_killed_holder_with_unwritten_sends_leaves_its_window_full(
         assert len(written(path)) == 40 - unwritten
         os.kill(holder.pid, signal.SIGKILL)
         assert holder.wait(timeout=10) == -signal.SIGKILL
-        with Ledger(path) as led:
+        with path() as led:
             usage = led.usage("a", limits)  # releases the dead holder's reservation
             # 40 confirmed and one in flight: the window is full, as if all 41 went.
             assert (usage.sent_hour, usage.reserved, usage.window_allows) == (41, 0, 0)
