@@ -51,6 +51,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Isolat
     monkeypatch.setenv("NO_COLOR", "1")
     for name in [k for k in os.environ if k.startswith("CXSMTP_PASSWORD_")]:
         monkeypatch.delenv(name)
+    # A developer's shared ledger, default spool or libpq password never reaches a test.
+    for name in ("CXSMTP_LEDGER_URL", "CXSMTP_SPOOL", "PGPASSWORD", "PGPASSFILE"):
+        monkeypatch.delenv(name, raising=False)
     previous = keyring.get_keyring()
     keyring.set_keyring(FileKeyring())
     yield iso

@@ -79,7 +79,8 @@ costs at most one group and one message per connection of one window's
 slots, never an overshoot.  A run that exits normally with a grant still open
 closes it (writing its last group) at exit.
 
-A second store (a PostgreSQL ledger is planned) implements :class:`LedgerStore`
+The second store, :class:`carerix_smtp.limits.postgres.PostgresLedger` (several hosts
+sharing one account's limits), implements :class:`LedgerStore`
 and reuses :class:`BatchGrant` (the in-process bookkeeping of one batch, which
 calls back ``record_sends`` / ``close_reservation``) and
 :mod:`carerix_smtp.limits.owner`.  It must keep these semantics:

@@ -152,7 +152,7 @@ def close_reservation(cur: Cursor, reservation_id: int, now: float) -> None:
 
 def prune(cur: Cursor, now: float, limits: Limits, retention: float) -> None:
     """Delete sends and closed reservations older than the retention and every window."""
-    horizon = now - max(retention, limits.rate_window, limits.send_limit_window)
+    horizon = now - max(retention, limits.server_window, limits.send_limit_window)
     cur.execute("DELETE FROM cxsmtp_sends WHERE time < %s", (horizon,))
     cur.execute(
         "DELETE FROM cxsmtp_reservations WHERE closed_at IS NOT NULL AND opened_at < %s",
@@ -166,7 +166,7 @@ def load_state(cur: Cursor, account: str, limits: Limits, now: float) -> LoadedS
         float(row[0])
         for row in cur.execute(
             "SELECT time FROM cxsmtp_sends WHERE account = %s AND time > %s ORDER BY time",
-            (account, now - limits.rate_window),
+            (account, now - limits.server_window),
         ).fetchall()
     ]
     all_sends = [

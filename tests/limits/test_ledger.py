@@ -162,9 +162,7 @@ def test_interval_rate_share_and_partial_batch(ledger: Ledger, clock: FakeClock)
     assert sizes == [4, 4, 2]
 
 
-def test_daily_limit_per_server_across_runs(
-    ledger: Ledger, clock: FakeClock, tmp_path: Path
-) -> None:
+def test_daily_limit_per_server_across_runs(ledger: Ledger, clock: FakeClock) -> None:
     # issue 14: a server's own daily limit (a preset's Gmail 500 a day), counted over
     # its rolling day by the ledger, while the hour still allows more.
     limits = Limits(**{**SMALL.__dict__, "batch_interval": 0.0, "daily_limit": 6})
