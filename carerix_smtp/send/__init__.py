@@ -10,7 +10,10 @@ Modules, from the entry points down:
 - ``routing`` (which server a message goes to), ``servers`` (each server's
   connection, gate and pool in a pass), ``delivery`` (one message on its
   connection, and its outcome booked in the spool and the summary);
-- ``pool``: the threaded connections of a server with ``connections`` > 1;
+- ``pool``: the threaded connections of a server with ``connections`` > 1 (beside
+  its first one, which the dispatching thread drives);
+- ``spread``: which of those connections takes a message (the first one unless the
+  server keeps it waiting);
 - ``connection``: one SMTP connection turning a message into an ``Attempt``;
 - ``outcome``: replies -> accepted / deferred / failed, and the message's state;
 - ``gates``: batch gates (``CountGate``, ``LedgerGate`` from the rate ledger);
@@ -22,7 +25,7 @@ Modules, from the entry points down:
 
 Inside the package a module imports only the ones below it (no circle, not even
 under TYPE_CHECKING): report, outcome, stopping -> gates -> connection, routing ->
-pool -> servers -> delivery -> dispatch -> run (plan: gates and report; status:
+pool -> servers -> spread -> delivery -> dispatch -> run (plan: gates and report; status:
 plan and history).  A pool
 calls back its pass through the protocol ``pool.Dispatcher``.
 

@@ -1,7 +1,8 @@
 """One pass through the due messages (``Pass``), driven by the dispatching thread:
 oldest first, claim, read, route and admit each message, then send it on its
-server's connection -- pipelined on one connection (``_Feed`` holds the next
-messages), or handed to the server's pool of connections.
+server's connection -- pipelined on the server's first connection (``_Feed``
+holds the next messages), or, while that one waits on a slow server, handed to
+the server's other connections (spread.py).
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ from carerix_smtp.limits.ledger import LedgerStore
 from carerix_smtp.send.connection import PasswordSource, ServerUnusable, SessionFactory
 from carerix_smtp.send.delivery import Delivery
 from carerix_smtp.send.fallback import Fallbacks
-from carerix_smtp.send.gates import BatchGate, GateFactory, LedgerGate, release_admission
-from carerix_smtp.send.pool import Job, Pool
+from carerix_smtp.send.gates import GateFactory, LedgerGate, release_admission
+from carerix_smtp.send.pool import Job
 from carerix_smtp.send.report import ProgressEvent
 from carerix_smtp.send.routing import Router
 from carerix_smtp.send.servers import Servers
+from carerix_smtp.send.spread import Spread
 from carerix_smtp.send.stopping import Stopping, abort_requested, in_network, quietly, stop_for
 from carerix_smtp.spool.message import read_message
 
 if TYPE_CHECKING:
-    from carerix_smtp.config.file import Config, ServerEntry
-    from carerix_smtp.send.connection import Connection
+    from carerix_smtp.config.file import Config
     from carerix_smtp.send.pool import Worker
     from carerix_smtp.send.report import RunSummary, SendOptions, Totals
     from carerix_smtp.spool.claims import Claim
@@ -132,6 +133,7 @@ class Pass:
             lock=lock,
         )  # fmt: skip
         self.fallbacks = Fallbacks(self.servers)  # issue 14: who takes an unusable server's mail
+        self.spread = Spread(self, self.servers)  # which connection of a server takes a message
         self.delivery = Delivery(
             spool, options, self.servers, clock=clock, progress=progress, summary=summary, lock=lock
         )
@@ -187,10 +189,15 @@ class Pass:
             ):
                 self.delivery.total = min(self.delivery.total, gate.grant.max_messages)
             self.delivery.emit(ProgressEvent("start", total=self.delivery.total))
+            pace = self.spread.pace(fixed)
+            if pace is not None:  # the round trips of the greeting and EHLO: a first sample
+                pace.begin()
             if fixed.name in self.servers.over or not self.servers.open(conn):
                 if self.stop.is_set():
                     self.summary.status = "interrupted"
                 return False
+            if pace is not None:
+                self.spread.opened(fixed, pace)
         else:
             self.delivery.emit(ProgressEvent("start", total=self.delivery.total))
         return True
@@ -242,12 +249,6 @@ class Pass:
             job = self.one(candidate)
             if job is not None:
                 yield job
-
-    def pool(self, entry: ServerEntry, conn: Connection, gate: BatchGate) -> Pool:
-        pool = self.servers.pools.get(entry.name)
-        if pool is None:
-            pool = self.servers.pools[entry.name] = Pool(self, entry, conn, gate)
-        return pool
 
     def execute(
         self, worker: Worker, job: Job, then: Job | None, meanwhile: Callable[[], None]
@@ -346,13 +347,8 @@ class Pass:
             return None
         self.totals.admitted += 1
         job = Job(claim, message, entry, conn, gate)
-        if entry.connections > 1:
-            pool = self.pool(entry, conn, gate)
-            pool.add(job)  # pending: an abort gives it back
-            with self.servers.waiting():
-                pool.dispatch()
-            self.servers.check_pools()
-            return None
+        if entry.connections > 1 and self.spread.take(job):
+            return None  # on another connection of its server
         return job
 
     def send(self, job: Job, then: Job | None, meanwhile: Callable[[], None] | None = None) -> None:
@@ -368,6 +364,9 @@ class Pass:
             job.conn.unchain(job.message)
             return
         chain = then if then is not None and then.conn is job.conn else None
+        pace = self.spread.pace(job.entry)
+        if pace is not None and meanwhile is not None:  # is the server slow?
+            meanwhile = pace.watch(job.conn, meanwhile)
         self.delivery.deliver(
             job.claim, job.message, job.entry, job.conn, job.gate, then=chain, meanwhile=meanwhile
         )

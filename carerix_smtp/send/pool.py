@@ -1,6 +1,7 @@
-"""The connections of a server with ``connections`` > 1: ``Pool`` hands the
+"""The other connections of a server with ``connections`` > 1: ``Pool`` hands the
 dispatcher's messages (``Job``) in order to its connections, each driven by a
-thread (``Worker``).  A worker holds the message on the wire and the next one, so
+thread (``Worker``); the first connection is the dispatcher's own (spread.py
+says which messages go where).  A worker holds the message on the wire and the next one, so
 that, as on a single connection, the next message's commands go out behind the
 current one's data (RFC 2920) -- but only one message's data is ever in flight
 on a connection.  What a pool calls back, the pass that feeds it, is the protocol
@@ -180,29 +181,39 @@ class Worker:
 
 
 class Pool:
-    """The connections of one server with ``connections`` > 1 (ServerEntry): a worker
-    thread each, each with its own SmtpSession and at most one message's data in
-    flight, so a crash can leave at most ``connections`` possible duplicates (SPEC §3).
+    """The connections of one server with ``connections`` > 1 (ServerEntry) beside
+    the dispatcher's own (``first``): a worker thread each, each with its own
+    SmtpSession and at most one message's data in flight, so that with the first
+    one a crash can leave at most ``connections`` possible duplicates (SPEC §3).
 
     The dispatching thread keeps the order: it claims, reads and admits messages
-    oldest first and hands each to the first connection with room (up to ``AHEAD``
-    messages not yet sent each), waiting when all are full; another connection is
-    opened only when every open one is full.  A connection that cannot be
+    oldest first and offers some to the first connection with room (up to ``AHEAD``
+    messages not yet sent each), or waits for room (``dispatch``); another
+    connection is opened only when every open one is full.  A connection that cannot be
     (re)opened drops out and its messages go to another one; the others go on.
-    The server is done when every connection it may have has dropped out; messages
-    left then go back to the queue.
+    The server is done when every connection it may have, the first one too, has
+    dropped out; messages left without a connection go back to the queue.
 
     One lock; the dispatcher waits on ``ready``, each worker on its own condition,
     so that handing over a message wakes one thread, not all of them.
     """
 
     def __init__(
-        self, run: Dispatcher, entry: ServerEntry, first: Connection, gate: BatchGate
+        self,
+        run: Dispatcher,
+        entry: ServerEntry,
+        first: Connection,
+        gate: BatchGate,
+        *,
+        adopt: bool = False,
     ) -> None:
         self.run = run
         self.entry = entry
         self.gate = gate
-        self.size = max(1, entry.connections)
+        # ``adopt``: the first connection is this pool's first worker's (a server known
+        # to be slow from its greeting on); else the dispatcher drives it (spread.py).
+        self.adopt = adopt
+        self.size = max(1, entry.connections - (not adopt))
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)  # the dispatcher waits here
         self.workers: list[Worker] = []
@@ -218,6 +229,9 @@ class Pool:
             return self._exhausted()
 
     def _exhausted(self) -> bool:
+        return (self.adopt or self._first.unusable is not None) and self._workers_gone()
+
+    def _workers_gone(self) -> bool:
         return len(self.workers) >= self.size and all(
             w.conn.unusable is not None for w in self.workers
         )
@@ -226,7 +240,10 @@ class Pool:
         if not self._threads:
             self._threads = True
             _threads_start()
-        conn = self._first if not self.workers else self.run.servers.new_connection(self.entry)
+        if self.adopt and not self.workers:
+            conn = self._first
+        else:
+            conn = self.run.servers.new_connection(self.entry)
         worker = Worker(self, conn, len(self.workers))
         self.workers.append(worker)
         worker.thread.start()
@@ -244,24 +261,44 @@ class Pool:
             return self._spawn()
         return None
 
+    def _hand_out(self) -> None:
+        """Hand pending jobs to connections with room (call with the lock held).  When
+        no connection is left, they go back to the queue."""
+        while self.pending and self.failure is None:
+            worker = self._choose()
+            if worker is None:
+                break
+            self.busy += 1
+            worker.held.append(self.pending.popleft())
+            worker.wake.notify()
+        if self.pending and (self.failure is not None or self._workers_gone()):
+            while self.pending:
+                self.give_back(self.pending.popleft())
+
     def _pump(self, *, until_idle: bool) -> None:
-        """Hand pending jobs to connections (call with the lock held); wait until none
-        is pending (``until_idle``: and none is held).  When no connection is left,
-        pending jobs go back to the queue."""
+        """``_hand_out``, and wait until no job is pending (``until_idle``: and
+        none is held)."""
         while True:
-            while self.pending and self.failure is None:
-                worker = self._choose()
-                if worker is None:
-                    break
-                self.busy += 1
-                worker.held.append(self.pending.popleft())
-                worker.wake.notify()
-            if self.pending and (self.failure is not None or self._exhausted()):
-                while self.pending:
-                    self.give_back(self.pending.popleft())
+            self._hand_out()
             if not self.pending and not (until_idle and self.busy):
                 return
             self.ready.wait()
+
+    def offer(self, job: Job) -> bool:
+        """Hand ``job`` to a connection with room (opening another one when all are
+        full, up to ``size``) without waiting; False: none has room, or the pool
+        failed."""
+        with self.lock:
+            self._hand_out()
+            if self.pending or self.failure is not None:
+                return False
+            worker = self._choose()
+            if worker is None:
+                return False
+            self.busy += 1
+            worker.held.append(job)
+            worker.wake.notify()
+            return True
 
     def add(self, job: Job) -> None:
         with self.lock:

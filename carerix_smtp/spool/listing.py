@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import json
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
-from typing import Any, SupportsIndex, overload
+from typing import Any, NamedTuple, SupportsIndex, overload
 
 from carerix_smtp.spool.layout import (
     KINDS,
@@ -63,19 +66,70 @@ def _candidate(entry: _Entry) -> Candidate:
     return Candidate(KINDS[rank], name, size, mtime, file_type(mode))
 
 
-@dataclass
+class _Columns(NamedTuple):
+    """The *.eml entries of one directory as columns (a status pass: no object per
+    entry beyond what scandir and stat make; sums and minimums run in C)."""
+
+    names: list[str]
+    mtimes: list[float]
+    sizes: list[int]
+    modes: list[int]
+
+    def rows(self) -> list[_Row]:
+        """(mtime, name, size, st_mode) per entry, oldest first, then by name."""
+        return sorted(zip(self.mtimes, self.names, self.sizes, self.modes, strict=True))
+
+    def listed_in_order(self) -> int:
+        """1 when the listing is in sending order already (mtimes strictly rising),
+        -1 when in the reverse order (tmpfs lists the newest first), else 0."""
+        mtimes = self.mtimes
+        if all(map(operator.lt, mtimes, itertools.islice(mtimes, 1, None))):
+            return 1
+        if all(map(operator.gt, mtimes, itertools.islice(mtimes, 1, None))):
+            return -1
+        return 0
+
+
+_NONE = _Columns([], [], [], [])
+
+
 class DueQueue:
     """The due entries of a status pass in sending order: ``deferred`` (due ones)
     first, then ``queued``; each (mtime, name, size, st_mode), oldest first.  Rows,
-    not Candidates: 100,000 Candidates would cost more than the listing."""
+    not Candidates: 100,000 Candidates would cost more than the listing.  Sorted
+    when first asked for (a status without a server never needs the order)."""
 
-    deferred: list[_Row] = field(default_factory=list)
-    queued: list[_Row] = field(default_factory=list)
+    def __init__(self, deferred: _Columns = _NONE, queued: _Columns = _NONE) -> None:
+        self._columns = (deferred, queued)
+        self._rows: tuple[list[_Row], list[_Row]] | None = None
+
+    def _sorted(self) -> tuple[list[_Row], list[_Row]]:
+        if self._rows is None:
+            self._rows = (self._columns[0].rows(), self._columns[1].rows())
+        return self._rows
+
+    @property
+    def deferred(self) -> list[_Row]:
+        return self._sorted()[0]
+
+    @property
+    def queued(self) -> list[_Row]:
+        return self._sorted()[1]
 
     def sizes(self) -> list[int]:
         """The sizes of the regular files, in sending order (symlinks and the like
         are never sent)."""
-        return [row[2] for rows in (self.deferred, self.queued) for row in rows if _regular(row)]
+        size = operator.itemgetter(2)
+        out: list[int] = []
+        for part, columns in enumerate(self._columns):
+            regular = all(map(stat.S_ISREG, columns.modes))  # the usual case
+            order = columns.listed_in_order() if regular and self._rows is None else 0
+            if order:  # no sort needed: the sizes as listed (or reversed)
+                out += columns.sizes if order > 0 else reversed(columns.sizes)
+                continue
+            rows = self._sorted()[part]
+            out += map(size, rows) if regular else (row[2] for row in rows if _regular(row))
+        return out
 
     def candidates(self) -> list[Candidate]:
         parts: tuple[tuple[Kind, list[_Row]], ...] = (
@@ -352,18 +406,16 @@ class Listing:
         now = self._clock() if now is None else now
         result = SpoolStatus(path=layout.path)
         records: dict[str, list[str]] = {"failed": [], "deferred": []}
-        queued = _rows(layout, TOP)
-        deferred = _rows(layout, "deferred", records["deferred"])
+        queued = _columns(layout, TOP)
+        deferred = _columns(layout, "deferred", records["deferred"])
         _count(result.queued, queued)
         _count(result.deferred, deferred)
-        _count(result.held, _rows(layout, "held"))
-        _count(result.sent, _rows(layout, "sent"))
-        _count(result.failed, _rows(layout, "failed", records["failed"]))
+        _count(result.held, _columns(layout, "held"))
+        _count(result.sent, _columns(layout, "sent"))
+        _count(result.failed, _columns(layout, "failed", records["failed"]))
         result.next_retry = result.deferred.oldest
-        due = [row for row in deferred if row[0] <= now]
-        result.due_now = len(due)
-        due.sort()  # sending order: oldest first, then by name
-        queued.sort()
+        due = _due(deferred, now)
+        result.due_now = len(due.names)
         result.queue = DueQueue(due, queued)
         result.in_flight = len([p for p in layout.claimed() if not p.name.startswith(".")])
         result.running_pid = layout.holder_pid()
@@ -416,32 +468,90 @@ class Listing:
         rows.sort()
 
 
-def _rows(layout: SpoolLayout, rel: str, records: list[str] | None = None) -> list[_Row]:
-    """(mtime, name, size, st_mode) of every *.eml entry of ``rel`` in one pass (the
-    status's listing: a plain loop, no generator per entry); ``records`` gets the
-    names of the ``NAME.eml.json`` records seen on the way."""
-    rows: list[_Row] = []
-    record_suffix = SUFFIX + RECORD_SUFFIX
+_NAME = operator.attrgetter("name")
+_IS_EML = operator.methodcaller("endswith", SUFFIX)
+_IS_RECORD = operator.methodcaller("endswith", SUFFIX + RECORD_SUFFIX)
+
+
+def _columns(layout: SpoolLayout, rel: str, records: list[str] | None = None) -> _Columns:
+    """The *.eml entries (not dot-files) of ``rel`` in one pass, as columns (the
+    status's listing: an lstat per entry while the listing is open, then columns
+    and selections made in C by ``map`` and ``compress``); ``records`` gets the
+    names of the ``NAME.eml.json`` records seen on the way.  A chunk at a time:
+    the entries and stat results of one chunk are freed before the next, so their
+    memory is reused (a new process pays for every page it touches)."""
+    columns = _Columns([], [], [], [])
+    listing = layout.scandir(rel)
+    try:
+        while True:
+            ahead, kept = itertools.tee(itertools.islice(listing, _CHUNK))
+            # (a comprehension: a methodcaller with keywords costs more per call)
+            stats = [entry.stat(follow_symlinks=False) for entry in ahead]
+            if not stats:
+                return columns
+            _add(columns, list(map(_NAME, kept)), stats, records)
+    except FileNotFoundError:  # gone meanwhile (sent, removed): keep the others
+        if records is not None:
+            records.clear()
+        columns = _Columns([], [], [], [])
+        entries, stats = _still_there(layout, rel)
+        _add(columns, list(map(_NAME, entries)), stats, records)
+        return columns
+
+
+_CHUNK = 4096
+
+
+def _add(
+    columns: _Columns, names: list[str], stats: list[os.stat_result], records: list[str] | None
+) -> None:
+    """Add the *.eml entries of ``names`` (with their ``stats``) to ``columns``."""
+    if records is not None:
+        records += compress(names, map(_IS_RECORD, names))
+    if names and min(names) < "/":  # a dot-file (or a name before "/"): rare
+        wanted = [name.endswith(SUFFIX) and not name.startswith(".") for name in names]
+    else:
+        wanted = list(map(_IS_EML, names))
+    stats = list(compress(stats, wanted))
+    columns.names.extend(compress(names, wanted))
+    columns.mtimes.extend(map(_MTIME, stats))
+    columns.sizes.extend(map(_SIZE, stats))
+    columns.modes.extend(map(_MODE, stats))
+
+
+def _still_there(
+    layout: SpoolLayout, rel: str
+) -> tuple[list[os.DirEntry[str]], list[os.stat_result]]:
+    """The listing again, an entry at a time, without the entries that have gone."""
+    kept: list[os.DirEntry[str]] = []
+    stats: list[os.stat_result] = []
     for entry in layout.scandir(rel):
-        name = entry.name
-        if name.startswith("."):
-            continue
-        if not name.endswith(SUFFIX):
-            if records is not None and name.endswith(record_suffix):
-                records.append(name)
-            continue
         try:
-            st = entry.stat(follow_symlinks=False)
+            stats.append(entry.stat(follow_symlinks=False))
         except FileNotFoundError:
             continue
-        rows.append((st.st_mtime, name, st.st_size, st.st_mode))
-    return rows
+        kept.append(entry)
+    return kept, stats
 
 
-def _count(state: StateCount, rows: list[_Row]) -> None:
-    state.count = len(rows)
-    state.bytes = sum(row[2] for row in rows)
-    state.oldest = min((row[0] for row in rows), default=None)
+def _count(state: StateCount, columns: _Columns) -> None:
+    state.count = len(columns.names)
+    state.bytes = sum(columns.sizes)
+    state.oldest = min(columns.mtimes, default=None)
+
+
+def _due(deferred: _Columns, now: float) -> _Columns:
+    """The entries of deferred/ whose next attempt is due (mtime <= now)."""
+    if max(deferred.mtimes, default=now) <= now:
+        return deferred
+    due = [i for i, mtime in enumerate(deferred.mtimes) if mtime <= now]
+    names, mtimes, sizes, modes = ([column[i] for i in due] for column in deferred)
+    return _Columns(names, mtimes, sizes, modes)  # type: ignore[arg-type]
+
+
+_MTIME = operator.attrgetter("st_mtime")
+_SIZE = operator.attrgetter("st_size")
+_MODE = operator.attrgetter("st_mode")
 
 
 def _entries(layout: SpoolLayout, rel: str) -> Iterator[tuple[float, str, int, int]]:

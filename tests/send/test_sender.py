@@ -725,7 +725,9 @@ def test_second_sigterm_cuts_every_connection(
     sink_log.addHandler(flag)
     sink_log.setLevel(logging.DEBUG)
     try:
-        sink = sink_factory(hang=[PhaseRule("eod")], latency_ms=1)
+        # 20 ms a reply: a slow server, so the second message goes to the second
+        # connection while the first waits (send/spread.py); a fast one keeps one.
+        sink = sink_factory(hang=[PhaseRule("eod")], latency_ms=20)
         entry = entry_for(sink, connections=2, command_timeout=60.0, data_timeout=60.0)
         save_config(Config(path=isolated.config, servers={"local": entry}))
         spool = make_spool(tmp_path, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from servers import eml, make_spool
 
 from carerix_smtp.spool import layout as layout_module
+from carerix_smtp.spool.listing import DueQueue, _Columns
 from carerix_smtp.spool.spool import Spool
 
 
@@ -87,3 +89,71 @@ def test_status_lists_each_directory_once_and_keeps_the_due_queue(
         (rel for rel in listed if rel != "sent"), 1
     )
     assert {".", "deferred", "failed", "tmp"} <= set(listed)
+
+
+def test_status_counts_what_a_listing_per_file_counted(tmp_path: Path) -> None:
+    """The columns of the status pass: dot-files and other names left out, a symlink
+    counted (bytes of the link) but not in the sizes to send, records of deferred/
+    and failed/ seen on the way."""
+    spool = make_spool(tmp_path, 3)
+    Spool(spool).prepare()
+    (spool / ".hidden.eml").write_bytes(eml(9))
+    (spool / "notes.txt").write_bytes(b"x")
+    (spool / "link.eml").symlink_to(spool / "m00000.eml")
+    os.utime(spool / "link.eml", (1, 1), follow_symlinks=False)
+    (spool / "deferred" / "d.eml").write_bytes(eml(4))
+    (spool / "deferred" / "d.eml.json").write_text("{}")
+    status = Spool(spool).status()
+    link = os.lstat(spool / "link.eml")
+    assert status.queued.count == 4
+    assert status.queued.bytes == sum(len(eml(n)) for n in range(3)) + link.st_size
+    assert status.queued.oldest == 1
+    assert status.queue.sizes() == [len(eml(4)), *(len(eml(n)) for n in range(3))]
+    assert [c.name for c in status.queue.candidates()][:2] == ["d.eml", "link.eml"]
+    assert status.queue.candidates()[1].file_type == "symlink"
+
+
+def test_status_skips_a_message_that_goes_while_it_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send run takes a message between the listing and its lstat: it is not
+    counted, the others are."""
+    spool = make_spool(tmp_path, 4)
+    real = layout_module.SpoolLayout.scandir
+    taken: list[str] = []
+
+    def listing_while_one_goes(
+        self: layout_module.SpoolLayout, rel: str
+    ) -> Iterator[os.DirEntry[str]]:
+        for entry in real(self, rel):
+            if rel == "" and not taken:  # once, after the listing has begun
+                gone = next(p for p in spool.glob("*.eml") if p.name != entry.name)
+                gone.unlink()
+                taken.append(gone.name)
+            yield entry
+
+    monkeypatch.setattr(layout_module.SpoolLayout, "scandir", listing_while_one_goes)
+    status = Spool(spool).status()
+    assert taken and status.queued.count == 3
+    assert [row[1] for row in status.queue.queued] == sorted(p.name for p in spool.glob("*.eml"))
+
+
+@pytest.mark.parametrize(
+    "mtimes",
+    [
+        [1.0, 2.0, 3.0, 4.0],  # listed in sending order: no sort
+        [4.0, 3.0, 2.0, 1.0],  # newest first (tmpfs): reversed, no sort
+        [2.0, 2.0, 1.0, 3.0],  # a tie: by name
+        [3.0, 1.0, 4.0, 2.0],
+    ],
+)
+def test_due_sizes_are_in_sending_order_however_the_directory_lists(
+    mtimes: list[float],
+) -> None:
+    names = ["b.eml", "a.eml", "d.eml", "c.eml"]
+    sizes = [10, 20, 30, 40]
+    regular = [stat.S_IFREG | 0o600] * 4
+    queue = DueQueue(queued=_Columns(names, mtimes, sizes, regular))
+    expected = [size for _, _, size in sorted(zip(mtimes, names, sizes, strict=True))]
+    assert queue.sizes() == expected
+    assert [row[2] for row in queue.queued] == expected

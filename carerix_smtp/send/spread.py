@@ -1,0 +1,181 @@
+"""Which connection of a server with ``connections`` > 1 takes a message (``Spread``),
+and how long that server keeps its first connection waiting (``Pace``).
+
+The dispatching thread drives a server's first connection itself, pipelined, as it
+does for a one-connection server: against a server that answers at once the work
+per message is CPU under one GIL, and handing a message to another thread costs
+more than the overlap gains.  Messages go to the other connections (the server's
+``Pool``, a thread each) only while the first one waits on the server -- its data
+out, the reply awaited -- longer than it takes to prepare a message, and only as
+many as those connections have room for; the message after them stays on the
+first connection.  So a fast server keeps one connection, a slow one all of them.
+A server already slow to greet gets the pool's design from the start: every
+message handed to its connections' threads, the first connection among them.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from carerix_smtp.send.pool import Dispatcher, Job, Pool
+
+if TYPE_CHECKING:
+    from carerix_smtp.config.file import ServerEntry
+    from carerix_smtp.send.connection import Connection
+    from carerix_smtp.send.servers import Servers
+
+# Opening the first connection (the greeting and EHLO, two round trips or more)
+# waited at least this long on the server (round trips of 10 ms or more, a server
+# far away): all its connections are the pool's from the first message on.
+OPEN_WAIT = 0.020
+# The weight of a new sample in the running averages.  The server counts as slow
+# when about six replies in a row came late (``LATE``: a hiccup of a fast server,
+# another process on the CPU, is not enough) and the first connection waited more
+# than ``WAIT`` per message on average.
+WEIGHT = 0.25
+LATE = 0.8
+WAIT = 0.001
+# Waits longer than this count as this long (the reply is read with its own timeout).
+WAIT_CAP = 0.5
+
+
+class Pace:
+    """How a server keeps its first connection waiting: running averages of whether,
+    once the data is out and the dispatching thread has read ahead meanwhile, the
+    reply had not arrived yet (1) or had (0), and of how long it then took to come.
+    Asked of the socket, not of a clock around the whole message: that would count
+    the GIL held by the other connections' threads as the server's time, and keep a
+    fast server spread once it was."""
+
+    __slots__ = ("_cpu0", "_wall0", "late", "samples", "wait")
+
+    def __init__(self) -> None:
+        self.late = self.wait = 0.0
+        self.samples = 0
+        self._wall0 = self._cpu0 = 0.0
+
+    def begin(self) -> None:
+        """Before opening the first connection (the first sample: ``opened``)."""
+        self._wall0, self._cpu0 = time.perf_counter(), time.thread_time()
+
+    def opened(self) -> None:
+        cpu = time.thread_time() - self._cpu0
+        wait = time.perf_counter() - self._wall0 - cpu
+        self.note(wait / 2 if wait > OPEN_WAIT else 0.0)
+
+    def note(self, wait: float) -> None:
+        late = float(wait > 0)
+        if self.samples:
+            self.late += WEIGHT * (late - self.late)
+            self.wait += WEIGHT * (wait - self.wait)
+        else:
+            self.late, self.wait = late, wait
+        self.samples += 1
+
+    def watch(self, conn: Connection, meanwhile: Callable[[], None]) -> Callable[[], None]:
+        """``meanwhile``, then a sample: how long ``conn``'s reply is still awaited."""
+
+        def watched() -> None:
+            meanwhile()
+            self.note(awaited(conn))
+
+        return watched
+
+    @property
+    def slow(self) -> bool:
+        """The first connection's replies come after the dispatching thread has
+        nothing left to do: other connections would overlap those waits."""
+        return self.late > LATE and self.wait > WAIT
+
+
+def awaited(conn: Connection) -> float:
+    """Seconds until a reply arrives on ``conn`` (0: bytes from the server wait there
+    now: read already, in the TLS layer or in the socket), waiting at most WAIT_CAP.
+    The reply awaited now: the data's, as the commands' were read before the data."""
+    if answered(conn):
+        return 0.0
+    session = conn.session
+    start = time.perf_counter()
+    if session is not None and session.channel.sock is not None:
+        try:
+            select.select([session.channel.sock], [], [], WAIT_CAP)
+        except (OSError, ValueError):
+            return 0.0
+    return time.perf_counter() - start
+
+
+def answered(conn: Connection) -> bool:
+    """Bytes from the server wait on ``conn``: read already, in the TLS layer or in
+    the socket (or it has no socket: nothing to wait for)."""
+    session = conn.session
+    sock = session.channel.sock if session is not None else None
+    if sock is None or session is None or session.channel.rbuf:
+        return True
+    pending = getattr(sock, "pending", None)  # ssl.SSLSocket: decrypted, unread
+    if pending is not None and pending():
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class Spread:
+    """The pools and paces of one pass's servers with ``connections`` > 1."""
+
+    def __init__(self, run: Dispatcher, servers: Servers) -> None:
+        self.run = run
+        self.servers = servers
+        self.paces: dict[str, Pace] = {}
+        # Servers slow from their greeting on: all their connections are the pool's,
+        # the first one too, and every message is handed to them.
+        self.pooled: set[str] = set()
+
+    def pace(self, entry: ServerEntry) -> Pace | None:
+        """``entry``'s pace (None for a one-connection server: nothing to decide)."""
+        if entry.connections <= 1:
+            return None
+        pace = self.paces.get(entry.name)
+        if pace is None:
+            pace = self.paces[entry.name] = Pace()
+        return pace
+
+    def opened(self, entry: ServerEntry, pace: Pace) -> None:
+        """``entry``'s first connection was opened before any message (``pace`` timed
+        it): a slow server's connections all go to its pool."""
+        pace.opened()
+        if pace.slow:
+            self.pooled.add(entry.name)
+
+    def pool(self, job: Job) -> Pool:
+        pool = self.servers.pools.get(job.entry.name)
+        if pool is None:
+            adopt = job.entry.name in self.pooled
+            pool = Pool(self.run, job.entry, job.conn, job.gate, adopt=adopt)
+            self.servers.pools[job.entry.name] = pool
+        return pool
+
+    def take(self, job: Job) -> bool:
+        """True: ``job`` (of a server with ``connections`` > 1) went to another
+        connection of its server; False: it stays on the first one (the caller
+        sends it there, pipelined).
+
+        It goes elsewhere, on a slow server, if another connection has room and
+        the first one has no reply waiting: while the first connection waits for
+        its reply (the dispatcher reads ahead meanwhile), and before its first
+        message (the others open meanwhile).  And always when the first
+        connection is unusable or the pool's (then this waits for room)."""
+        if job.conn.unusable is None and job.entry.name not in self.pooled:
+            pace = self.paces.get(job.entry.name)
+            if pace is None or not pace.slow or answered(job.conn):
+                return False  # (answered: the reply came, this message goes there next)
+            return self.pool(job).offer(job)
+        pool = self.pool(job)
+        pool.add(job)
+        with self.servers.waiting():
+            pool.dispatch()
+        self.servers.check_pools()
+        return True

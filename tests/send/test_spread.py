@@ -1,0 +1,172 @@
+"""Which connection of a server with ``connections`` > 1 takes a message (send/spread.py):
+a server that answers at once keeps one connection, driven by the dispatching thread;
+one that keeps the first connection waiting gets its other connections."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from servers import config_for, entry_for, make_spool, message_ids, names
+
+from carerix_smtp.send.report import SendOptions
+from carerix_smtp.send.run import run_send
+from carerix_smtp.send.spread import LATE, WAIT, Pace, answered, awaited
+
+
+def send(spool: Path, config: Any) -> Any:
+    return run_send(spool, config, SendOptions(), password_source=lambda entry: None)
+
+
+# --- the pace: late replies, counted on the socket ------------------------------------
+
+
+def test_a_fast_server_is_never_slow() -> None:
+    pace = Pace()
+    for _ in range(100):
+        pace.note(0.0)
+    assert not pace.slow and pace.late == 0.0
+
+
+def test_late_replies_in_a_row_make_a_server_slow_and_one_in_time_ends_it() -> None:
+    pace = Pace()
+    pace.note(0.0)
+    late = 0
+    while not pace.slow and late < 20:
+        pace.note(0.050)
+        late += 1
+    assert 5 <= late <= 8  # about six in a row
+    assert pace.late > LATE and pace.wait > WAIT
+    pace.note(0.0)
+    assert not pace.slow
+
+
+def test_a_hiccup_or_short_waits_are_not_slow() -> None:
+    pace = Pace()
+    for _ in range(50):
+        pace.note(0.0)
+    for _ in range(3):  # a fast server descheduled for a moment
+        pace.note(0.010)
+    assert not pace.slow
+    short = Pace()
+    for _ in range(50):
+        short.note(WAIT / 4)  # always a little late: not worth another connection
+    assert short.late > LATE and not short.slow
+
+
+def test_the_first_late_reply_decides_at_once() -> None:
+    pace = Pace()
+    pace.note(0.050)  # no history: the first message of a slow server
+    assert pace.slow
+
+
+@pytest.fixture
+def connected() -> Iterator[tuple[Any, socket.socket]]:
+    """A Connection-shaped object whose session's socket is one end of a pair."""
+    mine, theirs = socket.socketpair()
+    channel = SimpleNamespace(sock=mine, rbuf=bytearray())
+    yield SimpleNamespace(session=SimpleNamespace(channel=channel)), theirs
+    mine.close()
+    theirs.close()
+
+
+def test_answered_asks_the_socket_and_the_buffer(connected: tuple[Any, socket.socket]) -> None:
+    conn, peer = connected
+    assert not answered(conn)
+    conn.session.channel.rbuf += b"250 "
+    assert answered(conn)  # read already, not parsed yet
+    conn.session.channel.rbuf.clear()
+    peer.sendall(b"250 2.0.0 ok\r\n")
+    assert answered(conn) and awaited(conn) == 0.0
+    assert answered(SimpleNamespace(session=None))  # nothing to wait for
+
+
+def test_awaited_is_the_time_until_the_reply(connected: tuple[Any, socket.socket]) -> None:
+    conn, peer = connected
+    timer = threading.Timer(0.05, peer.sendall, args=(b"250 2.0.0 ok\r\n",))
+    timer.start()
+    try:
+        assert 0.03 <= awaited(conn) < 0.5
+    finally:
+        timer.join()
+    assert answered(conn)  # left for the reader
+
+
+# --- whole passes -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[int]:
+    """Postfix's smtp-sink on a loopback port (a server in another process: one in
+    this process would wait for the GIL, and look slow)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    from conftest import free_port
+
+    program = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if not os.path.exists(program):
+        pytest.skip("Postfix's smtp-sink is not installed")
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    process = subprocess.Popen([program, *user, f"127.0.0.1:{port}", "100"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                threading.Event().wait(0.01)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_fast_server_keeps_one_connection(tmp_path: Path, smtp_sink: int) -> None:
+    from carerix_smtp.smtp.session import SmtpSession
+
+    carried: list[int] = []  # messages per session, in the order they were opened
+
+    def factory(entry: Any, password: Any) -> SmtpSession:
+        session = SmtpSession(entry, password, local_hostname="test")
+        index = len(carried)
+        carried.append(0)
+        run = session.run
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            carried[index] += 1
+            return run(*args, **kw)
+
+        session.run = counted  # type: ignore[method-assign]
+        return session
+
+    spool = make_spool(tmp_path, 400)
+    config = config_for(tmp_path, entry_for(smtp_sink, connections=4))
+    summary = run_send(
+        spool, config, SendOptions(), password_source=lambda e: None, session_factory=factory
+    )
+    assert (summary.status, summary.sent) == ("ok", 400) and names(spool) == []
+    # Other threads would only cost a hand-over per message: the first connection
+    # carries (nearly) all, even on a busy machine where the server may lag a moment.
+    assert sum(carried) == 400 and carried[0] >= 0.9 * 400, carried
+
+
+def test_a_slow_server_gets_every_connection_from_the_start(
+    tmp_path: Path, sink_factory: Any
+) -> None:
+    sink = sink_factory(latency_ms=20)  # the greeting and EHLO already show it
+    spool = make_spool(tmp_path, 24)
+    summary = send(spool, config_for(tmp_path, entry_for(sink, connections=3)))
+    assert (summary.status, summary.sent) == ("ok", 24)
+    assert sink.connections_total == 3 and sink.connections_max == 3  # never more
+    assert sorted(message_ids(sink)) == sorted(f"<{n}.test@x.example>" for n in range(24))
