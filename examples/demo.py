@@ -274,8 +274,10 @@ class Demo:
             sink.kill()
             sink.wait()
         lines = self.sink_log.read_text(errors="replace").splitlines()
-        if lines:
-            say(lines[-1])  # "stopped: N messages received"
+        # "stopped: N messages received" (a log line may follow it under load)
+        stopped = [line for line in lines if line.startswith("stopped: ")]
+        if stopped or lines:
+            say((stopped or lines)[-1])
         return sink.returncode
 
     # ------------------------------------------------------------------ helpers
