@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
+from carerix_smtp.config.passwords import run_secret_command
 from carerix_smtp.errors import ConfigError, SecretError, UsageError
 
 if TYPE_CHECKING:
@@ -41,33 +41,20 @@ def _command_failed(server: str, what: str) -> SecretError:
 
 def run_token_command(server: str, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
     """Run ``command`` without a shell; its first output line is the access token."""
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise _command_failed(server, f"cannot be parsed: {exc}") from None
-    if not argv:
-        raise _command_failed(server, "is empty")
-    try:
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError:
-        raise _command_failed(server, f"{argv[0]!r} not found") from None
-    except PermissionError:
-        raise _command_failed(server, f"{argv[0]!r} is not executable") from None
-    except subprocess.TimeoutExpired:
-        raise _command_failed(server, f"{argv[0]!r} did not finish within {timeout:g} s") from None
-    if proc.returncode != 0:
-        raise _command_failed(server, f"{argv[0]!r} exited with status {proc.returncode}")
-    first = proc.stdout.split(b"\n", 1)[0].strip()
+
+    def failed(what: str) -> SecretError:
+        return _command_failed(server, what)
+
+    first = run_secret_command(command, timeout, failed).strip()
+    program = shlex.split(command)[0]
     if not first:
-        raise _command_failed(server, f"{argv[0]!r} printed nothing")
+        raise failed(f"{program!r} printed nothing")
     try:
         token = first.decode("ascii")
     except UnicodeDecodeError:
-        raise _command_failed(server, f"{argv[0]!r} printed something that is not ASCII") from None
+        raise failed(f"{program!r} printed something that is not ASCII") from None
     if not token.isprintable() or " " in token:
-        raise _command_failed(server, f"{argv[0]!r} printed more than one word or control bytes")
+        raise failed(f"{program!r} printed more than one word or control bytes")
     return token
 
 

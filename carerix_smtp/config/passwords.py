@@ -307,14 +307,16 @@ def _command_failed(server: str, what: str) -> SecretError:
     )
 
 
-def run_password_command(server: str, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run ``command`` without a shell; its first output line is the password."""
+def run_secret_command(command: str, timeout: float, failed: Callable[[str], SecretError]) -> bytes:
+    """Run ``command`` without a shell and return its first output line (raw bytes);
+    ``failed(what)`` makes the error.  Shared by password_command and
+    oauth_token_command (config/oauth.py)."""
     try:
         argv = shlex.split(command)
     except ValueError as exc:
-        raise _command_failed(server, f"cannot be parsed: {exc}") from None
+        raise failed(f"cannot be parsed: {exc}") from None
     if not argv:
-        raise _command_failed(server, "is empty")
+        raise failed("is empty")
     try:
         proc = subprocess.run(
             argv,
@@ -324,20 +326,31 @@ def run_password_command(server: str, command: str, timeout: float = COMMAND_TIM
             check=False,
         )
     except FileNotFoundError:
-        raise _command_failed(server, f"{argv[0]!r} not found") from None
+        raise failed(f"{argv[0]!r} not found") from None
     except PermissionError:
-        raise _command_failed(server, f"{argv[0]!r} is not executable") from None
+        raise failed(f"{argv[0]!r} is not executable") from None
     except subprocess.TimeoutExpired:
-        raise _command_failed(server, f"{argv[0]!r} did not finish within {timeout:g} s") from None
+        raise failed(f"{argv[0]!r} did not finish within {timeout:g} s") from None
     if proc.returncode != 0:
-        raise _command_failed(server, f"{argv[0]!r} exited with status {proc.returncode}")
-    first = proc.stdout.split(b"\n", 1)[0].rstrip(b"\r")
+        raise failed(f"{argv[0]!r} exited with status {proc.returncode}")
+    first: bytes = proc.stdout.split(b"\n", 1)[0]
+    return first
+
+
+def run_password_command(server: str, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run ``command`` without a shell; its first output line is the password."""
+
+    def failed(what: str) -> SecretError:
+        return _command_failed(server, what)
+
+    first = run_secret_command(command, timeout, failed).rstrip(b"\r")
+    program = shlex.split(command)[0]
     if not first:
-        raise _command_failed(server, f"{argv[0]!r} printed nothing")
+        raise failed(f"{program!r} printed nothing")
     try:
         return first.decode("utf-8")
     except UnicodeDecodeError:
-        raise _command_failed(server, f"{argv[0]!r} printed something that is not UTF-8") from None
+        raise failed(f"{program!r} printed something that is not UTF-8") from None
 
 
 # --- lookup --------------------------------------------------------------
