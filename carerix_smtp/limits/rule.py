@@ -34,6 +34,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from carerix_smtp.limits.windows import (
+    count_in_window,
+    earliest_with_room,
+    window_allowance,
+    window_slots,
+)
+
 if TYPE_CHECKING:  # rule.py stays importable without the config machinery
     from carerix_smtp.config.file import ServerEntry, Settings
 
@@ -290,9 +297,6 @@ class TimingModel:
         return [my if size <= mx else my * (size / mx) for size in sizes]
 
 
-_TIME = operator.itemgetter(0)
-
-
 def _no_time(size: int) -> float:
     return 0.0
 
@@ -353,49 +357,6 @@ def plan_batch_size(
     else:
         limited_by = "count" if len(head) > cap else "queue"
     return BatchSize(count, totals[count - 1], limited_by, elapsed[count - 1])
-
-
-# --- rolling windows -------------------------------------------------------
-
-
-def count_in_window(times: Sequence[float], at: float, window: float) -> int:
-    """How many of the sorted ``times`` count against a window at time ``at``.
-
-    A send at ``s`` counts while ``s > at - window``.  Sends stamped later than
-    ``at`` (another process's clock ran ahead, or the clock was stepped back)
-    count as well: a clock going backwards can make cxsmtp wait, never overshoot.
-    """
-    return len(times) - bisect.bisect_right(times, at - window)
-
-
-def window_allowance(
-    times: Sequence[float], at: float, window: float, limit: int, reserved: int
-) -> int:
-    """Messages a window still allows at ``at``: limit - counted sends - live reservations."""
-    return limit - reserved - count_in_window(times, at, window)
-
-
-def earliest_with_room(
-    times: Sequence[float], window: float, limit: int, reserved: int, need: int, not_before: float
-) -> float:
-    """The earliest ``t >= not_before`` at which the window allows ``need`` messages.
-
-    Assumes no new sends and the reservations unchanged, so the answer only moves
-    as old sends leave the window.  ``math.inf`` when ``limit - reserved < need``.
-    """
-    keep = limit - reserved - need  # sends that may still be in the window
-    if keep < 0:
-        return math.inf
-    inside = count_in_window(times, not_before, window)
-    if inside <= keep:
-        return not_before
-    # The oldest (inside - keep) of the sends in the window must have left it.
-    first = len(times) - inside
-    t = times[first + inside - keep - 1] + window
-    # (s + w) - w can round below s: step until the count really drops.
-    while count_in_window(times, t, window) > keep:
-        t = math.nextafter(t, math.inf)
-    return max(t, not_before)
 
 
 class WaitKind(str, Enum):
@@ -471,10 +432,34 @@ def release_times(
 
     That is when both windows have room for j + 1 more messages, given the
     recorded sends and live reservations (nothing else changes).  ``math.inf``
-    where they never will.  Each time comes with the window that sets it.
+    where they never will.  Each time comes with the window that sets it (the
+    first of rate, send limit, daily limit when two agree).  The times only grow
+    with j.
     """
-    # Both windows have room for all ``count`` now: every slot is ``at`` (what the loop
-    # below finds, without a search per message; status plays 100,000 forward).
+    columns = _window_columns(state, limits, at, count)
+    if columns is None:
+        return [(at, WaitKind.RATE)] * count
+    times = list(map(max, *(column for column, _ in columns)))
+    return [
+        (r, next(kind for column, kind in columns if column[j] == r)) for j, r in enumerate(times)
+    ]
+
+
+def _release(state: WindowState, limits: Limits, at: float, count: int) -> list[float]:
+    """The times of :func:`release_times` alone, the later of the windows' made by
+    ``map`` in C (status plays 100,000 messages forward, a batch at a time)."""
+    columns = _window_columns(state, limits, at, count)
+    if columns is None:
+        return [at] * count
+    return list(map(max, *(column for column, _ in columns)))
+
+
+def _window_columns(
+    state: WindowState, limits: Limits, at: float, count: int
+) -> list[tuple[list[float], WaitKind]] | None:
+    """Each window's slots for the ``count`` messages (limits/windows.py), in the
+    order rate, send limit, daily limit; None when every window has room for all
+    of them at ``at`` (every slot is ``at``)."""
     if (
         count_in_window(state.server_sends, at, limits.rate_window)
         <= limits.rate_per_hour - state.server_reserved - count
@@ -486,38 +471,33 @@ def release_times(
             <= limits.daily_limit - state.server_reserved - count
         )
     ):
-        return [(at, WaitKind.RATE)] * count
-    out: list[tuple[float, WaitKind]] = []
-    for j in range(count):
-        rate = earliest_with_room(
-            state.server_sends,
-            limits.rate_window,
-            limits.rate_per_hour,
-            state.server_reserved,
-            j + 1,
-            at,
-        )
-        day = earliest_with_room(
-            state.all_sends,
-            limits.send_limit_window,
-            limits.email_send_limit,
-            state.all_reserved,
-            j + 1,
-            at,
-        )
-        slot = (rate, WaitKind.RATE) if rate >= day else (day, WaitKind.SEND_LIMIT)
-        if limits.daily_limit is not None:  # a third window, the same rule (proof below)
-            daily = earliest_with_room(
-                state.server_sends,
-                limits.daily_window,
-                limits.daily_limit,
-                state.server_reserved,
-                j + 1,
+        return None
+    server, every = state.server_sends, state.all_sends
+    columns = [
+        (
+            window_slots(
+                server, limits.rate_window, limits.rate_per_hour, state.server_reserved, at, count
+            ),
+            WaitKind.RATE,
+        ),
+        (
+            window_slots(
+                every,
+                limits.send_limit_window,
+                limits.email_send_limit,
+                state.all_reserved,
                 at,
-            )
-            slot = max(slot, (daily, WaitKind.DAILY), key=lambda s: s[0])
-        out.append(slot)
-    return out
+                count,
+            ),
+            WaitKind.SEND_LIMIT,
+        ),
+    ]
+    if limits.daily_limit is not None:  # a third window, the same rule (proof below)
+        daily = window_slots(
+            server, limits.daily_window, limits.daily_limit, state.server_reserved, at, count
+        )
+        columns.append((daily, WaitKind.DAILY))
+    return columns
 
 
 def next_batch(state: WindowState, limits: Limits, now: float, wanted: int) -> Decision:
@@ -565,15 +545,12 @@ def next_batch(state: WindowState, limits: Limits, now: float, wanted: int) -> D
             t, kind = opens, WaitKind.INTERVAL
     # Two rounds at most: if the first slot frees up too late, start when it does.
     for _ in range(2):
-        slots = release_times(state, limits, t, wanted)
-        # Release times only grow with j: when the last is within the horizon, all are.
-        if slots and slots[-1][0] <= t + horizon:
-            release = tuple(map(_TIME, slots))
-        else:
-            release = tuple(r for r, _ in slots if r <= t + horizon)
+        times = _release(state, limits, t, wanted)
+        # Release times only grow with j: the slots within the horizon are a prefix.
+        release = tuple(times[: bisect.bisect_right(times, t + horizon)])
         if release:
             return Decision(t, len(release), kind, _reason(kind, limits) if kind else "", release)
-        first, first_kind = slots[0]
+        first, first_kind = release_times(state, limits, t, 1)[0]  # what it waits for
         if state.all_reserved > 0:
             # Live batches of other runs hold part of the allowance; they end (and give
             # back what they did not use) by their deadline: ask again then if that is sooner.

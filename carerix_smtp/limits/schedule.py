@@ -161,18 +161,15 @@ def _play_batch(
     model = q.timing if q.timing is not None and not q.timing.empty else None
     t = start + (model.setup if model else 0.0)
     taken = q.sizes[pos : pos + decision.count]
-    predict = model.predictor() if model else None
-    times: list[float] = []
-    if model is not None and max(decision.release, default=t) <= t:
-        # Every message may go at once (the usual case): each follows the one before;
-        # the same sums as the loop below, made in C.
-        seconds = q.seconds(pos, pos + decision.count) or []
+    seconds = q.seconds(pos, pos + decision.count) or [0.0] * len(taken)
+    if max(decision.release, default=t) <= t:
+        # Every message may go at once (the usual case): each follows the one before.
         times = list(itertools.accumulate(seconds, initial=t))[1:]
-        t = times[-1] if times else t
-    else:
-        for j, size_ in enumerate(taken):
-            t = max(t, decision.release[j]) + (predict(size_) if predict else 0.0)
-            times.append(t)
+    else:  # each waits for its release time too; the same steps, made by accumulate
+        times = list(
+            itertools.accumulate(zip(decision.release, seconds, strict=True), _after, initial=t)
+        )[1:]
+    t = times[-1] if times else t
     # One merge instead of an insort per message (status plays 100,000 forward):
     # ``times`` is sorted, so the sort only merges two runs.
     for known in (sends, every):
@@ -180,6 +177,12 @@ def _play_batch(
         known.sort()
     batch_bytes = sum(taken)
     return PlannedBatch(name, start, len(taken), batch_bytes, t)
+
+
+def _after(t: float, slot: tuple[float, float]) -> float:
+    """When a message ends that starts at its release time or after the one before."""
+    release, seconds = slot
+    return max(t, release) + seconds
 
 
 def _forget_old_sends(

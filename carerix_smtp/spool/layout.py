@@ -21,7 +21,6 @@ import errno
 import fcntl
 import itertools
 import os
-import secrets
 import stat
 import weakref
 from collections.abc import Callable, Iterator
@@ -100,7 +99,7 @@ class SpoolLayout:
         self.journal_path = self.state_dir / "journal"
         self.delivery_log_path = self.state_dir / "delivery.log"
         self.lock_path = self.state_dir / "lock"
-        self.token_prefix = f"{int(clock()):x}{os.getpid():x}{secrets.token_hex(3)}"
+        self.token_prefix = f"{int(clock()):x}{os.getpid():x}{os.urandom(3).hex()}"
         self._tmp_seq = itertools.count()  # next() is atomic: no lock needed
         self.paths = {rel: self.path / rel if rel else self.path for rel in (TOP, *SUBDIRS)}
         self.claim_dirs = {kind: self.paths[rel] for kind, rel in CLAIM_DIRS.items()}
@@ -174,21 +173,33 @@ class SpoolLayout:
     def scandir(self, rel: str) -> Iterator[os.DirEntry[str]]:
         """The entries of directory ``rel``, streamed (none when it does not exist);
         ``entry.stat(follow_symlinks=False)`` works during the iteration."""
+        with self.listing(rel) as entries, storage("list", self.dir(rel)):
+            yield from entries
+
+    @contextlib.contextmanager
+    def listing(self, rel: str) -> Iterator[Iterator[os.DirEntry[str]]]:
+        """``os.scandir``'s own iterator over directory ``rel`` (empty when it does not
+        exist), for a ``with`` block: no generator step per entry, for the status of
+        100,000 files.  An OSError while iterating is the caller's to wrap (``storage``);
+        ``entry.stat(follow_symlinks=False)`` works inside the block."""
         try:
             parent = self.fd(rel)
         except StorageError as exc:
             if exc.errno == errno.ENOENT:
+                yield iter(())
                 return
             raise
         with storage("list", self.dir(rel)):
             # A descriptor of its own: scandir's dup would share the read offset of
             # ``parent`` with any other listing of the same directory.
             fd = os.open(".", _DIR, dir_fd=parent)
-            try:
-                with os.scandir(fd) as it:
-                    yield from it
-            finally:
-                os.close(fd)
+        try:
+            with storage("list", self.dir(rel)):
+                it = os.scandir(fd)
+            with it:
+                yield it
+        finally:
+            os.close(fd)
 
     def lstat(self, rel: str, name: str) -> os.stat_result | None:
         """``lstat`` of ``name`` in ``rel``; None when it is not there."""
@@ -401,4 +412,4 @@ def file_type(mode: int) -> str:
 def variant(name: str) -> str:
     """``x.eml`` -> ``x~1a2b3c4d.eml``: a free name when ``x.eml`` is taken."""
     stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-    return f"{stem}~{secrets.token_hex(4)}{SUFFIX}"
+    return f"{stem}~{os.urandom(4).hex()}{SUFFIX}"

@@ -34,6 +34,7 @@ from carerix_smtp.spool.layout import (
     SpoolLayout,
     file_type,
     origin,
+    storage,
 )
 from carerix_smtp.spool.records import MessageState, iso, read_bytes, read_records
 
@@ -481,15 +482,17 @@ def _columns(layout: SpoolLayout, rel: str, records: list[str] | None = None) ->
     the entries and stat results of one chunk are freed before the next, so their
     memory is reused (a new process pays for every page it touches)."""
     columns = _Columns([], [], [], [])
-    listing = layout.scandir(rel)
+    where = layout.dir(rel)
     try:
-        while True:
-            ahead, kept = itertools.tee(itertools.islice(listing, _CHUNK))
-            # (a comprehension: a methodcaller with keywords costs more per call)
-            stats = [entry.stat(follow_symlinks=False) for entry in ahead]
-            if not stats:
-                return columns
-            _add(columns, list(map(_NAME, kept)), stats, records)
+        with layout.listing(rel) as listing:
+            while True:
+                with storage("list", where):
+                    chunk = list(itertools.islice(listing, _CHUNK))
+                if not chunk:
+                    return columns
+                # (a comprehension: a methodcaller with keywords costs more per call)
+                stats = [entry.stat(follow_symlinks=False) for entry in chunk]
+                _add(columns, list(map(_NAME, chunk)), stats, records)
     except FileNotFoundError:  # gone meanwhile (sent, removed): keep the others
         if records is not None:
             records.clear()

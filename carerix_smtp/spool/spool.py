@@ -64,7 +64,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -257,7 +256,7 @@ class Spool:
         now = self.clock()
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         stem = _UNSAFE_NAME.sub("_", Path(hint).stem)[:40].strip("._") if hint else ""
-        name = f"{stamp}-{secrets.token_hex(3)}" + (f"-{stem}" if stem else "") + SUFFIX
+        name = f"{stamp}-{os.urandom(3).hex()}" + (f"-{stem}" if stem else "") + SUFFIX
         tmp = f".{name}.part"
         layout.fd("tmp", create=True)  # made when missing; never through a symlink
         fd = layout.open_file("tmp", tmp, _NEW_FILE, 0o644)

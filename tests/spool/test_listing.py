@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -20,15 +22,17 @@ from carerix_smtp.spool.spool import Spool
 @pytest.fixture
 def listed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """How often each spool directory is listed (every listing goes through
-    SpoolLayout.scandir)."""
+    SpoolLayout.listing, SpoolLayout.scandir too)."""
     counts: Counter[str] = Counter()
-    real = layout_module.SpoolLayout.scandir
+    real = layout_module.SpoolLayout.listing
 
-    def counting(self: layout_module.SpoolLayout, rel: str) -> Iterator[os.DirEntry[str]]:
+    def counting(
+        self: layout_module.SpoolLayout, rel: str
+    ) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
         counts[rel or "."] += 1
         return real(self, rel)
 
-    monkeypatch.setattr(layout_module.SpoolLayout, "scandir", counting)
+    monkeypatch.setattr(layout_module.SpoolLayout, "listing", counting)
     return counts
 
 
@@ -119,20 +123,25 @@ def test_status_skips_a_message_that_goes_while_it_is_listed(
     """A send run takes a message between the listing and its lstat: it is not
     counted, the others are."""
     spool = make_spool(tmp_path, 4)
-    real = layout_module.SpoolLayout.scandir
+    real = layout_module.SpoolLayout.listing
     taken: list[str] = []
 
-    def listing_while_one_goes(
-        self: layout_module.SpoolLayout, rel: str
-    ) -> Iterator[os.DirEntry[str]]:
-        for entry in real(self, rel):
-            if rel == "" and not taken:  # once, after the listing has begun
+    def one_goes(entries: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]:
+        for entry in entries:
+            if not taken:  # once, after the listing has begun
                 gone = next(p for p in spool.glob("*.eml") if p.name != entry.name)
                 gone.unlink()
                 taken.append(gone.name)
             yield entry
 
-    monkeypatch.setattr(layout_module.SpoolLayout, "scandir", listing_while_one_goes)
+    @contextlib.contextmanager
+    def listing_while_one_goes(
+        self: layout_module.SpoolLayout, rel: str
+    ) -> Iterator[Iterator[os.DirEntry[str]]]:
+        with real(self, rel) as entries:
+            yield one_goes(entries) if rel == "" else entries
+
+    monkeypatch.setattr(layout_module.SpoolLayout, "listing", listing_while_one_goes)
     status = Spool(spool).status()
     assert taken and status.queued.count == 3
     assert [row[1] for row in status.queue.queued] == sorted(p.name for p in spool.glob("*.eml"))
