@@ -545,12 +545,13 @@ def next_batch(state: WindowState, limits: Limits, now: float, wanted: int) -> D
             t, kind = opens, WaitKind.INTERVAL
     # Two rounds at most: if the first slot frees up too late, start when it does.
     for _ in range(2):
-        times = _release(state, limits, t, wanted)
-        # Release times only grow with j: the slots within the horizon are a prefix.
-        release = tuple(times[: bisect.bisect_right(times, t + horizon)])
-        if release:
+        # The first slot alone says whether the batch can start at ``t`` at all.
+        first, first_kind = release_times(state, limits, t, 1)[0]
+        if first <= t + horizon:
+            times = _release(state, limits, t, wanted)
+            # Release times only grow with j: the slots within the horizon are a prefix.
+            release = tuple(times[: bisect.bisect_right(times, t + horizon)])
             return Decision(t, len(release), kind, _reason(kind, limits) if kind else "", release)
-        first, first_kind = release_times(state, limits, t, 1)[0]  # what it waits for
         if state.all_reserved > 0:
             # Live batches of other runs hold part of the allowance; they end (and give
             # back what they did not use) by their deadline: ask again then if that is sooner.
