@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -162,10 +163,13 @@ def _play_batch(
     t = start + (model.setup if model else 0.0)
     taken = q.sizes[pos : pos + decision.count]
     seconds = q.seconds(pos, pos + decision.count) or [0.0] * len(taken)
-    if max(decision.release, default=t) <= t:
-        # Every message may go at once (the usual case): each follows the one before.
-        times = list(itertools.accumulate(seconds, initial=t))[1:]
-    else:  # each waits for its release time too; the same steps, made by accumulate
+    # Each message follows the one before: ends[j] is when message j - 1 ends.
+    ends = list(itertools.accumulate(seconds, initial=t))
+    if all(map(operator.le, decision.release, ends)):
+        # Every message is released by the time the one before ends (the usual case,
+        # also when this batch follows the last one's pace): no message waits.
+        times = ends[1:]
+    else:  # some wait for their release time too; the same steps, made by accumulate
         times = list(
             itertools.accumulate(zip(decision.release, seconds, strict=True), _after, initial=t)
         )[1:]
