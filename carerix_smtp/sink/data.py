@@ -50,7 +50,7 @@ def unstuff(stuffed: bytes) -> bytes:
     """RFC 5321 §4.5.2: the first "." of every line taken off (lines end at CRLF)."""
     if stuffed.startswith(b"."):
         stuffed = stuffed[1:]
-    return stuffed.replace(b"\r\n.", b"\r\n") if b"\r\n." in stuffed else stuffed
+    return stuffed.replace(b"\r\n.", b"\r\n")  # (no copy when there is none)
 
 
 async def read_data(

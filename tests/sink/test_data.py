@@ -158,7 +158,7 @@ def test_open_terminator(tail: bytes, begun: int) -> None:
 def test_unstuff() -> None:
     assert unstuff(b"..a\r\n..\r\n.b\r\nc.\r\n") == b".a\r\n.\r\nb\r\nc.\r\n"
     plain = b"no dots at line starts\r\n"
-    assert unstuff(plain) is plain
+    assert unstuff(plain) == plain
 
 
 # --------------------------------------------------------------------- over a socket
@@ -262,6 +262,14 @@ def test_lone_dot_right_after_354_is_an_empty_message(sink: Sink, wire: Callable
     client.send(b".\r\n")
     assert client.reply().startswith(b"250 2.0.0 OK")
     assert stored(sink, 1) == [b""]
+
+
+def test_dots_at_the_very_start_are_unstuffed(sink: Sink, wire: Callable[[], Wire]) -> None:
+    client = wire()
+    client.envelope()
+    client.send(b"..leading\r\n..\r\n.\r\n", 1)
+    assert client.reply().startswith(b"250 2.0.0 OK")
+    assert stored(sink, 1) == [b".leading\r\n.\r\n"]
 
 
 def test_too_big_552_then_the_session_goes_on(sink: Sink, wire: Callable[[], Wire]) -> None:
