@@ -33,6 +33,7 @@ from carerix_smtp.sink.data import read_data
 from carerix_smtp.sink.faults import DROP, HANG
 
 if TYPE_CHECKING:
+    from carerix_smtp.sink.alarm import Alarm
     from carerix_smtp.sink.config import SinkConfig
     from carerix_smtp.sink.faults import FaultScript
 
@@ -77,6 +78,7 @@ class SinkSMTP(SMTP):
         faults: FaultScript,
         on_open: Callable[[SinkSMTP], bool],
         on_close: Callable[[SinkSMTP], None],
+        alarm: Alarm | None = None,
         **kwargs: Any,
     ) -> None:
         # aiosmtpd keeps this dict on the class and grows it on every EHLO; give each
@@ -87,6 +89,7 @@ class SinkSMTP(SMTP):
         self._faults = faults
         self._on_open = on_open
         self._on_close = on_close
+        self._alarm = alarm  # latency to within ~0.1 ms (asyncio's timers: 1 ms)
         self._greeted = False
         self._counted = False
         self._uncounted = False
@@ -152,9 +155,12 @@ class SinkSMTP(SMTP):
             status = _REWRITES.get(status, status)
         latency = self._config.latency_ms / 1000.0
         if latency:
-            delay = self._last_arrival + latency - self.loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = self._last_arrival + latency
+            if due > self.loop.time():
+                if self._alarm is not None:
+                    await self._alarm.sleep_until(due)
+                else:
+                    await asyncio.sleep(due - self.loop.time())
         if self.transport is None or self.transport.is_closing():
             return
         await super().push(status)
