@@ -15,7 +15,8 @@ Latency
     ``latency_ms`` delays every reply (greeting, EHLO, MAIL, RCPT, DATA, end of
     data, AUTH…) until that long after the latest data the client sent before
     it, like a network round trip: a client that waits for each reply pays it
-    once per command, pipelined commands share one delay.
+    once per command, pipelined commands share one delay.  The reply leaves when
+    due to within about 0.1 ms (sink/alarm.py; asyncio's timers round up to 1 ms).
 """
 
 from __future__ import annotations
