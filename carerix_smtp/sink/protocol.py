@@ -2,16 +2,21 @@
 faults at the greeting and at DATA, drop/hang, enhanced status codes, and the
 connection accounting (limit, open count).
 
+DATA
+    The content after the 354 is read in blocks up to the terminator (sink/data.py)
+    rather than aiosmtpd's line at a time; replies, limits and events are aiosmtpd's.
+
 CHUNKING (``chunking``, RFC 3030)
-    BDAT chunks are read by their byte count, without the line-by-line work of
-    DATA: the end of data is the last chunk's last byte.  Refusals (no recipient,
+    BDAT chunks are read by their byte count, with no terminator to look for:
+    the end of data is the last chunk's last byte.  Refusals (no recipient,
     too big) come after the chunk's bytes were read, so the session stays in step.
 
 Latency
     ``latency_ms`` delays every reply (greeting, EHLO, MAIL, RCPT, DATA, end of
     data, AUTH…) until that long after the latest data the client sent before
     it, like a network round trip: a client that waits for each reply pays it
-    once per command, pipelined commands share one delay.
+    once per command, pipelined commands share one delay.  The reply leaves when
+    due to within about 0.1 ms (sink/alarm.py; asyncio's timers round up to 1 ms).
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, AnyStr
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 
+from carerix_smtp.sink.data import read_data
 from carerix_smtp.sink.faults import DROP, HANG
 
 if TYPE_CHECKING:
+    from carerix_smtp.sink.alarm import Alarm
     from carerix_smtp.sink.config import SinkConfig
     from carerix_smtp.sink.faults import FaultScript
 
@@ -72,6 +79,7 @@ class SinkSMTP(SMTP):
         faults: FaultScript,
         on_open: Callable[[SinkSMTP], bool],
         on_close: Callable[[SinkSMTP], None],
+        alarm: Alarm | None = None,
         **kwargs: Any,
     ) -> None:
         # aiosmtpd keeps this dict on the class and grows it on every EHLO; give each
@@ -82,6 +90,7 @@ class SinkSMTP(SMTP):
         self._faults = faults
         self._on_open = on_open
         self._on_close = on_close
+        self._alarm = alarm  # latency to within ~0.1 ms (asyncio's timers: 1 ms)
         self._greeted = False
         self._counted = False
         self._uncounted = False
@@ -147,9 +156,12 @@ class SinkSMTP(SMTP):
             status = _REWRITES.get(status, status)
         latency = self._config.latency_ms / 1000.0
         if latency:
-            delay = self._last_arrival + latency - self.loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = self._last_arrival + latency
+            if due > self.loop.time():
+                if self._alarm is not None:
+                    await self._alarm.sleep_until(due)
+                else:
+                    await asyncio.sleep(due - self.loop.time())
         if self.transport is None or self.transport.is_closing():
             return
         await super().push(status)
@@ -181,7 +193,44 @@ class SinkSMTP(SMTP):
             if fault is not None:
                 await self.push(fault)
                 return
-        await super().smtp_DATA(arg)
+        if self._decode_data:  # not the sink's (decode_data=False): aiosmtpd's own
+            await super().smtp_DATA(arg)
+            return
+        await self._data(arg)
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd 1.4's smtp_DATA with the content read in blocks (sink/data.py):
+        the same checks, replies and post-DATA state; ``handle_DATA`` at the end."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            read = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection ended (aiosmtpd's eof_received)
+            log.info("Connection lost during DATA")
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:
+            self._close()  # the stream ended before the terminator: no message
+            return
+        if read.refusal is not None:
+            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            await self.push(read.refusal.value)
+            return
+        envelope.content = envelope.original_content = read.content
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else None
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is None or status is MISSING else status)
 
     async def smtp_BDAT(self, arg: str) -> None:
         """RFC 3030 §2: ``BDAT <size> [LAST]``; the chunk's bytes follow the command."""

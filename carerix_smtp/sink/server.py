@@ -44,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carerix_smtp.errors import SinkStartError, UsageError
+from carerix_smtp.sink.alarm import Alarm
 from carerix_smtp.sink.config import SinkConfig
 from carerix_smtp.sink.faults import FaultScript
 from carerix_smtp.sink.handler import SinkHandler
@@ -95,6 +96,7 @@ class Sink:
         self._thread_error: BaseException | None = None
         self._address: tuple[str, int] = (self.config.host, self.config.port)
         self._tls = ServerTls()
+        self._alarm: Alarm | None = None  # the loop's (latency), made in _serve
 
     # -- public API ------------------------------------------------------------
 
@@ -262,6 +264,20 @@ class Sink:
         self._stopping = asyncio.Event()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
+        self._alarm = Alarm(loop)
+        try:
+            await self._serve_until_stopped(loop, sock, implicit_ctx, ready)
+        finally:
+            self._alarm.close()
+
+    async def _serve_until_stopped(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        implicit_ctx: ssl.SSLContext | None,
+        ready: threading.Event,
+    ) -> None:
+        assert self._stopping is not None and self._all_closed is not None
         server = await loop.create_server(self._make_protocol, sock=sock, ssl=implicit_ctx)
         self._loop = loop
         ready.set()
@@ -288,6 +304,7 @@ class Sink:
             faults=self._faults,
             on_open=self._connection_opened,
             on_close=self._connection_closed,
+            alarm=self._alarm,
             hostname=SERVER_NAME,
             ident="cxsmtp sink ESMTP",
             data_size_limit=config.size,  # None: no SIZE, no limit
