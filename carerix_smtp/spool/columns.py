@@ -4,10 +4,12 @@ One pass per directory: scandir, then an lstat per entry (no file is opened),
 then the columns and selections made in C by ``map`` and ``compress``.  The lstat
 is nearly all of the cost (about 2 µs a file here: the system call and the stat
 result), so a big directory (SPLIT_AT entries or more, on a machine with a second
-CPU) is stat'ed on two cores: once it is listed, a forked child lstats the second
-half of the entries and sends back their times, sizes and modes, packed as arrays,
-while this process does the first half.  The child only stats and writes, and
-leaves with ``os._exit``; when it cannot do its part, this process does it.
+CPU) is done on two cores: a forked child lists the directory too and lstats the
+second half of its listing, and sends back the times, sizes and modes, packed as
+arrays, with the count and a hash of the names, while this process lists it and
+does the first half.  When the two listings differ (the directory changed in
+between) or the child could not do its part, this process does the second half
+too.  The child only lists, stats and writes, and leaves with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import itertools
 import operator
 import os
 import signal
+import struct
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import compress
@@ -62,7 +65,12 @@ def list_columns(layout: SpoolLayout, rel: str, records: list[str] | None = None
     try:
         # (the entries stat through the listing's descriptor: only while it is open)
         with layout.listing(rel) as listing:
-            _stat_into(columns, _list_entries(layout, rel, listing), records)
+            entries, child = _list_entries(layout, rel, listing)
+            try:
+                _stat_into(columns, entries, child, records)
+            finally:
+                if child is not None:
+                    child.close()
         return columns
     except FileNotFoundError:  # gone meanwhile: list again, an entry at a time
         if records is not None:
@@ -75,26 +83,29 @@ def list_columns(layout: SpoolLayout, rel: str, records: list[str] | None = None
 
 def _list_entries(
     layout: SpoolLayout, rel: str, listing: Iterator[os.DirEntry[str]]
-) -> list[os.DirEntry[str]]:
+) -> tuple[list[os.DirEntry[str]], _ChildStat | None]:
+    """Every entry of the listing, and the child that does the second half's lstat
+    when the directory is big (started as soon as that shows, to list in parallel)."""
     with storage("list", layout.dir(rel)):
-        return list(listing)
+        entries = list(itertools.islice(listing, SPLIT_AT))
+        child = _ChildStat(layout.fd(rel)) if len(entries) == SPLIT_AT and _two_cpus() else None
+        entries += listing
+    return entries, child
 
 
 def _stat_into(
-    columns: Columns, entries: list[os.DirEntry[str]], records: list[str] | None
+    columns: Columns,
+    entries: list[os.DirEntry[str]],
+    child: _ChildStat | None,
+    records: list[str] | None,
 ) -> None:
-    """lstat ``entries`` into ``columns``: the second half in a child when there are many."""
-    if len(entries) < SPLIT_AT or not _two_cpus():
-        _stat_chunks(columns, entries, records)
+    """lstat ``entries`` into ``columns``: the second half from ``child`` when it has it."""
+    half = len(entries) // 2 if child is not None else len(entries)
+    _stat_chunks(columns, entries[:half], records)
+    if child is None:
         return
-    half = len(entries) // 2
     second = entries[half:]
-    child = _ChildStat(second)
-    try:
-        _stat_chunks(columns, entries[:half], records)
-        done = child.result()
-    finally:
-        child.close()
+    done = child.result(second)
     if done is None:
         _stat_chunks(columns, second, records)
     else:
@@ -157,13 +168,13 @@ def _still_there(
 
 
 class _ChildStat:
-    """A forked child that lstats ``entries`` (through the listing's descriptor, which
-    it shares) and sends back one status byte (S: stat'ed, G: an entry had gone,
-    anything else: it failed), then the mtimes (``d``), sizes (``q``) and modes
-    (``Q``) as arrays."""
+    """A forked child that lists the directory of ``dir_fd`` on a descriptor of its
+    own and lstats the second half of its listing.  It sends back one status byte
+    (S: stat'ed, G: an entry had gone, anything else: it failed), then the count and
+    the hash of those names (the same hash in parent and child: the fork keeps the
+    hash seed) and the mtimes (``d``), sizes (``q``) and modes (``Q``) as arrays."""
 
-    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
-        self._count = len(entries)
+    def __init__(self, dir_fd: int) -> None:
         self._pid = 0
         self._read = -1
         read, write = os.pipe()
@@ -173,12 +184,12 @@ class _ChildStat:
             os.close(read)
             os.close(write)
             return  # no child: result() says so, and this process does the work
-        if pid == 0:  # the child: stat, write, leave (nothing of the parent's runs)
+        if pid == 0:  # the child: list, stat, write, leave (nothing of the parent's runs)
             code = 0
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.close(read)
-                _write_all(write, _packed(entries))
+                _write_all(write, _second_half(dir_fd))
             except BaseException:
                 code = 1
             finally:
@@ -186,9 +197,12 @@ class _ChildStat:
         os.close(write)
         self._pid, self._read = pid, read
 
-    def result(self) -> tuple[list[float], list[int], list[int]] | None:
-        """The child's columns; None when it could not make them; FileNotFoundError
-        when an entry had gone."""
+    def result(
+        self, second: list[os.DirEntry[str]]
+    ) -> tuple[list[float], list[int], list[int]] | None:
+        """The columns of ``second`` (this process's second half) from the child;
+        None when it has no such columns (its listing differed, or it failed);
+        FileNotFoundError when an entry had gone."""
         if self._read < 0:
             return None
         with os.fdopen(self._read, "rb") as pipe:
@@ -197,13 +211,16 @@ class _ChildStat:
         self.close()
         if data[:1] == b"G":
             raise FileNotFoundError("a listed entry has gone")
-        n = self._count
-        if data[:1] != b"S" or len(data) != 1 + 24 * n:
+        n = len(second)
+        if data[:1] != b"S" or len(data) != 17 + 24 * n:
+            return None
+        count, names = _HEADER.unpack_from(data, 1)
+        if count != n or names != hash(tuple(map(_NAME, second))):
             return None
         mtimes, sizes, modes = array("d"), array("q"), array("Q")
-        mtimes.frombytes(data[1 : 1 + 8 * n])
-        sizes.frombytes(data[1 + 8 * n : 1 + 16 * n])
-        modes.frombytes(data[1 + 16 * n :])
+        mtimes.frombytes(data[17 : 17 + 8 * n])
+        sizes.frombytes(data[17 + 8 * n : 17 + 16 * n])
+        modes.frombytes(data[17 + 16 * n :])
         return mtimes.tolist(), sizes.tolist(), modes.tolist()
 
     def close(self) -> None:
@@ -219,15 +236,26 @@ class _ChildStat:
             self._pid = 0
 
 
-def _packed(entries: list[os.DirEntry[str]]) -> bytes:
-    """In the child: the packed columns of ``entries``; b"G" when one has gone."""
+_HEADER = struct.Struct("=qq")  # count, hash of the names
+
+
+def _second_half(dir_fd: int) -> bytes:
+    """In the child: the packed columns of the second half of a listing of its own."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        stats = [entry.stat(follow_symlinks=False) for entry in entries]
-    except FileNotFoundError:
-        return b"G"
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+            second = entries[len(entries) // 2 :]
+            try:
+                stats = [entry.stat(follow_symlinks=False) for entry in second]
+            except FileNotFoundError:
+                return b"G"
+    finally:
+        os.close(fd)
     return b"".join(
         (
             b"S",
+            _HEADER.pack(len(second), hash(tuple(map(_NAME, second)))),
             array("d", map(_MTIME, stats)).tobytes(),
             array("q", map(_SIZE, stats)).tobytes(),
             array("Q", map(_MODE, stats)).tobytes(),

@@ -84,25 +84,25 @@ def test_the_split_gives_what_one_process_gives(
     assert records_split == records_one == ["m00003.eml.json"]
 
 
-def test_an_entry_that_goes_before_the_child_stats_it_is_left_out(
+def test_listings_that_differ_or_an_entry_that_goes_leave_it_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The last entry listed goes before the child stats it (another run sent it):
-    the child says so, the directory is listed again, and the entry is left out."""
+    """The last entry goes after this process listed it and before the child lists:
+    the two listings differ, this process stats its second half itself, finds the
+    entry gone and lists again; the entry is left out, the others are all there."""
     spool = make_spool(tmp_path, 30)
+    last = os.listdir(spool)[-1]  # listed last by scandir too: in the second half
     monkeypatch.setattr(columns_module, "_two_cpus", lambda: True)
     monkeypatch.setattr(columns_module, "SPLIT_AT", 4)
     real = columns_module._ChildStat.__init__
-    gone: list[str] = []
 
-    def gone_first(self: columns_module._ChildStat, entries: list[os.DirEntry[str]]) -> None:
-        gone.append(entries[-1].name)
-        (spool / entries[-1].name).unlink()
-        real(self, entries)
+    def gone_first(self: columns_module._ChildStat, dir_fd: int) -> None:
+        (spool / last).unlink()  # sent by another run meanwhile
+        real(self, dir_fd)
 
     monkeypatch.setattr(columns_module._ChildStat, "__init__", gone_first)
     columns = list_columns(layout_of(spool), "")
-    assert len(columns.names) == 29 and gone and gone[0] not in columns.names
+    assert len(columns.names) == 29 and last not in columns.names
     assert as_set(columns) == expected(spool)
 
 
@@ -115,7 +115,7 @@ def test_a_child_that_saw_an_entry_go_or_failed_changes_nothing(
     spool = spool_with_odd_entries(tmp_path, 30)
     monkeypatch.setattr(columns_module, "_two_cpus", lambda: True)
     monkeypatch.setattr(columns_module, "SPLIT_AT", 4)
-    monkeypatch.setattr(columns_module, "_packed", lambda entries: answer)
+    monkeypatch.setattr(columns_module, "_second_half", lambda dir_fd: answer)
     records: list[str] = []
     columns = list_columns(layout_of(spool), "", records)
     assert as_set(columns) == expected(spool)
