@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import json
 import operator
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
-from typing import Any, SupportsIndex, overload
+from typing import Any, NamedTuple, SupportsIndex, overload
 
-from carerix_smtp.spool.columns import Columns, Row, list_columns
 from carerix_smtp.spool.layout import (
     KINDS,
+    RECORD_SUFFIX,
     STALE_TMP_AGE,
     SUFFIX,
     TOP,
@@ -32,6 +34,7 @@ from carerix_smtp.spool.layout import (
     SpoolLayout,
     file_type,
     origin,
+    storage,
 )
 from carerix_smtp.spool.records import MessageState, iso, read_bytes, read_records
 
@@ -56,6 +59,7 @@ DEFAULT_CANDIDATE_LIMIT = 10_000
 RANK: dict[Kind, int] = {"deferred": 0, "queued": 1}  # due deferred ones go first
 # (rank, mtime, name, size, st_mode): the sort key first; (rank, mtime, name) is unique
 _Entry = tuple[int, float, str, int, int]
+_Row = tuple[float, str, int, int]  # (mtime, name, size, st_mode) of one *.eml entry
 
 
 def _candidate(entry: _Entry) -> Candidate:
@@ -63,7 +67,31 @@ def _candidate(entry: _Entry) -> Candidate:
     return Candidate(KINDS[rank], name, size, mtime, file_type(mode))
 
 
-_NONE = Columns([], [], [], [])
+class _Columns(NamedTuple):
+    """The *.eml entries of one directory as columns (a status pass: no object per
+    entry beyond what scandir and stat make; sums and minimums run in C)."""
+
+    names: list[str]
+    mtimes: list[float]
+    sizes: list[int]
+    modes: list[int]
+
+    def rows(self) -> list[_Row]:
+        """(mtime, name, size, st_mode) per entry, oldest first, then by name."""
+        return sorted(zip(self.mtimes, self.names, self.sizes, self.modes, strict=True))
+
+    def listed_in_order(self) -> int:
+        """1 when the listing is in sending order already (mtimes strictly rising),
+        -1 when in the reverse order (tmpfs lists the newest first), else 0."""
+        mtimes = self.mtimes
+        if all(map(operator.lt, mtimes, itertools.islice(mtimes, 1, None))):
+            return 1
+        if all(map(operator.gt, mtimes, itertools.islice(mtimes, 1, None))):
+            return -1
+        return 0
+
+
+_NONE = _Columns([], [], [], [])
 
 
 class DueQueue:
@@ -72,21 +100,21 @@ class DueQueue:
     not Candidates: 100,000 Candidates would cost more than the listing.  Sorted
     when first asked for (a status without a server never needs the order)."""
 
-    def __init__(self, deferred: Columns = _NONE, queued: Columns = _NONE) -> None:
+    def __init__(self, deferred: _Columns = _NONE, queued: _Columns = _NONE) -> None:
         self._columns = (deferred, queued)
-        self._rows: tuple[list[Row], list[Row]] | None = None
+        self._rows: tuple[list[_Row], list[_Row]] | None = None
 
-    def _sorted(self) -> tuple[list[Row], list[Row]]:
+    def _sorted(self) -> tuple[list[_Row], list[_Row]]:
         if self._rows is None:
             self._rows = (self._columns[0].rows(), self._columns[1].rows())
         return self._rows
 
     @property
-    def deferred(self) -> list[Row]:
+    def deferred(self) -> list[_Row]:
         return self._sorted()[0]
 
     @property
-    def queued(self) -> list[Row]:
+    def queued(self) -> list[_Row]:
         return self._sorted()[1]
 
     def sizes(self) -> list[int]:
@@ -105,7 +133,7 @@ class DueQueue:
         return out
 
     def candidates(self) -> list[Candidate]:
-        parts: tuple[tuple[Kind, list[Row]], ...] = (
+        parts: tuple[tuple[Kind, list[_Row]], ...] = (
             ("deferred", self.deferred),
             ("queued", self.queued),
         )
@@ -116,7 +144,7 @@ class DueQueue:
         ]
 
 
-def _regular(row: Row) -> bool:
+def _regular(row: _Row) -> bool:
     return stat.S_ISREG(row[3])
 
 
@@ -379,13 +407,13 @@ class Listing:
         now = self._clock() if now is None else now
         result = SpoolStatus(path=layout.path)
         records: dict[str, list[str]] = {"failed": [], "deferred": []}
-        queued = list_columns(layout, TOP)
-        deferred = list_columns(layout, "deferred", records["deferred"])
+        queued = _columns(layout, TOP)
+        deferred = _columns(layout, "deferred", records["deferred"])
         _count(result.queued, queued)
         _count(result.deferred, deferred)
-        _count(result.held, list_columns(layout, "held"))
-        _count(result.sent, list_columns(layout, "sent"))
-        _count(result.failed, list_columns(layout, "failed", records["failed"]))
+        _count(result.held, _columns(layout, "held"))
+        _count(result.sent, _columns(layout, "sent"))
+        _count(result.failed, _columns(layout, "failed", records["failed"]))
         result.next_retry = result.deferred.oldest
         due = _due(deferred, now)
         result.due_now = len(due.names)
@@ -441,19 +469,92 @@ class Listing:
         rows.sort()
 
 
-def _count(state: StateCount, columns: Columns) -> None:
+_NAME = operator.attrgetter("name")
+_IS_EML = operator.methodcaller("endswith", SUFFIX)
+_IS_RECORD = operator.methodcaller("endswith", SUFFIX + RECORD_SUFFIX)
+
+
+def _columns(layout: SpoolLayout, rel: str, records: list[str] | None = None) -> _Columns:
+    """The *.eml entries (not dot-files) of ``rel`` in one pass, as columns (the
+    status's listing: an lstat per entry while the listing is open, then columns
+    and selections made in C by ``map`` and ``compress``); ``records`` gets the
+    names of the ``NAME.eml.json`` records seen on the way.  A chunk at a time:
+    the entries and stat results of one chunk are freed before the next, so their
+    memory is reused (a new process pays for every page it touches)."""
+    columns = _Columns([], [], [], [])
+    where = layout.dir(rel)
+    try:
+        with layout.listing(rel) as listing:
+            while True:
+                with storage("list", where):
+                    chunk = list(itertools.islice(listing, _CHUNK))
+                if not chunk:
+                    return columns
+                # (a comprehension: a methodcaller with keywords costs more per call)
+                stats = [entry.stat(follow_symlinks=False) for entry in chunk]
+                _add(columns, list(map(_NAME, chunk)), stats, records)
+    except FileNotFoundError:  # gone meanwhile (sent, removed): keep the others
+        if records is not None:
+            records.clear()
+        columns = _Columns([], [], [], [])
+        entries, stats = _still_there(layout, rel)
+        _add(columns, list(map(_NAME, entries)), stats, records)
+        return columns
+
+
+_CHUNK = 4096
+
+
+def _add(
+    columns: _Columns, names: list[str], stats: list[os.stat_result], records: list[str] | None
+) -> None:
+    """Add the *.eml entries of ``names`` (with their ``stats``) to ``columns``."""
+    if records is not None:
+        records += compress(names, map(_IS_RECORD, names))
+    if names and min(names) < "/":  # a dot-file (or a name before "/"): rare
+        wanted = [name.endswith(SUFFIX) and not name.startswith(".") for name in names]
+    else:
+        wanted = list(map(_IS_EML, names))
+    stats = list(compress(stats, wanted))
+    columns.names.extend(compress(names, wanted))
+    columns.mtimes.extend(map(_MTIME, stats))
+    columns.sizes.extend(map(_SIZE, stats))
+    columns.modes.extend(map(_MODE, stats))
+
+
+def _still_there(
+    layout: SpoolLayout, rel: str
+) -> tuple[list[os.DirEntry[str]], list[os.stat_result]]:
+    """The listing again, an entry at a time, without the entries that have gone."""
+    kept: list[os.DirEntry[str]] = []
+    stats: list[os.stat_result] = []
+    for entry in layout.scandir(rel):
+        try:
+            stats.append(entry.stat(follow_symlinks=False))
+        except FileNotFoundError:
+            continue
+        kept.append(entry)
+    return kept, stats
+
+
+def _count(state: StateCount, columns: _Columns) -> None:
     state.count = len(columns.names)
     state.bytes = sum(columns.sizes)
     state.oldest = min(columns.mtimes, default=None)
 
 
-def _due(deferred: Columns, now: float) -> Columns:
+def _due(deferred: _Columns, now: float) -> _Columns:
     """The entries of deferred/ whose next attempt is due (mtime <= now)."""
     if max(deferred.mtimes, default=now) <= now:
         return deferred
     due = [i for i, mtime in enumerate(deferred.mtimes) if mtime <= now]
     names, mtimes, sizes, modes = ([column[i] for i in due] for column in deferred)
-    return Columns(names, mtimes, sizes, modes)  # type: ignore[arg-type]
+    return _Columns(names, mtimes, sizes, modes)  # type: ignore[arg-type]
+
+
+_MTIME = operator.attrgetter("st_mtime")
+_SIZE = operator.attrgetter("st_size")
+_MODE = operator.attrgetter("st_mode")
 
 
 def _entries(layout: SpoolLayout, rel: str) -> Iterator[tuple[float, str, int, int]]:

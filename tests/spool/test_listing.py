@@ -15,8 +15,7 @@ import pytest
 from servers import eml, make_spool
 
 from carerix_smtp.spool import layout as layout_module
-from carerix_smtp.spool.columns import Columns
-from carerix_smtp.spool.listing import DueQueue
+from carerix_smtp.spool.listing import DueQueue, _Columns
 from carerix_smtp.spool.spool import Spool
 
 
@@ -163,7 +162,7 @@ def test_due_sizes_are_in_sending_order_however_the_directory_lists(
     names = ["b.eml", "a.eml", "d.eml", "c.eml"]
     sizes = [10, 20, 30, 40]
     regular = [stat.S_IFREG | 0o600] * 4
-    queue = DueQueue(queued=Columns(names, mtimes, sizes, regular))
+    queue = DueQueue(queued=_Columns(names, mtimes, sizes, regular))
     expected = [size for _, _, size in sorted(zip(mtimes, names, sizes, strict=True))]
     assert queue.sizes() == expected
     assert [row[2] for row in queue.queued] == expected
