@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import time
 import weakref
@@ -46,9 +45,8 @@ from carerix_smtp.limits.postgres_rows import (
 )
 from carerix_smtp.limits.postgres_schema import PostgresDatabase, init_schema
 from carerix_smtp.limits.rule import Limits, TimingModel, next_batch, plan_batch_size
-from carerix_smtp.limits.schedule import Schedule, ServerQueue, simulate_schedule
-from carerix_smtp.limits.sqlite import _usage
-from carerix_smtp.limits.sqlite_state import LoadedState
+from carerix_smtp.limits.schedule import Schedule
+from carerix_smtp.limits.store import StoreBase, schedule_from_state, usage_from_state
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def _close_open_ledgers() -> None:
             ledger.close()
 
 
-class PostgresLedger:
+class PostgresLedger(StoreBase):
     """The ledger in the PostgreSQL database at ``url`` (its schema made by :func:`init_schema`).
 
     Admission is atomic across hosts: reclaiming, reading the windows,
@@ -112,6 +110,8 @@ class PostgresLedger:
     raises :class:`~carerix_smtp.errors.LedgerUnavailableError` (exit 75).
     """
 
+    NOUN = "account"  # what the log lines call a grant's key
+
     def __init__(
         self,
         url: str,
@@ -141,16 +141,6 @@ class PostgresLedger:
         self._db = PostgresDatabase(url, busy_timeout=busy_timeout)
         self.where = self._db.where
         _OPEN.add(self)
-
-    @property
-    def owner(self) -> Owner:
-        if self._owner is not None:
-            return self._owner
-        pid = os.getpid()
-        if self._current_owner is None or self._owner_pid != pid:
-            self._current_owner = Owner.current()
-            self._owner_pid = pid
-        return self._current_owner
 
     def close(self) -> None:
         """Close open grants (releasing their slots) and the connection."""
@@ -204,49 +194,7 @@ class PostgresLedger:
             rid = insert_reservation(
                 cur, server, now, limits, decision.count, unwritten, self.owner, self.lease
             )
-        grant = BatchGrant(
-            self,
-            rid,
-            server,
-            limits,
-            now,
-            decision.count,
-            size,
-            loaded.timing,
-            decision.release,
-            group_max=self.confirm_group,
-            group_seconds=self.confirm_group_seconds,
-        )
-        self._grants.append(grant)
-        log.info(
-            "account %s: batch of up to %d message(s) (planned %d, limited by %s)",
-            server,
-            decision.count,
-            size.count,
-            size.limited_by,
-        )
-        return grant
-
-    def acquire(
-        self,
-        server: str,
-        limits: Limits,
-        queued_sizes: Sequence[int] = (),
-        *,
-        sleep: Callable[[float], None],
-        max_wait: float | None = None,
-        connections: int = 1,
-    ) -> BatchGrant | Wait:
-        """:meth:`open_batch`, sleeping through waits of at most ``max_wait`` (default: deadline)."""
-        limit = limits.batch_deadline if max_wait is None else max_wait
-        while True:
-            result = self.open_batch(server, limits, queued_sizes, connections=connections)
-            if isinstance(result, BatchGrant):
-                return result
-            delay = result.until - self.clock()
-            if math.isinf(result.until) or delay > limit:
-                return result
-            sleep(max(0.0, delay))
+        return self._grant(server, limits, now, rid, decision, size, loaded)
 
     def usage(self, server: str, limits: Limits) -> Usage:
         """Sent in the last hour / day, what the windows still allow, the next batch."""
@@ -257,10 +205,9 @@ class PostgresLedger:
             loaded = load_state(cur, server, limits, now)
             sent_hour, bytes_hour = count_sent(cur, server, now - limits.rate_window)
             sent_day, bytes_day = count_sent(cur, server, now - limits.send_limit_window)
-        return _usage(server, limits, now, loaded, (sent_hour, bytes_hour, sent_day, bytes_day))
-
-    def next_window_at(self, server: str, limits: Limits) -> float:
-        return self.usage(server, limits).next_batch_at
+        return usage_from_state(
+            server, limits, now, loaded, (sent_hour, bytes_hour, sent_day, bytes_day)
+        )
 
     def plan(self, queues: Mapping[str, tuple[Limits, Sequence[int]]]) -> Schedule:
         """The schedule that would send ``{account: (limits, queued sizes)}`` at current limits."""
@@ -273,9 +220,6 @@ class PostgresLedger:
             loaded = {name: load_state(cur, name, lim, now) for name, (lim, _) in queues.items()}
         return schedule_from_state(queues, loaded, now)
 
-    def eta(self, server: str, limits: Limits, queued_sizes: Sequence[int]) -> Schedule:
-        return self.plan({server: (limits, queued_sizes)})
-
     def sends(self, server: str | None = None, since: float | None = None) -> list[SendRecord]:
         """The recorded sends, oldest first (status and tests)."""
         self.flush()
@@ -287,11 +231,6 @@ class PostgresLedger:
             return read_timing(cur, server)
 
     # the groups of BatchGrant -------------------------------------------------------------
-
-    def flush(self) -> None:
-        """Write the confirmed sends this process's open grants still hold in memory."""
-        for grant in list(self._grants):
-            grant.flush()
 
     def record_sends(
         self, grant: BatchGrant, sends: Sequence[tuple[float, str | None, int]]
@@ -325,32 +264,4 @@ class PostgresLedger:
             if observations:
                 model = read_timing(cur, grant.server).add_batch(observations, setup)
                 save_timing(cur, grant.server, model, now)
-        if grant in self._grants:
-            self._grants.remove(grant)
-        log.info(
-            "account %s: batch done: %d message(s), %d bytes%s",
-            grant.server,
-            grant.sent,
-            grant.sent_bytes,
-            " (cut short by the deadline)" if grant.cut_by_deadline else "",
-        )
-
-
-def schedule_from_state(
-    queues: Mapping[str, tuple[Limits, Sequence[int]]],
-    loaded: Mapping[str, LoadedState],
-    now: float,
-) -> Schedule:
-    """Play the schedule forward from the windows' state (live reservations: sends at their end)."""
-    widest_name = max(queues, key=lambda name: queues[name][0].send_limit_window)
-    widest_state = loaded[widest_name].state
-    pending_at = max(now, widest_state.reservations_end or now)
-    all_sends = [*widest_state.all_sends, *[pending_at] * widest_state.all_reserved]
-    server_queues = {}
-    for name, (lim, sizes) in queues.items():
-        state = loaded[name].state
-        sends = sorted([*state.server_sends, *[pending_at] * state.server_reserved])
-        server_queues[name] = ServerQueue(
-            lim, sizes, sends, state.last_batch_start, loaded[name].timing
-        )
-    return simulate_schedule(server_queues, sorted(all_sends), now)
+        self._closed(grant)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import time
 import weakref
@@ -44,12 +43,10 @@ from carerix_smtp.limits.owner import Owner
 from carerix_smtp.limits.rule import (
     Limits,
     TimingModel,
-    WindowState,
     next_batch,
     plan_batch_size,
-    window_allowance,
 )
-from carerix_smtp.limits.schedule import Schedule, ServerQueue, simulate_schedule
+from carerix_smtp.limits.schedule import Schedule
 from carerix_smtp.limits.sqlite_connection import LedgerDatabase
 from carerix_smtp.limits.sqlite_reservations import (
     close_reservation,
@@ -58,7 +55,6 @@ from carerix_smtp.limits.sqlite_reservations import (
     reclaim,
 )
 from carerix_smtp.limits.sqlite_state import (
-    LoadedState,
     count_sent,
     list_sends,
     load_state,
@@ -66,6 +62,7 @@ from carerix_smtp.limits.sqlite_state import (
     read_timing,
     save_timing,
 )
+from carerix_smtp.limits.store import StoreBase, schedule_from_state, usage_from_state
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +78,7 @@ def _close_open_ledgers() -> None:
             ledger.close()
 
 
-class Ledger:
+class Ledger(StoreBase):
     """The SQLite ledger at ``path`` (created with its directory when missing, mode 0600).
 
     ``clock``: epoch seconds (``time.time`` in the CLI, a fake in tests);
@@ -140,16 +137,6 @@ class Ledger:
         return cls(
             Path(state_dir) / cls.FILENAME, clock=clock, sleep=sleep, busy_timeout=busy_timeout
         )
-
-    @property
-    def owner(self) -> Owner:
-        if self._owner is not None:
-            return self._owner
-        pid = os.getpid()
-        if self._current_owner is None or self._owner_pid != pid:
-            self._current_owner = Owner.current()
-            self._owner_pid = pid
-        return self._current_owner
 
     def close(self) -> None:
         """Close open grants (releasing their slots) and the database.
@@ -219,53 +206,7 @@ class Ledger:
             rid = insert_reservation(
                 conn, server, now, limits, decision.count, unwritten, self.owner
             )
-        grant = BatchGrant(
-            self,
-            rid,
-            server,
-            limits,
-            now,
-            decision.count,
-            size,
-            loaded.timing,
-            decision.release,
-            group_max=self.confirm_group,
-            group_seconds=self.confirm_group_seconds,
-        )
-        self._grants.append(grant)
-        log.info(
-            "server %s: batch of up to %d message(s) (planned %d, limited by %s)",
-            server,
-            decision.count,
-            size.count,
-            size.limited_by,
-        )
-        return grant
-
-    def acquire(
-        self,
-        server: str,
-        limits: Limits,
-        queued_sizes: Sequence[int] = (),
-        *,
-        sleep: Callable[[float], None],
-        max_wait: float | None = None,
-        connections: int = 1,
-    ) -> BatchGrant | Wait:
-        """:meth:`open_batch`, sleeping (with the injected ``sleep``) through short waits.
-
-        Waits longer than ``max_wait`` (default: the batch deadline) are
-        returned to the caller; ``math.inf`` sleeps until a batch is granted.
-        """
-        limit = limits.batch_deadline if max_wait is None else max_wait
-        while True:
-            result = self.open_batch(server, limits, queued_sizes, connections=connections)
-            if isinstance(result, BatchGrant):
-                return result
-            delay = result.until - self.clock()
-            if math.isinf(result.until) or delay > limit:
-                return result
-            sleep(max(0.0, delay))
+        return self._grant(server, limits, now, rid, decision, size, loaded)
 
     def usage(self, server: str, limits: Limits) -> Usage:
         """Sent in the last hour / day, what the windows still allow, the next batch."""
@@ -276,44 +217,21 @@ class Ledger:
             loaded = load_state(conn, server, limits, now)
             sent_hour, bytes_hour = count_sent(conn, server, now - limits.rate_window)
             sent_day, bytes_day = count_sent(conn, server, now - limits.send_limit_window)
-        return _usage(server, limits, now, loaded, (sent_hour, bytes_hour, sent_day, bytes_day))
-
-    def next_window_at(self, server: str, limits: Limits) -> float:
-        """When the next batch of ``server`` may start (now if now; ``math.inf``: never)."""
-        return self.usage(server, limits).next_batch_at
+        return usage_from_state(
+            server, limits, now, loaded, (sent_hour, bytes_hour, sent_day, bytes_day)
+        )
 
     def plan(self, queues: Mapping[str, tuple[Limits, Sequence[int]]]) -> Schedule:
-        """The schedule that would send ``{server: (limits, queued sizes)}`` at current limits.
-
-        Starts from the ledger's state (live reservations of other runs count as
-        sends at their deadline) and plays :func:`~carerix_smtp.limits.schedule.simulate_schedule`
-        forward; the servers share the email_send_limit window.
-        """
+        """The schedule that would send ``{server: (limits, queued sizes)}`` at current
+        limits, from the ledger's state (:func:`~carerix_smtp.limits.store.schedule_from_state`)."""
         if not queues:
             return Schedule((), None, 0, 0)
-        widest_name = max(queues, key=lambda name: queues[name][0].send_limit_window)
         self.flush()
         with self._db.write() as conn:
             now = self.clock()
             reclaim(conn, now, self.owner)
             loaded = {name: load_state(conn, name, lim, now) for name, (lim, _) in queues.items()}
-        widest_state = loaded[widest_name].state
-        all_sends = list(widest_state.all_sends)
-        pending_at = max(now, widest_state.reservations_end or now)
-        all_sends.extend([pending_at] * widest_state.all_reserved)
-        server_queues = {}
-        for name, (lim, sizes) in queues.items():
-            state = loaded[name].state
-            sends = list(state.server_sends)
-            sends.extend([pending_at] * state.server_reserved)
-            server_queues[name] = ServerQueue(
-                lim, sizes, sorted(sends), state.last_batch_start, loaded[name].timing
-            )
-        return simulate_schedule(server_queues, sorted(all_sends), now)
-
-    def eta(self, server: str, limits: Limits, queued_sizes: Sequence[int]) -> Schedule:
-        """:meth:`plan` for one server: ``.last_at`` is when the last message should go."""
-        return self.plan({server: (limits, queued_sizes)})
+        return schedule_from_state(queues, loaded, now)
 
     def sends(self, server: str | None = None, since: float | None = None) -> list[SendRecord]:
         """The recorded sends, oldest first (status and tests)."""
@@ -326,15 +244,6 @@ class Ledger:
             return read_timing(conn, server)
 
     # the groups of BatchGrant ------------------------------------------------------------
-
-    def flush(self) -> None:
-        """Write the confirmed sends that this process's open grants still hold in memory.
-
-        Done before every read of the windows, so this process always sees its
-        own sends (another process counts them as reserved slots meanwhile).
-        """
-        for grant in list(self._grants):
-            grant.flush()
 
     def record_sends(
         self, grant: BatchGrant, sends: Sequence[tuple[float, str | None, int]]
@@ -371,72 +280,4 @@ class Ledger:
             if observations:
                 model = read_timing(conn, grant.server).add_batch(observations, setup)
                 save_timing(conn, grant.server, model, now)
-        if grant in self._grants:
-            self._grants.remove(grant)
-        log.info(
-            "server %s: batch done: %d message(s), %d bytes%s",
-            grant.server,
-            grant.sent,
-            grant.sent_bytes,
-            " (cut short by the deadline)" if grant.cut_by_deadline else "",
-        )
-
-
-def _usage(
-    server: str, limits: Limits, now: float, loaded: LoadedState, counts: tuple[int, int, int, int]
-) -> Usage:
-    """:meth:`Ledger.usage` from the state read; ``counts``: sent, bytes in the hour, the day."""
-    state = loaded.state
-    size = plan_batch_size((), limits, loaded.timing)
-    decision = next_batch(state, limits, now, size.count)
-    timing = loaded.timing
-    per_byte = timing.per_byte
-    sent_hour, bytes_hour, sent_day, bytes_day = counts
-    return Usage(
-        server=server,
-        at=now,
-        limits=limits,
-        sent_hour=sent_hour,
-        bytes_hour=bytes_hour,
-        sent_day=sent_day,
-        bytes_day=bytes_day,
-        sent_day_all=len(state.all_sends),
-        reserved=state.server_reserved,
-        reserved_all=state.all_reserved,
-        window_allows=max(0, _window_allows(state, limits, now)),
-        last_batch_at=state.last_batch_start,
-        next_batch_at=decision.at,
-        next_batch_size=decision.count,
-        waiting_for=decision.kind,
-        reason=decision.reason,
-        seconds_per_message=timing.per_message,
-        seconds_per_megabyte=None if per_byte is None else per_byte * 1_000_000,
-    )
-
-
-def _window_allows(state: WindowState, limits: Limits, now: float) -> int:
-    """Messages the windows still allow at ``now`` (the batch interval aside)."""
-    daily = (
-        window_allowance(
-            state.server_sends, now, limits.daily_window, limits.daily_limit, state.server_reserved
-        )
-        if limits.daily_limit is not None
-        else limits.rate_per_hour
-    )
-    return min(
-        daily,
-        window_allowance(
-            state.server_sends,
-            now,
-            limits.rate_window,
-            limits.rate_per_hour,
-            state.server_reserved,
-        ),
-        window_allowance(
-            state.all_sends,
-            now,
-            limits.send_limit_window,
-            limits.email_send_limit,
-            state.all_reserved,
-        ),
-    )
+        self._closed(grant)
