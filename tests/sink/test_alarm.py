@@ -23,14 +23,15 @@ def test_wakes_in_order_and_never_early() -> None:
         alarm = Alarm(loop)
         woken: list[tuple[int, float, float]] = []
 
-        async def wait(index: int, after: float) -> None:
-            when = loop.time() + after
+        async def wait(index: int, when: float) -> None:
             await alarm.sleep_until(when)
             woken.append((index, when, loop.time()))
 
+        # Due times from one base (each task reading the clock itself would let a
+        # slow start reorder them); given out of order, the later ones first.
+        base = loop.time() + 0.005
         try:
-            # Given out of order; the later ones first.
-            await asyncio.gather(*(wait(i, 0.002 * (5 - i)) for i in range(5)))
+            await asyncio.gather(*(wait(i, base + 0.002 * (5 - i)) for i in range(5)))
         finally:
             alarm.close()
         return woken
