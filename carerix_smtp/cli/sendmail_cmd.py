@@ -57,7 +57,12 @@ Example:  printf 'Subject: hi\\n\\nhello\\n' | cxsmtp sendmail -f me@example.com
 def main(argv: list[str] | None = None) -> None:
     """The ``cxsmtp-sendmail`` console script."""
     args = sys.argv[1:] if argv is None else argv
-    sys.exit(run(args))
+    code = run(args)
+    if argv is None:  # the process's own command line: leave as cxsmtp does
+        from carerix_smtp.cli.entry import exit_now
+
+        exit_now(code)
+    sys.exit(code)
 
 
 def run_if_sendmail(argv: list[str]) -> None:

@@ -282,10 +282,11 @@ class Connection:
             if chained is not None and chained.session is session:
                 session.abort()  # mid-transaction: a QUIT would be taken as its data
             else:
-                session.close()
+                session.close(await_reply=False)
 
     def close(self) -> None:
-        """QUIT; errors are swallowed (data already accepted stays accepted)."""
+        """QUIT, not waiting for its reply (as Postfix's client); errors are swallowed
+        (data already accepted stays accepted)."""
         self._drop()
 
 

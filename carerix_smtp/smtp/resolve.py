@@ -16,23 +16,20 @@ A/AAAA go through the system resolver (``getaddrinfo``, so ``/etc/hosts`` and
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.config.hosts import Endpoint
 from carerix_smtp.errors import ConfigError, SmtpConnectError, SmtpTimeoutError
+
+if TYPE_CHECKING:  # dnspython is imported where a query needs it: ~50 ms at start-up,
+    # which a send to an IP literal or through the system resolver never pays
+    import dns.resolver
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +194,9 @@ def make_resolver(
         chosen = [part for part in override.split(",") if part.strip()]
     if not chosen:
         return None
+    import dns.nameserver
+    import dns.resolver
+
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [
         dns.nameserver.Do53Nameserver(ip, port) for ip, port in map(parse_nameserver, chosen)
@@ -209,6 +209,8 @@ def make_resolver(
 def describe_resolver(resolver: dns.resolver.Resolver | None) -> tuple[str, ...]:
     if resolver is None:
         return ()
+    import dns.nameserver
+
     out = []
     for ns in resolver.nameservers:
         if isinstance(ns, dns.nameserver.Do53Nameserver):
@@ -311,6 +313,10 @@ class _Lookup:
 
     def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
         """The answer, or None for "the name exists but has no such records"."""
+        import dns.exception
+        import dns.name
+        import dns.resolver
+
         resolver = self.resolver
         if resolver is None:
             try:
@@ -390,6 +396,8 @@ class _Lookup:
 
     def _system_addresses(self, name: str) -> list[str]:
         """getaddrinfo in a worker thread so that the deadline holds even when libc hangs."""
+        import concurrent.futures
+
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         future = executor.submit(socket.getaddrinfo, name, None, 0, socket.SOCK_STREAM)
         executor.shutdown(wait=False)

@@ -226,15 +226,19 @@ class SmtpSession:
 
     # -- close ------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """QUIT (errors swallowed) and close the socket."""
+    def close(self, *, await_reply: bool = True) -> None:
+        """QUIT (errors swallowed) and close the socket.  ``await_reply=False`` closes
+        right after writing QUIT, as Postfix's client does (``smtp_skip_quit_response
+        = yes``): every transaction is over, the 221 tells nothing more, and waiting
+        for it costs a round trip at the end of every run."""
         if self.closed or self.channel.sock is None:
             self.abort()
             return
         try:
             timeout = min(self.command_timeout, QUIT_TIMEOUT)
             self.write(b"QUIT\r\n", PHASE_QUIT, timeout)
-            self.channel.read_reply(PHASE_QUIT, timeout, "QUIT")
+            if await_reply:
+                self.channel.read_reply(PHASE_QUIT, timeout, "QUIT")
         except SmtpError as exc:
             log.debug("%s: QUIT: %s", self.where, exc)
         finally:
