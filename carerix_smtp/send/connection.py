@@ -6,6 +6,8 @@ session factory and password source.  It never touches the spool.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,13 @@ if TYPE_CHECKING:
 # connections to that server (config/oauth.py).
 SessionFactory = Callable[["ServerEntry", "Credential | None"], "SmtpSession"]
 PasswordSource = Callable[["ServerEntry"], "Credential | None"]
+
+
+# Messages' data in wire form (smtp.wire.Prepared), built by ``Connection.prepare``
+# while the dispatcher reads ahead -- when a connection waits for a reply -- and
+# taken when the message is sent, on whichever connection of its server.
+_PREPARED: weakref.WeakKeyDictionary[Message, Any] = weakref.WeakKeyDictionary()
+_PREPARED_LOCK = threading.Lock()
 
 
 class ServerUnusable(Exception):
@@ -248,11 +257,40 @@ class Connection:
                 _close_data(following)
         return result
 
+    def prepare(self, message: Message) -> None:
+        """Build ``message``'s data in wire form now, off the path between a reply
+        and the next data (CRLF line endings and SIZE=, dot-stuffing unless the
+        server takes BDAT): called as the message is read ahead.  Not for a message
+        to be DKIM-signed or bigger than smtp.wire.PREPARED_MAX (streamed), nor
+        when its file cannot be read now (sending it will say why)."""
+        from carerix_smtp.smtp.wire import PREPARED_MAX, prepare
+
+        if self.signer is not None or message.size > PREPARED_MAX:
+            return
+        session = self.session
+        chunking = session is not None and session.has_extension("CHUNKING")
+        try:
+            if message.raw is not None:
+                data = message.transmitted()
+            else:
+                with message.open_data() as stream:
+                    data = stream.read()
+        except OSError:
+            return
+        prepared = prepare(data, stuff=not chunking)
+        with _PREPARED_LOCK:
+            _PREPARED[message] = prepared
+
     def _data(self, message: Message) -> Any:
         """The message as sent: DKIM-signed when its From domain has a key (raises
-        DkimSignError); bytes when in memory, else a stream from its file."""
+        DkimSignError); prepared ahead (``prepare``), else bytes when in memory, else
+        a stream from its file."""
         if self.signer is not None:
             return self.signer.data(message)
+        with _PREPARED_LOCK:
+            prepared = _PREPARED.pop(message, None)
+        if prepared is not None:
+            return prepared
         return message.transmitted() if message.raw is not None else message.open_data()
 
     def unchain(self, message: Message) -> None:

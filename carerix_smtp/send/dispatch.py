@@ -346,6 +346,7 @@ class Pass:
                 self.summary.status = "limit"
             return None
         self.totals.admitted += 1
+        conn.prepare(message)  # its wire form, while the connection waits (read ahead)
         job = Job(claim, message, entry, conn, gate)
         if entry.connections > 1 and self.spread.take(job):
             return None  # on another connection of its server

@@ -100,9 +100,32 @@ def parse_reply(lines: Sequence[bytes]) -> Reply:
 # --- message data on the wire ---------------------------------------------------
 
 
+class Prepared(bytes):
+    """A message's data as it goes on the wire, built ahead of its turn (while the
+    connection waits for the previous reply; send/connection.py): CRLF line endings
+    throughout and ending with one (its length is the SIZE= figure), and with
+    ``stuffed`` its DATA form too (dot-stuffed, with the terminating ".")."""
+
+    stuffed: bytes | None = None
+
+
+PREPARED_MAX = CHUNK_SIZE  # bigger messages stream from their file, chunk by chunk
+
+
+def prepare(data: bytes, *, stuff: bool) -> Prepared:
+    """``data`` (at most PREPARED_MAX bytes) as :func:`wire_chunks` (``stuff``) or
+    :func:`bdat_chunks` would send it, in one piece."""
+    prepared = Prepared(b"".join(_normalised(data, PREPARED_MAX)))
+    if stuff:
+        prepared.stuffed = _stuff(prepared, True) + b".\r\n"
+    return prepared
+
+
 def message_size(data: bytes | bytearray | memoryview | BinaryIO) -> int:
     """The size after CRLF normalisation, for ``MAIL FROM ... SIZE=`` (RFC 1870 §3:
     CRLF counted, the terminating "." and stuffed dots not)."""
+    if isinstance(data, Prepared):
+        return len(data)
     size = 0
     crlf = 0
     newlines = 0
@@ -179,17 +202,24 @@ def wire_chunks(
     §4.5.2), ending with CRLF "." CRLF.  The terminator rides in the last chunk so
     a small message is a single write.  Memory: a few chunks, whatever the size.
     """
+    if isinstance(data, Prepared):
+        yield data.stuffed if data.stuffed is not None else _stuff(data, True) + b".\r\n"
+        return
     at_line_start = True  # the start of the message is the start of a line
     previous: bytes | None = None
     for block in _normalised(data, chunk_size):
-        out = block.replace(b"\n.", b"\n..")
-        if at_line_start and out[:1] == b".":
-            out = b"." + out
+        out = _stuff(block, at_line_start)
         at_line_start = out.endswith(b"\n")
         if previous is not None:
             yield previous
         previous = out
     yield (previous or b"") + b".\r\n"
+
+
+def _stuff(block: bytes, at_line_start: bool) -> bytes:
+    """RFC 5321 §4.5.2: a line that starts with "." gets one more."""
+    out = block.replace(b"\n.", b"\n..")
+    return b"." + out if at_line_start and out[:1] == b"." else out
 
 
 def bdat_chunks(
@@ -199,6 +229,9 @@ def bdat_chunks(
     with one, like DATA), but no dot-stuffing and no terminator -- the byte count
     delimits it.  (chunk, last) pairs; a small message is one chunk; an empty one is
     one empty chunk ("BDAT 0 LAST" is valid)."""
+    if isinstance(data, Prepared):
+        yield bytes(data), True
+        return
     previous: bytes | None = None
     for block in _normalised(data, chunk_size):
         if previous is not None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carerix_smtp.smtp.wire import message_size, parse_reply, wire_chunks
+from carerix_smtp.smtp.wire import bdat_chunks, message_size, parse_reply, prepare, wire_chunks
 
 # --- pure parts ---------------------------------------------------------------------
 
@@ -149,3 +149,26 @@ def test_one_line_reply_fast_path_agrees(line: bytes) -> None:
     finally:
         wire_module._SIMPLE_REPLY = saved
     assert fast == slow
+
+
+# --- data prepared ahead (smtp.wire.prepare; send/connection.Connection.prepare) ----
+
+_LINES = st.lists(
+    st.sampled_from([b"a", b".", b"..x", b"", b"\r", b"\n", b"\r\n", b"x.y", b"\xc3\xa9"]),
+    max_size=40,
+).map(b"".join)
+
+
+@given(_LINES)
+@settings(max_examples=400, deadline=None)
+def test_prepared_data_goes_out_byte_for_byte_as_streamed(data: bytes) -> None:
+    streamed = b"".join(wire_chunks(io.BytesIO(data)))
+    plain = b"".join(chunk for chunk, _ in bdat_chunks(io.BytesIO(data)))
+    for stuff in (True, False):  # stuffed ahead for DATA, or left to wire_chunks
+        prepared = prepare(data, stuff=stuff)
+        assert b"".join(wire_chunks(prepared)) == streamed
+        assert list(bdat_chunks(prepared)) == [(plain, True)]
+        assert message_size(prepared) == len(plain)  # exact: CRLF counted, no dots
+    bare_cr = b"\r" in data.replace(b"\r\n", b"")
+    if not bare_cr and (data == b"" or data.endswith(b"\n")):
+        assert message_size(data) == len(plain)  # the estimate is exact here too
