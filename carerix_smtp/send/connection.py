@@ -77,6 +77,7 @@ class Connection:
         # the session is in the middle of that transaction until it is delivered.
         self.chained: Transaction | None = None
         self.chained_for: Message | None = None
+        self.on_greeting: Callable[[], None] | None = None  # given to the next session
 
     def __repr__(self) -> str:  # never the password
         return f"<Connection {self.entry.name} opened={self.opened}>"
@@ -97,6 +98,7 @@ class Connection:
             raise ServerUnusable(self.unusable)
         self.opened += 1
         session = self._factory(self.entry, self._password)
+        session.on_greeting = self.on_greeting
         try:
             session.open()
         except (SmtpAuthError, SmtpPolicyError) as exc:

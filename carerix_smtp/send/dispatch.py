@@ -192,10 +192,17 @@ class Pass:
             pace = self.spread.pace(fixed)
             if pace is not None:  # the round trips of the greeting and EHLO: a first sample
                 pace.begin()
-            if fixed.name in self.servers.over or not self.servers.open(conn):
-                if self.stop.is_set():
-                    self.summary.status = "interrupted"
-                return False
+                ahead = min(len(candidates), self.delivery.total)
+                conn.on_greeting = functools.partial(
+                    self.spread.greeted, fixed, conn, gate, pace, ahead
+                )
+            try:
+                if fixed.name in self.servers.over or not self.servers.open(conn):
+                    if self.stop.is_set():
+                        self.summary.status = "interrupted"
+                    return False
+            finally:
+                conn.on_greeting = None
             if pace is not None:
                 self.spread.opened(fixed, pace)
         else:

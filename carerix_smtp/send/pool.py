@@ -11,13 +11,16 @@ on a connection.  What a pool calls back, the pass that feeds it, is the protoco
 from __future__ import annotations
 
 import collections
+import contextlib
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from carerix_smtp.send.connection import ServerUnusable
 from carerix_smtp.send.gates import BatchGate, release_admission
+from carerix_smtp.send.stopping import Stopping
 
 if TYPE_CHECKING:
     from carerix_smtp.config.file import ServerEntry
@@ -66,6 +69,8 @@ class PoolServers(Protocol):
 
     def new_connection(self, entry: ServerEntry) -> Connection: ...
 
+    def network(self) -> contextlib.AbstractContextManager[object]: ...
+
 
 class Dispatcher(Protocol):
     """What a pool and its workers call back: the pass that feeds them (dispatch.Pass)."""
@@ -98,9 +103,10 @@ class Worker:
     """One connection of a server and the thread that drives it: ``held`` are its
     messages in order, the first one on the wire (under the pool's lock)."""
 
-    def __init__(self, pool: Pool, conn: Connection, index: int) -> None:
+    def __init__(self, pool: Pool, conn: Connection, index: int, *, warm: bool = False) -> None:
         self.pool = pool
         self.conn = conn
+        self.warm = warm  # open the connection at once, before any message comes
         self.held: collections.deque[Job] = collections.deque()
         self.finishing = False  # the first held message has its data out
         self.ending = False
@@ -116,6 +122,8 @@ class Worker:
 
     def loop(self) -> None:
         pool = self.pool
+        if self.warm:
+            self.open_ahead()
         while True:
             with self.wake:
                 while not self.held and not self.ending and not self.steal():
@@ -139,6 +147,22 @@ class Worker:
         # The end of the pass: QUIT here, each connection in its own thread, so that
         # the QUITs' round trips overlap (Servers.close then finds them closed).
         self.conn.close()
+
+    def open_ahead(self) -> None:
+        """Open the connection before its first message (Pool.open_ahead).  A server
+        that cannot be reached now leaves the connection unusable, which its first
+        message meets (and reports) as it would have; an error that stops the run
+        (authentication refused...) goes to the dispatching thread."""
+        try:
+            with self.pool.run.servers.network():
+                self.conn.ensure_open()
+        except (ServerUnusable, Stopping):
+            pass
+        except BaseException as exc:  # handed to the dispatching thread
+            with self.pool.lock:
+                if self.pool.failure is None:
+                    self.pool.failure = exc
+            self.pool.run.servers.halt.set()
 
     def steal(self) -> bool:
         """Idle (with the lock held): take a message another connection holds beyond
@@ -236,18 +260,27 @@ class Pool:
             w.conn.unusable is not None for w in self.workers
         )
 
-    def _spawn(self) -> Worker:
+    def _spawn(self, *, warm: bool = False) -> Worker:
         if not self._threads:
             self._threads = True
             _threads_start()
         if self.adopt and not self.workers:
-            conn = self._first
+            conn, warm = self._first, False  # opened by the dispatcher
         else:
             conn = self.run.servers.new_connection(self.entry)
-        worker = Worker(self, conn, len(self.workers))
+        worker = Worker(self, conn, len(self.workers), warm=warm)
         self.workers.append(worker)
         worker.thread.start()
         return worker
+
+    def open_ahead(self, count: int) -> None:
+        """Start ``count`` connections now (at most ``size``), each opened by its own
+        thread at once, not when its first message comes: the first connection of a
+        server slow to greet is still opening (spread.py), and every message will
+        go to this pool."""
+        with self.lock:
+            while len(self.workers) < min(count, self.size):
+                self._spawn(warm=True)
 
     def _choose(self) -> Worker | None:
         """The connection for the next message: the first one with room, else a new

@@ -10,7 +10,8 @@ out, the reply awaited -- longer than it takes to prepare a message, and only as
 many as those connections have room for; the message after them stays on the
 first connection.  So a fast server keeps one connection, a slow one all of them.
 A server already slow to greet gets the pool's design from the start: every
-message handed to its connections' threads, the first connection among them.
+message handed to its connections' threads, the first connection among them, and
+the other connections opened while the first one still does EHLO (and TLS, AUTH).
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ from carerix_smtp.send.pool import Dispatcher, Job, Pool
 if TYPE_CHECKING:
     from carerix_smtp.config.file import ServerEntry
     from carerix_smtp.send.connection import Connection
+    from carerix_smtp.send.gates import BatchGate
     from carerix_smtp.send.servers import Servers
 
-# Opening the first connection (the greeting and EHLO, two round trips or more)
-# waited at least this long on the server (round trips of 10 ms or more, a server
-# far away): all its connections are the pool's from the first message on.
+# The first connection waited at least this long for its greeting (the connect
+# and the greeting: round trips of 10 ms or more, a server far away): all its
+# connections are the pool's from the first message on, and the others open at once.
+GREETING_WAIT = 0.010
+# Opening the first connection (the greeting and EHLO, two round trips or more;
+# TLS, AUTH) waited at least this long on the server: all its connections are the
+# pool's from the first message on (opened as messages come).
 OPEN_WAIT = 0.020
 # The weight of a new sample in the running averages.  The server counts as slow
 # when about six replies in a row came late (``LATE``: a hiccup of a fast server,
@@ -61,9 +67,12 @@ class Pace:
         """Before opening the first connection (the first sample: ``opened``)."""
         self._wall0, self._cpu0 = time.perf_counter(), time.thread_time()
 
+    def waited(self) -> float:
+        """Seconds the first connection has waited on the server since ``begin``."""
+        return time.perf_counter() - self._wall0 - (time.thread_time() - self._cpu0)
+
     def opened(self) -> None:
-        cpu = time.thread_time() - self._cpu0
-        wait = time.perf_counter() - self._wall0 - cpu
+        wait = self.waited()
         self.note(wait / 2 if wait > OPEN_WAIT else 0.0)
 
     def note(self, wait: float) -> None:
@@ -143,6 +152,17 @@ class Spread:
             pace = self.paces[entry.name] = Pace()
         return pace
 
+    def greeted(
+        self, entry: ServerEntry, conn: Connection, gate: BatchGate, pace: Pace, ahead: int
+    ) -> None:
+        """``entry``'s first connection, opened before any message, has its greeting
+        (``pace`` times it; called from inside its open, before EHLO).  A server
+        slow to greet has its connections all in its pool, and up to ``ahead`` - 1
+        others (the messages there are to send) open now, while this one goes on."""
+        if pace.waited() > GREETING_WAIT:
+            self.pooled.add(entry.name)
+            self._pool(entry, conn, gate).open_ahead(ahead)
+
     def opened(self, entry: ServerEntry, pace: Pace) -> None:
         """``entry``'s first connection was opened before any message (``pace`` timed
         it): a slow server's connections all go to its pool."""
@@ -151,11 +171,14 @@ class Spread:
             self.pooled.add(entry.name)
 
     def pool(self, job: Job) -> Pool:
-        pool = self.servers.pools.get(job.entry.name)
+        return self._pool(job.entry, job.conn, job.gate)
+
+    def _pool(self, entry: ServerEntry, conn: Connection, gate: BatchGate) -> Pool:
+        pool = self.servers.pools.get(entry.name)
         if pool is None:
-            adopt = job.entry.name in self.pooled
-            pool = Pool(self.run, job.entry, job.conn, job.gate, adopt=adopt)
-            self.servers.pools[job.entry.name] = pool
+            adopt = entry.name in self.pooled
+            pool = Pool(self.run, entry, conn, gate, adopt=adopt)
+            self.servers.pools[entry.name] = pool
         return pool
 
     def take(self, job: Job) -> bool:

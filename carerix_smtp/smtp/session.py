@@ -91,6 +91,9 @@ class SmtpSession:
         self.auth_mechanism: str | None = None
         self.trace: list[PhaseTrace] = []
         self.starttls_discarded = 0  # bytes thrown away before the handshake (RFC 3207 §6)
+        # Called once the greeting is in, before EHLO (send/spread.py: a server slow to
+        # greet gets its other connections opened meanwhile); it must not raise.
+        self.on_greeting: Callable[[], None] | None = None
 
         self.channel = Channel(self)  # the socket, once connected
         self._transactions = Transactions(self)
@@ -138,6 +141,8 @@ class SmtpSession:
                 with self.phase(PHASE_TLS) as facts:
                     handshake(self, facts)
             read_greeting(self)
+            if self.on_greeting is not None:
+                self.on_greeting()
             ehlo(self, PHASE_EHLO)
             starttls(self)
             if authenticate:

@@ -1,0 +1,137 @@
+"""A server slow to greet (far away) gets its other connections opened while the
+first one still does EHLO, not after it (send/spread.py, Pool.open_ahead): one
+round trip less before they carry messages.  And a fast one gets none ahead.
+
+A threaded scripted server on 127.0.0.1 holds the first connection's EHLO reply
+until the other connections have arrived (or 5 s pass): only a client that opens
+them meanwhile lets it go at once.  Counted, not timed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from servers import ScriptConn, config_for, entry_for, make_spool
+
+from carerix_smtp.send.report import SendOptions
+from carerix_smtp.send.run import run_send
+
+WAIT = 3.0  # seconds the first EHLO reply waits for the others, at most (client: 5 s)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.data: list[bytes] = []
+
+
+class SlowGreeting:
+    """Every connection greeted after ``greeting_delay``; the first connection's EHLO
+    answered once ``expect`` connections came (``all_came``) or WAIT passed."""
+
+    def __init__(self, *, greeting_delay: float, expect: int, wait: float = WAIT) -> None:
+        self.greeting_delay = greeting_delay
+        self.expect = expect
+        self.wait = wait
+        self.accepted = 0
+        self.all_came: bool | None = None
+        self.errors: list[BaseException] = []
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> SlowGreeting:
+        self.acceptor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.acceptor.join(10)
+        for thread in self.threads:
+            thread.join(10)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with self.cond:
+                index = self.accepted
+                self.accepted += 1
+                self.cond.notify_all()
+            thread = threading.Thread(target=self._serve, args=(sock, index), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket, index: int) -> None:
+        conn = ScriptConn(sock, Recorder())  # type: ignore[arg-type]
+        try:
+            self.stop.wait(self.greeting_delay)  # a server far away (never set meanwhile)
+            conn.send(b"220 slow.test ESMTP\r\n")
+            if index == 0:
+                conn.readline()
+                with self.cond:
+                    self.all_came = self.cond.wait_for(
+                        lambda: self.accepted >= self.expect, self.wait
+                    )
+                conn.send(b"250-slow.test\r\n250 PIPELINING\r\n")
+            else:
+                conn.ehlo("PIPELINING")
+            while True:
+                verb = conn.readline().split()[0].upper()
+                if verb == b"DATA":
+                    conn.send(b"354 go ahead\r\n")
+                    conn.read_data()
+                    conn.send(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    conn.send(b"221 2.0.0 bye\r\n")
+                    return
+                else:
+                    conn.send(b"250 2.0.0 ok\r\n")
+        except (OSError, ConnectionError):
+            pass
+        except BaseException as exc:  # pragma: no cover - shown by the test
+            self.errors.append(exc)
+        finally:
+            sock.close()
+
+
+def test_a_server_slow_to_greet_gets_its_connections_opened_during_the_first_ehlo(
+    tmp_path: Path,
+) -> None:
+    spool = make_spool(tmp_path, 12)
+    with SlowGreeting(greeting_delay=0.05, expect=3) as server:
+        config = config_for(tmp_path, entry_for(server.port, connections=3))
+        summary = run_send(spool, config, SendOptions(), password_source=lambda entry: None)
+    assert server.errors == []
+    assert (summary.status, summary.sent) == ("ok", 12)
+    assert server.all_came is True and server.accepted == 3
+
+
+@pytest.mark.parametrize("messages", [1, 2])
+def test_no_more_connections_ahead_than_messages(tmp_path: Path, messages: int) -> None:
+    spool = make_spool(tmp_path, messages)
+    with SlowGreeting(greeting_delay=0.05, expect=messages) as server:
+        config = config_for(tmp_path, entry_for(server.port, connections=3))
+        summary = run_send(spool, config, SendOptions(), password_source=lambda entry: None)
+    assert server.errors == []
+    assert (summary.status, summary.sent) == ("ok", messages)
+    assert server.all_came is True and server.accepted == messages
+
+
+def test_a_server_quick_to_greet_gets_no_connection_ahead(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path, 1)
+    with SlowGreeting(greeting_delay=0.0, expect=2, wait=0.5) as server:
+        config = config_for(tmp_path, entry_for(server.port, connections=3))
+        summary = run_send(spool, config, SendOptions(), password_source=lambda entry: None)
+    assert server.errors == []
+    assert (summary.status, summary.sent) == ("ok", 1)
+    assert server.all_came is False and server.accepted == 1
