@@ -79,13 +79,29 @@ def interleaved(rounds: int, steps: dict[str, Callable[[], float]]) -> dict[str,
     """Median seconds per step over ``rounds`` rounds, each round running every step
     once.  The order rotates from round to round, so that a load change on the shared
     machine or a warm-up effect hits every step alike rather than always the first."""
+    samples = interleaved_samples(rounds, steps)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_samples(
+    rounds: int, steps: dict[str, Callable[[], float]]
+) -> dict[str, list[float]]:
+    """The seconds of every step in every round (``interleaved``), in round order."""
     names = list(steps)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             samples[name].append(steps[name]())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of numerator / denominator measured in the same round:
+    for two cases compared with each other, a round's pair shares the machine's
+    speed at that moment (which here drifts by 20-30 % within seconds), which the
+    ratio of two separate medians does not."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def filesystem(path: Path) -> str:
