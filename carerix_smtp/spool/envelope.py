@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from email import policy
-from email.errors import InvalidHeaderDefect
-from email.headerregistry import Address
 from email.utils import getaddresses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.errors import MessageError
 from carerix_smtp.spool.headers import HeaderField
+
+if TYPE_CHECKING:  # email.policy and its header registry (~8 ms to import) are only
+    # needed for a field the fast paths below do not take: imported there
+    from email.headerregistry import Address
 
 RECIPIENT_FIELDS = ("To", "Cc", "Bcc")
 
@@ -77,6 +78,8 @@ def _registry_header(field: str, raw: bytes, name: str) -> Any:
     header_source_parse + header_fetch_parse)."""
     value = raw.decode("ascii", "surrogateescape").partition(":")[2]
     value = value.lstrip(" \t").rstrip("\r\n")
+    from email import policy
+
     try:
         return policy.default.header_fetch_parse(field, value)
     except Exception:  # the parser's own bugs: see _unparseable
@@ -172,6 +175,8 @@ def _addresses(raws: Sequence[bytes], field: str, name: str) -> list[str]:
 
 def _registry_addresses(value: Any, field: str, name: str) -> list[str]:
     """What the old parser made of a field (RFC 5322 §3.4 address-list, groups)."""
+    from email.errors import InvalidHeaderDefect
+
     out: list[str] = []
     addresses: tuple[Address, ...] = getattr(value, "addresses", ())
     for item in addresses:
