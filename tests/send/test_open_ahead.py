@@ -31,7 +31,18 @@ class SlowGreeting:
     """Every connection greeted after ``greeting_delay``; the first connection's EHLO
     answered once ``expect`` connections came (``all_came``) or WAIT passed."""
 
-    def __init__(self, *, greeting_delay: float, expect: int, wait: float = WAIT) -> None:
+    def __init__(
+        self,
+        *,
+        greeting_delay: float,
+        expect: int,
+        wait: float = WAIT,
+        refuse_first: bool = False,
+        refuse_all: bool = False,
+    ) -> None:
+        self.refuse_first = refuse_first or refuse_all  # the first one's EHLO gets a 421
+        self.refuse_all = refuse_all  # and every other one's too
+        self.quits = 0
         self.greeting_delay = greeting_delay
         self.expect = expect
         self.wait = wait
@@ -82,7 +93,14 @@ class SlowGreeting:
                     self.all_came = self.cond.wait_for(
                         lambda: self.accepted >= self.expect, self.wait
                     )
+                if self.refuse_first:
+                    conn.send(b"421 4.3.2 not now\r\n")
+                    return
                 conn.send(b"250-slow.test\r\n250 PIPELINING\r\n")
+            elif self.refuse_all:
+                conn.readline()
+                conn.send(b"421 4.3.2 not now\r\n")
+                return
             else:
                 conn.ehlo("PIPELINING")
             while True:
@@ -92,6 +110,8 @@ class SlowGreeting:
                     conn.read_data()
                     conn.send(b"250 2.0.0 queued\r\n")
                 elif verb == b"QUIT":
+                    with self.cond:
+                        self.quits += 1
                     conn.send(b"221 2.0.0 bye\r\n")
                     return
                 else:
@@ -135,3 +155,29 @@ def test_a_server_quick_to_greet_gets_no_connection_ahead(tmp_path: Path) -> Non
     assert server.errors == []
     assert (summary.status, summary.sent) == ("ok", 1)
     assert server.all_came is False and server.accepted == 1
+
+
+def test_the_first_connection_failing_the_ones_opened_ahead_take_the_messages(
+    tmp_path: Path,
+) -> None:
+    spool = make_spool(tmp_path, 6)
+    with SlowGreeting(greeting_delay=0.05, expect=3, refuse_first=True) as server:
+        config = config_for(tmp_path, entry_for(server.port, connections=3))
+        summary = run_send(spool, config, SendOptions(), password_source=lambda entry: None)
+        with server.cond:  # each connection opened ahead ends with QUIT
+            assert server.cond.wait_for(lambda: server.quits == 2, WAIT)
+    assert server.errors == [] and server.all_came is True and server.accepted == 3
+    assert (summary.status, summary.sent) == ("ok", 6)
+    assert list(spool.glob("*.eml")) == []
+    pool_threads = [t for t in threading.enumerate() if t.name.startswith("cxsmtp-local-")]
+    assert pool_threads == []  # the pool's threads ended with the run
+
+
+def test_every_connection_failing_leaves_all_queued(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path, 6)
+    with SlowGreeting(greeting_delay=0.05, expect=3, refuse_all=True) as server:
+        config = config_for(tmp_path, entry_for(server.port, connections=3))
+        summary = run_send(spool, config, SendOptions(), password_source=lambda entry: None)
+    assert server.errors == [] and server.all_came is True
+    assert (summary.status, summary.sent) == ("unreachable", 0)
+    assert sorted(p.name for p in spool.glob("*.eml")) == [f"m{n:05d}.eml" for n in range(6)]
