@@ -34,7 +34,7 @@ from carerix_smtp.send.stopping import Stopping, abort_requested, in_network, qu
 from carerix_smtp.spool.message import read_message
 
 if TYPE_CHECKING:
-    from carerix_smtp.config.file import Config, ServerEntry
+    from carerix_smtp.config.file import Config
     from carerix_smtp.send.pool import Worker
     from carerix_smtp.send.report import RunSummary, SendOptions, Totals
     from carerix_smtp.spool.claims import Claim
@@ -189,34 +189,14 @@ class Pass:
             ):
                 self.delivery.total = min(self.delivery.total, gate.grant.max_messages)
             self.delivery.emit(ProgressEvent("start", total=self.delivery.total))
-            pace = self.spread.pace(fixed)
-            if pace is not None:  # the round trips of the greeting and EHLO: a first sample
-                pace.begin()
-                ahead = min(len(candidates), self.delivery.total)
-                conn.on_greeting = functools.partial(
-                    self.spread.greeted, fixed, conn, gate, pace, ahead
-                )
-            try:
-                opened = fixed.name not in self.servers.over and self.servers.open(conn)
-            finally:
-                conn.on_greeting = None
-            if not opened and not self._pool_goes_on(fixed):
+            ahead = min(len(candidates), self.delivery.total)
+            if not self.spread.open_first(fixed, conn, gate, ahead):
                 if self.stop.is_set():
                     self.summary.status = "interrupted"
                 return False
-            if opened and pace is not None:
-                self.spread.opened(fixed, pace)
         else:
             self.delivery.emit(ProgressEvent("start", total=self.delivery.total))
         return True
-
-    def _pool_goes_on(self, entry: ServerEntry) -> bool:
-        """``entry``'s first connection could not be opened, but it had other ones
-        opened ahead (spread.py), and not all of them failed: they take the messages."""
-        pool = self.servers.pools.get(entry.name)
-        if pool is None or entry.name in self.servers.over or self.stop.is_set():
-            return False
-        return not pool.exhausted()
 
     def loop(self, feed: _Feed) -> None:
         """Send the held messages in order, holding the next ones, until the pass

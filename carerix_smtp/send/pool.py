@@ -71,6 +71,8 @@ class PoolServers(Protocol):
 
     def network(self) -> contextlib.AbstractContextManager[object]: ...
 
+    def note_unusable(self, conn: Connection, reason: str) -> None: ...
+
 
 class Dispatcher(Protocol):
     """What a pool and its workers call back: the pass that feeds them (dispatch.Pass)."""
@@ -149,15 +151,18 @@ class Worker:
         self.conn.close()
 
     def open_ahead(self) -> None:
-        """Open the connection before its first message (Pool.open_ahead).  A server
-        that cannot be reached now leaves the connection unusable, which its first
-        message meets (and reports) as it would have; an error that stops the run
-        (authentication refused...) goes to the dispatching thread."""
+        """Open the connection before its first message (Pool.open_ahead).  One that
+        cannot be opened now is unusable, said as when a message meets it (the
+        others go on); an error that stops the run (authentication refused...)
+        goes to the dispatching thread."""
+        servers = self.pool.run.servers
         try:
-            with self.pool.run.servers.network():
+            with servers.network():
                 self.conn.ensure_open()
-        except (ServerUnusable, Stopping):
+        except Stopping:
             pass
+        except ServerUnusable as exc:
+            servers.note_unusable(self.conn, str(exc))
         except BaseException as exc:  # handed to the dispatching thread
             with self.pool.lock:
                 if self.pool.failure is None:

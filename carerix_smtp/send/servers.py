@@ -100,6 +100,7 @@ class Servers:
         self.gates: dict[str, BatchGate] = {}
         self.over: set[str] = set()  # servers whose batch is over for this pass
         self.unreachable = False
+        self._noted: set[int] = set()  # connections found unusable (id): told once
         # Servers with ``connections`` > 1: a worker thread per connection.
         self.pools: dict[str, Pool] = {}
         self.halt = threading.Event()  # a connection's thread failed: start nothing new
@@ -206,6 +207,12 @@ class Servers:
             in_network.clear()
 
     def note_unusable(self, conn: Connection, reason: str) -> None:
+        """``conn`` cannot be used (``reason``): said once per connection, whichever
+        thread finds it first (opening ahead, or its first message)."""
+        with self.lock:
+            if id(conn) in self._noted:
+                return
+            self._noted.add(id(conn))
         pool = self.pools.get(conn.entry.name)
         if pool is not None and not pool.exhausted():
             # One of several connections: the others go on (a server that limits

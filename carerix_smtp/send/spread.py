@@ -16,6 +16,7 @@ the other connections opened while the first one still does EHLO (and TLS, AUTH)
 
 from __future__ import annotations
 
+import functools
 import select
 import time
 from collections.abc import Callable
@@ -30,9 +31,10 @@ if TYPE_CHECKING:
     from carerix_smtp.send.servers import Servers
 
 # The first connection waited at least this long for its greeting (the connect
-# and the greeting: round trips of 10 ms or more, a server far away): all its
-# connections are the pool's from the first message on, and the others open at once.
-GREETING_WAIT = 0.010
+# and the greeting, two round trips: 10 ms or more each, a server far away): all
+# its connections are the pool's from the first message on, and the others open at
+# once.  (As much waiting as OPEN_WAIT: a busy machine's hiccup rarely reaches it.)
+GREETING_WAIT = 0.020
 # Opening the first connection (the greeting and EHLO, two round trips or more;
 # TLS, AUTH) waited at least this long on the server: all its connections are the
 # pool's from the first message on (opened as messages come).
@@ -151,6 +153,28 @@ class Spread:
         if pace is None:
             pace = self.paces[entry.name] = Pace()
         return pace
+
+    def open_first(self, entry: ServerEntry, conn: Connection, gate: BatchGate, ahead: int) -> bool:
+        """Open ``entry``'s first connection before any message (``ahead``: how many
+        there are to send), timed by its pace when it has more than one (``greeted``,
+        ``opened``).  False: it cannot be, and no connection opened ahead can take
+        the messages either (the pass ends)."""
+        pace = self.pace(entry)
+        if pace is not None:  # the round trips of the greeting and EHLO: a first sample
+            pace.begin()
+            conn.on_greeting = functools.partial(self.greeted, entry, conn, gate, pace, ahead)
+        try:
+            opened = entry.name not in self.servers.over and self.servers.open(conn)
+        finally:
+            conn.on_greeting = None
+        if opened:
+            if pace is not None:
+                self.opened(entry, pace)
+            return True
+        # Connections opened ahead (``greeted``) take the messages while not all failed.
+        pool = self.servers.pools.get(entry.name)
+        stopped = entry.name in self.servers.over or self.servers.stop.is_set()
+        return pool is not None and not stopped and not pool.exhausted()
 
     def greeted(
         self, entry: ServerEntry, conn: Connection, gate: BatchGate, pace: Pace, ahead: int

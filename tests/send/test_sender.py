@@ -565,10 +565,13 @@ def test_connections_are_opened_only_when_needed(tmp_path: Path, sink_factory: A
     assert summary.sent == 1 and sink.connections_total == 1
 
 
+# 3 ms: the connections open as messages come; 30 ms: a server slow to greet, whose
+# connections all open at once, before the first message (send/spread.py).
+@pytest.mark.parametrize("latency_ms", [3, 30])
 def test_extra_connections_refused_the_others_carry_on(
-    tmp_path: Path, sink_factory: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sink_factory: Any, caplog: pytest.LogCaptureFixture, latency_ms: int
 ) -> None:
-    sink = sink_factory(latency_ms=3, max_connections=2)  # 421 at the greeting beyond 2
+    sink = sink_factory(latency_ms=latency_ms, max_connections=2)  # 421 beyond 2
     spool = make_spool(tmp_path, 60)
     summary = send(spool, config_for(tmp_path, entry_for(sink, connections=4)))
     assert (summary.status, summary.sent, summary.remaining) == ("ok", 60, 0)
