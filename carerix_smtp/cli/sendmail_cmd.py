@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     code = run(args)
     if argv is None:  # the process's own command line: leave as cxsmtp does
-        from carerix_smtp.cli.entry import exit_now
+        from carerix_smtp.cli.leave import exit_now
 
         exit_now(code)
     sys.exit(code)

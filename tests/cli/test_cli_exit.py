@@ -1,4 +1,4 @@
-"""How the console script leaves (cli/entry.exit_now): the exit code, everything
+"""How the console script leaves (cli/leave.exit_now): the exit code, everything
 printed and the atexit handlers are kept; only the interpreter's teardown of its
 modules is skipped -- and not while another non-daemon thread still runs."""
 
