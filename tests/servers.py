@@ -405,6 +405,19 @@ def sent_lines(spool: Path) -> list[str]:
     return out
 
 
+def delivery_log(spool: Path) -> list[dict[str, Any]]:
+    """The entries of the spool's delivery log, oldest first.  A line torn by a
+    SIGKILL (the kernel may stop a write where the file crosses a page) is skipped,
+    as readers do; any other line that is not JSON fails the test."""
+    out = []
+    for line in (spool / ".cxsmtp" / "delivery.log").read_bytes().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            assert not line.rstrip().endswith(b"}"), f"not a torn line: {line!r}"
+    return out
+
+
 class Clock:
     """An injected wall clock: starts at the real time, moves only when told."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import entry_for, make_spool, message_ids
+from servers import delivery_log, entry_for, make_spool, message_ids
 
 from faults.fault_helpers import (
     configure,
@@ -110,8 +110,7 @@ def test_sigkill_of_the_process_group_at_random_points(
     assert set(received) == {f"<{n}.test@x.example>" for n in range(TOTAL)}
     # One connection: at most one duplicate per kill (per killed run's connection).
     assert max(caused.values(), default=0) <= 1 and len(caused) <= KILLS, caused
-    log = (spool / ".cxsmtp" / "delivery.log").read_text().splitlines()
-    requeued = {e.get("message_id") for e in map(json.loads, log) if e["outcome"] == "requeued"}
+    requeued = {e.get("message_id") for e in delivery_log(spool) if e["outcome"] == "requeued"}
     assert {mid for mid, count in received.items() if count > 1} <= requeued
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import strip_timestamps
 from faults.fault_helpers import kill_process_group
-from servers import entry_for, make_spool, message_ids, names, sent_lines
+from servers import delivery_log, entry_for, make_spool, message_ids, names, sent_lines
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.sink.config import PhaseRule
@@ -85,8 +85,7 @@ def assert_delivered_once_except_in_flight(spool: Path, sink: Any, total: int, k
     duplicates = sum(count - 1 for count in received.values())
     assert duplicates <= kills, f"{duplicates} duplicates for {kills} kills (one connection)"
     # every duplicate was in flight at a kill, and was logged as a possible duplicate
-    log = (spool / ".cxsmtp" / "delivery.log").read_text().splitlines()
-    requeued = {e.get("message_id") for e in map(json.loads, log) if e["outcome"] == "requeued"}
+    requeued = {e.get("message_id") for e in delivery_log(spool) if e["outcome"] == "requeued"}
     assert {mid for mid, count in received.items() if count > 1} <= requeued
     assert len(names(spool / "sent")) == total
     assert names(spool / "failed") == [] and names(spool / "deferred") == []

@@ -10,7 +10,6 @@ only be there if the client wrote it in the same write as the end of the data.
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ScriptConn, config_for, entry_for, make_spool, message_ids, names
+from servers import ScriptConn, config_for, delivery_log, entry_for, make_spool, message_ids, names
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.send.report import SendOptions
@@ -180,8 +179,7 @@ def test_sigkill_of_a_pipelined_pool_loses_nothing(
     assert set(received) == {f"<{n}.test@x.example>" for n in range(total)}, "a message was lost"
     duplicates = sum(count - 1 for count in received.values())
     assert duplicates <= kills * connections, f"{duplicates} duplicates for {kills} kills"
-    log = (spool / ".cxsmtp" / "delivery.log").read_text().splitlines()
-    requeued = {e.get("message_id") for e in map(json.loads, log) if e["outcome"] == "requeued"}
+    requeued = {e.get("message_id") for e in delivery_log(spool) if e["outcome"] == "requeued"}
     assert {mid for mid, count in received.items() if count > 1} <= requeued
     assert Counter(message_ids(sink)) == received
     assert Spool(spool).claims() == [] and names(spool) == []

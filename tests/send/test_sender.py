@@ -18,6 +18,7 @@ from conftest import assert_no_traceback
 from servers import (
     Clock,
     config_for,
+    delivery_log,
     eml,
     entry_for,
     listing,
@@ -789,8 +790,7 @@ def test_sigkill_with_several_connections_at_most_one_duplicate_each(
     assert set(received) == {f"<{n}.test@x.example>" for n in range(total)}, "a message was lost"
     duplicates = sum(count - 1 for count in received.values())
     assert kills >= 1 and duplicates <= kills * connections
-    log = (spool / ".cxsmtp" / "delivery.log").read_text().splitlines()
-    requeued = {e.get("message_id") for e in map(json.loads, log) if e["outcome"] == "requeued"}
+    requeued = {e.get("message_id") for e in delivery_log(spool) if e["outcome"] == "requeued"}
     assert {mid for mid, count in received.items() if count > 1} <= requeued
     assert len(names(spool / "sent")) == total and Spool(spool).claims() == []
 

@@ -742,3 +742,24 @@ def test_listing_100000_files_is_fast(spool: Spool) -> None:
     elapsed = time.perf_counter() - start
     assert len(candidates) == 100_000 and claim is not None
     assert elapsed < 2.0, elapsed
+
+
+def test_a_delivery_log_line_torn_by_a_kill_does_not_swallow_the_next(tmp_path: Path) -> None:
+    """A SIGKILL can cut a write where the file crosses a page: the next run ends the
+    torn line before it appends, so each of its own lines stays whole."""
+    path = tmp_path / "spool"
+    path.mkdir()
+    first = Spool(path, clock=lambda: T0)
+    first.prepare()
+    first.log_delivery({"file": "a.eml", "outcome": "sent"})
+    first.finish()
+    log = path / ".cxsmtp" / "delivery.log"
+    with log.open("ab") as handle:  # what the killed run left: a line's first bytes
+        handle.write(b'{"time":"2023-11-14T22:13:20')
+    second = Spool(path, clock=lambda: T0)
+    second.prepare()
+    second.log_delivery({"file": "b.eml", "outcome": "sent"})
+    second.finish()
+    lines = log.read_bytes().splitlines()
+    assert lines[1] == b'{"time":"2023-11-14T22:13:20'
+    assert [json.loads(lines[i])["file"] for i in (0, 2)] == ["a.eml", "b.eml"]
