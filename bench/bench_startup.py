@@ -4,7 +4,8 @@ Reference, measured in the same run: `python -c pass` and `python -c "import typ
 (the least any Typer CLI can cost), and `import typer, rich.console` (what a Typer CLI
 that renders with rich costs).  Targets: none of the heavy modules (ssl, email, dns,
 sqlite3, aiosmtpd, rich) is imported for --help, and --help is no slower than 1.5x
-`import typer, rich` (the rest is Typer building the commands).
+`import typer, rich` (the rest is Typer building the commands); median of HELP_RUNS
+interleaved runs.
 
 And what every cron run pays (issue 12): ``cxsmtp send EMPTY_SPOOL``, with a config
 that names a server, at most 2x ``python -c "import typer, rich"``; both timed as
@@ -19,6 +20,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
@@ -27,7 +29,6 @@ from _common import (
     cxsmtp_env,
     free_port,
     interleaved,
-    median_seconds,
     report,
     run_checked,
     run_quiet,
@@ -37,20 +38,40 @@ from _common import (
 
 HEAVY = ("ssl", "email", "dns", "sqlite3", "aiosmtpd", "rich", "keyring", "trustme")
 SEND_RUNS = 7
+HELP_RUNS = 10
 SEND_MAX = 2.0  # x `python -c "import typer, rich"`
 PROBE = (
     f"import sys, carerix_smtp.cli.app; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
 )
 
 
+def timed_quiet(argv: list[str]) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        run_quiet(argv)
+        return time.perf_counter() - start
+
+    return run
+
+
 def main() -> int:
     py = sys.executable
-    bare = median_seconds(lambda: run_quiet([py, "-c", "pass"]))
-    typer_only = median_seconds(lambda: run_quiet([py, "-c", "import typer"]))
-    typer_rich = median_seconds(lambda: run_quiet([py, "-c", "import typer, rich.console"]))
-    help_ = median_seconds(lambda: run_quiet([*cxsmtp(), "--help"]))
-    version = median_seconds(lambda: run_quiet([*cxsmtp(), "--version"]))
-    print("startup (median of 10 runs)")
+    # Interleaved: the machine's speed drifts within seconds here, and a block of ten
+    # runs of one command after the other measured --help at 109 ms in one CI run and
+    # 179 ms in the next, against a --version in between.
+    figures = interleaved(
+        HELP_RUNS,
+        {
+            "bare": timed_quiet([py, "-c", "pass"]),
+            "typer": timed_quiet([py, "-c", "import typer"]),
+            "typer_rich": timed_quiet([py, "-c", "import typer, rich.console"]),
+            "help": timed_quiet([*cxsmtp(), "--help"]),
+            "version": timed_quiet([*cxsmtp(), "--version"]),
+        },
+    )
+    bare, typer_only, typer_rich = figures["bare"], figures["typer"], figures["typer_rich"]
+    help_, version = figures["help"], figures["version"]
+    print(f"startup (median of {HELP_RUNS} interleaved runs)")
     report("python -c pass", f"{bare * 1000:7.1f} ms")
     report("python -c 'import typer'", f"{typer_only * 1000:7.1f} ms")
     report("python -c 'import typer, rich.console'", f"{typer_rich * 1000:7.1f} ms")
