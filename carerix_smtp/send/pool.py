@@ -139,11 +139,8 @@ class Worker:
             orphaned = False
             try:
                 orphaned = not pool.run.execute(self, job, then, self.data_out)
-            except BaseException as exc:  # handed to the dispatching thread
-                with pool.lock:
-                    if pool.failure is None:
-                        pool.failure = exc
-                pool.run.servers.halt.set()
+            except BaseException as exc:
+                pool.fail(exc)
             finally:
                 self.done(orphaned=orphaned)
         # The end of the pass: QUIT here, each connection in its own thread, so that
@@ -163,11 +160,8 @@ class Worker:
             pass
         except ServerUnusable as exc:
             servers.note_unusable(self.conn, str(exc))
-        except BaseException as exc:  # handed to the dispatching thread
-            with self.pool.lock:
-                if self.pool.failure is None:
-                    self.pool.failure = exc
-            self.pool.run.servers.halt.set()
+        except BaseException as exc:
+            self.pool.fail(exc)
 
     def steal(self) -> bool:
         """Idle (with the lock held): take a message another connection holds beyond
@@ -264,6 +258,14 @@ class Pool:
         return len(self.workers) >= self.size and all(
             w.conn.unusable is not None for w in self.workers
         )
+
+    def fail(self, exc: BaseException) -> None:
+        """A worker's thread failed with ``exc``: the first such error goes to the
+        dispatching thread (``failure``), and nothing new starts."""
+        with self.lock:
+            if self.failure is None:
+                self.failure = exc
+        self.run.servers.halt.set()
 
     def _spawn(self, *, warm: bool = False) -> Worker:
         if not self._threads:

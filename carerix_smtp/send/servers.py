@@ -100,7 +100,7 @@ class Servers:
         self.gates: dict[str, BatchGate] = {}
         self.over: set[str] = set()  # servers whose batch is over for this pass
         self.unreachable = False
-        self._noted: set[int] = set()  # connections found unusable (id): told once
+        self._noted: set[Connection] = set()  # connections found unusable: told once
         # Servers with ``connections`` > 1: a worker thread per connection.
         self.pools: dict[str, Pool] = {}
         self.halt = threading.Event()  # a connection's thread failed: start nothing new
@@ -210,9 +210,9 @@ class Servers:
         """``conn`` cannot be used (``reason``): said once per connection, whichever
         thread finds it first (opening ahead, or its first message)."""
         with self.lock:
-            if id(conn) in self._noted:
+            if conn in self._noted:
                 return
-            self._noted.add(id(conn))
+            self._noted.add(conn)
         pool = self.pools.get(conn.entry.name)
         if pool is not None and not pool.exhausted():
             # One of several connections: the others go on (a server that limits
