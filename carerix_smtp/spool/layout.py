@@ -388,6 +388,18 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def end_torn_line(fd: int) -> int:
+    """The size of the line file open (for appending) on ``fd``, after ending its last
+    line with a newline if it lacks one.  A SIGKILL can cut a write where the file
+    crosses a page (the kernel stops between pages): ended here, such a torn line
+    cannot swallow the next one appended, and readers skip it."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        write_all(fd, b"\n")
+        size += 1
+    return size
+
+
 def _close_fds(fds: dict[str, int]) -> None:
     for fd in fds.values():
         with contextlib.suppress(OSError):

@@ -27,6 +27,7 @@ from carerix_smtp.spool.layout import (
     SUFFIX,
     Destination,
     SpoolLayout,
+    end_torn_line,
     storage,
     write_all,
 )
@@ -424,14 +425,8 @@ class DeliveryLog:
             layout.rename(STATE_DIR, self.NAME, STATE_DIR, self.NAME + ".1")
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
         self._fd = layout.open_file(STATE_DIR, self.NAME, flags, 0o600)
-        self._size = os.fstat(self._fd).st_size
-        # A SIGKILL can cut a write where the file crosses a page (the kernel stops
-        # between pages): such a torn last line is ended here, so that it does not
-        # swallow the next one; readers skip it (doctor/history.py).
-        with storage("write", self.path):
-            if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
-                write_all(self._fd, b"\n")
-                self._size += 1
+        with storage("write", self.path):  # a line torn by a kill: doctor/history.py skips it
+            self._size = end_torn_line(self._fd)
 
     def close(self) -> None:
         """Close the file (call with the shared lock held)."""

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from carerix_smtp.errors import StorageError
-from carerix_smtp.spool.layout import RECORD_SUFFIX, SpoolLayout, storage, write_all
+from carerix_smtp.spool.layout import (
+    RECORD_SUFFIX,
+    SpoolLayout,
+    end_torn_line,
+    storage,
+    write_all,
+)
 from carerix_smtp.spool.records import day_file, is_day_file, read_bytes
 
 # A journal line's "at": [day file, offset]
@@ -97,10 +103,7 @@ class SentLog:
             return
         try:
             with storage("append to", self._layout.where("sent", day)):
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    write_all(fd, b"\n")
-                    size += 1
+                size = end_torn_line(fd)
         except BaseException:
             os.close(fd)
             raise
