@@ -175,7 +175,7 @@ def smtp_server(
 class ScriptConn:
     """The server side of one connection of a ScriptServer."""
 
-    def __init__(self, sock: socket.socket, server: ScriptServer) -> None:
+    def __init__(self, sock: socket.socket, server: ScriptServer | ThreadedScriptServer) -> None:
         self.sock = sock
         self.server = server
         self.buffer = b""
@@ -277,6 +277,81 @@ class ScriptServer:
             finally:
                 conn.sock.close()
         self.done.set()
+
+
+class ThreadedScriptServer:
+    """Like ScriptServer, but every connection is served at once, in a thread of its
+    own, by ``serve(conn, index)`` (index: the order of arrival); ``accepted`` counts
+    the connections (``cond`` is notified at each)."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.data: list[bytes] = []
+        self.errors: list[BaseException] = []
+        self.accepted = 0
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+
+    def serve(self, conn: ScriptConn, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> ThreadedScriptServer:
+        self.acceptor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.acceptor.join(10)
+        for thread in self.threads:
+            thread.join(10)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with self.cond:
+                index = self.accepted
+                self.accepted += 1
+                self.cond.notify_all()
+            thread = threading.Thread(target=self._run, args=(sock, index), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _run(self, sock: socket.socket, index: int) -> None:
+        conn = ScriptConn(sock, self)
+        try:
+            self.serve(conn, index)
+        except (OSError, ConnectionError):
+            pass
+        except BaseException as exc:  # pragma: no cover - shown by the test
+            self.errors.append(exc)
+        finally:
+            conn.sock.close()
+
+
+def answer_transactions(conn: ScriptConn, on_quit: Callable[[], None] = lambda: None) -> None:
+    """After EHLO: DATA gets 354 and its data 250, QUIT ``on_quit`` and then 221 (the
+    script ends there), any other command 250."""
+    while True:
+        verb = conn.readline().split()[0].upper()
+        if verb == b"DATA":
+            conn.send(b"354 go ahead\r\n")
+            conn.read_data()
+            conn.send(b"250 2.0.0 queued\r\n")
+        elif verb == b"QUIT":
+            on_quit()
+            conn.send(b"221 2.0.0 bye\r\n")
+            return
+        else:
+            conn.send(b"250 2.0.0 ok\r\n")
 
 
 def hang(conn: ScriptConn) -> None:

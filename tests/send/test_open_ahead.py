@@ -8,12 +8,18 @@ them meanwhile lets it go at once.  Counted, not timed."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from pathlib import Path
 
 import pytest
-from servers import ScriptConn, config_for, entry_for, make_spool
+from servers import (
+    ScriptConn,
+    ThreadedScriptServer,
+    answer_transactions,
+    config_for,
+    entry_for,
+    make_spool,
+)
 
 from carerix_smtp.send.report import SendOptions
 from carerix_smtp.send.run import run_send
@@ -21,15 +27,9 @@ from carerix_smtp.send.run import run_send
 WAIT = 3.0  # seconds the first EHLO reply waits for the others, at most (client: 5 s)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.data: list[bytes] = []
-
-
-class SlowGreeting:
+class SlowGreeting(ThreadedScriptServer):
     """Every connection greeted after ``greeting_delay``; the first connection's EHLO
-    answered once ``expect`` connections came (``all_came``) or WAIT passed."""
+    answered once ``expect`` connections came (``all_came``) or ``wait`` passed."""
 
     def __init__(
         self,
@@ -40,88 +40,41 @@ class SlowGreeting:
         refuse_first: bool = False,
         refuse_all: bool = False,
     ) -> None:
+        super().__init__()
         self.refuse_first = refuse_first or refuse_all  # the first one's EHLO gets a 421
         self.refuse_all = refuse_all  # and every other one's too
         self.quits = 0
         self.greeting_delay = greeting_delay
         self.expect = expect
         self.wait = wait
-        self.accepted = 0
         self.all_came: bool | None = None
-        self.errors: list[BaseException] = []
-        self.cond = threading.Condition()
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = int(self.listener.getsockname()[1])
-        self.threads: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> SlowGreeting:
-        self.acceptor.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.acceptor.join(10)
-        for thread in self.threads:
-            thread.join(10)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
+    def serve(self, conn: ScriptConn, index: int) -> None:
+        self.stop.wait(self.greeting_delay)  # a server far away (never set meanwhile)
+        conn.send(b"220 slow.test ESMTP\r\n")
+        if index == 0:
+            conn.readline()
             with self.cond:
-                index = self.accepted
-                self.accepted += 1
-                self.cond.notify_all()
-            thread = threading.Thread(target=self._serve, args=(sock, index), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, index: int) -> None:
-        conn = ScriptConn(sock, Recorder())  # type: ignore[arg-type]
-        try:
-            self.stop.wait(self.greeting_delay)  # a server far away (never set meanwhile)
-            conn.send(b"220 slow.test ESMTP\r\n")
-            if index == 0:
-                conn.readline()
-                with self.cond:
-                    self.all_came = self.cond.wait_for(
-                        lambda: self.accepted >= self.expect, self.wait
-                    )
-                if self.refuse_first:
-                    conn.send(b"421 4.3.2 not now\r\n")
-                    return
-                conn.send(b"250-slow.test\r\n250 PIPELINING\r\n")
-            elif self.refuse_all:
-                conn.readline()
+                self.all_came = self.cond.wait_for(lambda: self.accepted >= self.expect, self.wait)
+            if self.refuse_first:
                 conn.send(b"421 4.3.2 not now\r\n")
                 return
-            else:
-                conn.ehlo("PIPELINING")
-            while True:
-                verb = conn.readline().split()[0].upper()
-                if verb == b"DATA":
-                    conn.send(b"354 go ahead\r\n")
-                    conn.read_data()
-                    conn.send(b"250 2.0.0 queued\r\n")
-                elif verb == b"QUIT":
-                    with self.cond:
-                        self.quits += 1
-                    conn.send(b"221 2.0.0 bye\r\n")
-                    return
-                else:
-                    conn.send(b"250 2.0.0 ok\r\n")
-        except (OSError, ConnectionError):
-            pass
-        except BaseException as exc:  # pragma: no cover - shown by the test
-            self.errors.append(exc)
-        finally:
-            sock.close()
+            conn.send(b"250-slow.test\r\n250 PIPELINING\r\n")
+        elif self.refuse_all:
+            conn.readline()
+            conn.send(b"421 4.3.2 not now\r\n")
+            return
+        else:
+            conn.ehlo("PIPELINING")
+        answer_transactions(conn, on_quit=self._quit)
+
+    def _quit(self) -> None:
+        with self.cond:
+            self.quits += 1
+
+    def __enter__(self) -> SlowGreeting:
+        super().__enter__()
+        return self
 
 
 def test_a_server_slow_to_greet_gets_its_connections_opened_during_the_first_ehlo(

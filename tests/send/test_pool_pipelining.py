@@ -11,15 +11,22 @@ only be there if the client wrote it in the same write as the end of the data.
 from __future__ import annotations
 
 import random
-import socket
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ScriptConn, config_for, delivery_log, entry_for, make_spool, message_ids, names
+from servers import (
+    ScriptConn,
+    ThreadedScriptServer,
+    config_for,
+    delivery_log,
+    entry_for,
+    make_spool,
+    message_ids,
+    names,
+)
 
 from carerix_smtp.config.file import Config, save_config
 from carerix_smtp.send.report import SendOptions
@@ -29,66 +36,26 @@ from carerix_smtp.spool.spool import Spool
 REPLY_DELAY = 0.02  # seconds before the reply to a message's data: a network round trip
 
 
-class Recorder:
-    """What ScriptConn records into (its ``server``)."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.data: list[bytes] = []
-
-
-class PipelineServer:
+class PipelineServer(ThreadedScriptServer):
     """SMTP on 127.0.0.1 with PIPELINING (and CHUNKING when asked), every connection
     in its own thread.  ``chained[c]``: per message of connection ``c``, whether the
     next MAIL was buffered already when its data ended (the last one of a
     connection is followed by QUIT, which counts as not chained)."""
 
     def __init__(self, *, chunking: bool) -> None:
+        super().__init__()
         self.chunking = chunking
         self.chained: list[list[bool]] = []
-        self.errors: list[BaseException] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = int(self.listener.getsockname()[1])
-        self.threads: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
 
     def __enter__(self) -> PipelineServer:
-        self.acceptor.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.acceptor.join(10)
-        for thread in self.threads:
-            thread.join(10)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with self.lock:
-                flags: list[bool] = []
-                self.chained.append(flags)
-            thread = threading.Thread(target=self._serve, args=(sock, flags), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, flags: list[bool]) -> None:
-        conn = ScriptConn(sock, Recorder())  # type: ignore[arg-type]
-        try:
-            self._script(conn, flags)
-        except (OSError, ConnectionError):
-            pass
-        except BaseException as exc:  # pragma: no cover - shown by the test
-            self.errors.append(exc)
-        finally:
-            sock.close()
+    def serve(self, conn: ScriptConn, index: int) -> None:
+        flags: list[bool] = []
+        with self.cond:
+            self.chained.append(flags)
+        self._script(conn, flags)
 
     def _script(self, conn: ScriptConn, flags: list[bool]) -> None:
         conn.send(b"220 pipeline.test ESMTP\r\n")

@@ -8,7 +8,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from servers import ScriptConn, ScriptServer, config_for, host_entry, make_spool, names
+from servers import (
+    ScriptConn,
+    ScriptServer,
+    answer_transactions,
+    config_for,
+    host_entry,
+    make_spool,
+    names,
+)
 
 from carerix_smtp.send.report import SendOptions
 from carerix_smtp.send.run import run_send
@@ -27,23 +35,16 @@ class HeldQuit:
     def __call__(self, conn: ScriptConn) -> None:
         conn.send(b"220 quit.test ESMTP\r\n")
         conn.ehlo("PIPELINING")
-        while True:
-            verb = conn.readline().split()[0].upper()
-            if verb == b"DATA":
-                conn.send(b"354 go ahead\r\n")
-                conn.read_data()
-                conn.send(b"250 2.0.0 queued\r\n")
-            elif verb == b"QUIT":
-                self.quit_seen.set()
-                conn.sock.settimeout(self.hold)
-                try:
-                    self.closed_first = conn.buffer == b"" and conn.sock.recv(1) == b""
-                except (TimeoutError, OSError):
-                    self.closed_first = False
-                conn.send(b"221 2.0.0 bye\r\n")
-                return
-            else:
-                conn.send(b"250 2.0.0 ok\r\n")
+
+        def held() -> None:  # before the 221
+            self.quit_seen.set()
+            conn.sock.settimeout(self.hold)
+            try:
+                self.closed_first = conn.buffer == b"" and conn.sock.recv(1) == b""
+            except (TimeoutError, OSError):
+                self.closed_first = False
+
+        answer_transactions(conn, on_quit=held)
 
 
 def test_a_send_run_closes_after_quit_without_awaiting_the_221(tmp_path: Path) -> None:
