@@ -62,7 +62,9 @@ DEFAULT_HEADERS: tuple[str, ...] = (
     "references",
 )
 # RFC 6376 §5.4: these must not be signed (they change in transit or are removed).
-NEVER_SIGNED = frozenset({"return-path", "received", "bcc", "resent-bcc", "dkim-signature"})
+NEVER_SIGNED = frozenset(
+    {"return-path", "received", "bcc", "resent-bcc", "dkim-signature", "x-cxsmtp-envelope-to"}
+)
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2
 _TABLE_KEYS = ("selector", "key_file", "algorithm", "headers")
 

@@ -8,9 +8,11 @@ written as those fields:
 - ``-f ADDR`` becomes ``Return-Path: <ADDR>`` (any Return-Path in the input is
   dropped, as Postfix does);
 - the recipients (the arguments, or with ``-t`` To/Cc/Bcc minus the arguments)
-  that To and Cc do not name go in one ``Bcc:`` field that replaces the input's Bcc.
-  An address in To or Cc that is not a recipient would get the message too (the
-  spool has no other place for an envelope): such a message is refused (exit 65).
+  that To and Cc do not name go in one ``Bcc:`` field that replaces the input's Bcc;
+- when To or Cc names an address that is not a recipient (a list's own address
+  while the arguments are its members; ``-t`` with an argument that To names), the
+  recipients go in an ``X-Cxsmtp-Envelope-To:`` field instead, which the spool
+  takes as RCPT TO in place of To, Cc and Bcc, and removes before sending.
 
 From (from -F and -f, else the user: getuser()@gethostname(), never a DNS lookup),
 Date and Message-ID are added when missing.  Line endings become LF (the spool and
@@ -25,7 +27,7 @@ import socket
 
 from carerix_smtp.errors import MessageError, UsageError
 from carerix_smtp.sendmail.options import SendmailOptions
-from carerix_smtp.spool.envelope import _addresses, index_fields, recipient_key
+from carerix_smtp.spool.envelope import ENVELOPE_TO, _addresses, index_fields, recipient_key
 from carerix_smtp.spool.headers import FIELD_NAME, head_end, split_fields
 from carerix_smtp.spool.message import complete_headers
 
@@ -70,18 +72,26 @@ def compose(data: bytes, opts: SendmailOptions) -> bytes:
     visible = _addresses(indexed.get("to", []), "To", NAME)
     visible += _addresses(indexed.get("cc", []), "Cc", NAME)
     wanted = _recipients(opts, visible + _addresses(indexed.get("bcc", []), "Bcc", NAME))
-    _check_visible(visible, wanted)
-    shown = {recipient_key(a) for a in visible}
-    hidden = [a for a in wanted if recipient_key(a) not in shown]
     added = b""
     if opts.sender is not None:
         added += b"Return-Path: <" + _header_value(opts.sender) + b">\n"
     kept = b"".join(f.raw for f in fields if f.name not in _DROPPED)
     if "from" not in indexed:
         kept += b"From: " + _from_value(opts) + b"\n"
-    if hidden:
-        kept += b"Bcc: " + _header_value(", ".join(hidden)) + b"\n"
-    return complete_headers(added + kept + body, name=NAME)
+    return complete_headers(added + kept + _envelope(visible, wanted) + body, name=NAME)
+
+
+def _envelope(visible: list[str], wanted: list[str]) -> bytes:
+    """The field(s) that make the spool's envelope ``wanted``: a Bcc of the recipients
+    that To and Cc do not name; an X-Cxsmtp-Envelope-To of all of them when To or Cc
+    names someone who is not one (the spool would send to every To and Cc address)."""
+    keys = {recipient_key(a) for a in wanted}
+    if all(recipient_key(a) in keys for a in visible):
+        shown = {recipient_key(a) for a in visible}
+        hidden = [a for a in wanted if recipient_key(a) not in shown]
+        return b"Bcc: " + _header_value(", ".join(hidden)) + b"\n" if hidden else b""
+    folded = b",\n ".join(_header_value(a) for a in wanted)  # one address per line
+    return ENVELOPE_TO.encode() + b": " + folded + b"\n"
 
 
 def _recipients(opts: SendmailOptions, in_headers: list[str]) -> list[str]:
@@ -95,18 +105,6 @@ def _recipients(opts: SendmailOptions, in_headers: list[str]) -> list[str]:
     if not out:
         raise MessageError("sendmail: -t: no recipients in To, Cc or Bcc")
     return out
-
-
-def _check_visible(visible: list[str], wanted: list[str]) -> None:
-    """Refuse a To/Cc address that is not a recipient: the spool would send to it too
-    (a list's own address in To while sendmail names the members: a mail loop)."""
-    keys = {recipient_key(a) for a in wanted}
-    extra = [a for a in visible if recipient_key(a) not in keys]
-    if extra:
-        raise MessageError(
-            f"sendmail: To/Cc name {extra[0]}, which is not a recipient; the spool sends to "
-            "every To and Cc address, so name it as a recipient too, or use -t"
-        )
 
 
 def _from_value(opts: SendmailOptions) -> bytes:

@@ -2,6 +2,10 @@
 Return-Path, else Sender, else the first From address; RCPT TO from To + Cc +
 Bcc, deduplicated case-insensitively on the domain, keeping the local part's case
 (RFC 5321 §2.4: local parts may be case sensitive) and the first spelling seen.
+An ``X-Cxsmtp-Envelope-To`` field, when there is one, names RCPT TO instead of To,
+Cc and Bcc (what ``cxsmtp sendmail`` writes when its recipients are not the ones
+the header fields name: a list's members, ``-t`` minus the arguments); like Bcc and
+Return-Path it is removed from what is transmitted.
 Also the Message-ID, and the checks that refuse an address that cannot be used.
 """
 
@@ -20,6 +24,7 @@ if TYPE_CHECKING:  # email.policy and its header registry (~8 ms to import) are 
     from email.headerregistry import Address
 
 RECIPIENT_FIELDS = ("To", "Cc", "Bcc")
+ENVELOPE_TO = "X-Cxsmtp-Envelope-To"  # RCPT TO when present (not To, Cc, Bcc)
 
 # A domain: dot-atom text without specials, or an address literal "[...]" (RFC 5321 §4.1.3).
 DOMAIN = re.compile(r"[^\s<>()\[\],;:\\\"@]+|\[[^\[\]\\\s]+\]")
@@ -37,7 +42,10 @@ DOMAIN = re.compile(r"[^\s<>()\[\],;:\\\"@]+|\[[^\[\]\\\s]+\]")
 # costs ~300 us per message, which was a third of the sender's time per message.
 # tests/spool/test_message.py checks that the two paths agree.
 
-_FIELDS_READ = frozenset({"from", "sender", "return-path", "to", "cc", "bcc", "message-id", "date"})
+_FIELDS_READ = frozenset(
+    {"from", "sender", "return-path", "to", "cc", "bcc", "message-id", "date"}
+    | {ENVELOPE_TO.lower()}
+)
 _NO_CTL = r"\x00-\x08\x0a-\x1f\x7f"  # control characters except HTAB (RFC 5234 CTL, WSP)
 # CFWS (RFC 5322 §3.2.2) with comments that do not nest; possessive quantifiers
 # everywhere, so a field that does not match fails in linear time.
@@ -232,14 +240,18 @@ def recipient_key(address: str) -> str:
 
 
 def envelope_recipients(fields: dict[str, list[bytes]], name: str) -> list[str]:
+    """RCPT TO: the X-Cxsmtp-Envelope-To addresses when that field is there, else To +
+    Cc + Bcc; deduplicated (recipient_key), first spelling kept."""
+    explicit = ENVELOPE_TO.lower() in fields
     seen: set[str] = set()
     out: list[str] = []
-    for field in RECIPIENT_FIELDS:
+    for field in (ENVELOPE_TO,) if explicit else RECIPIENT_FIELDS:
         for address in _addresses(fields.get(field.lower(), ()), field, name):
             key = recipient_key(address)
             if key not in seen:
                 seen.add(key)
                 out.append(address)
     if not out:
-        raise MessageError(f"{name}: no recipients: no address in To, Cc or Bcc")
+        where = ENVELOPE_TO if explicit else "To, Cc or Bcc"
+        raise MessageError(f"{name}: no recipients: no address in {where}")
     return out

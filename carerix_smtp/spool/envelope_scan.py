@@ -4,8 +4,8 @@ bytes, then one regular expression pass over the header block for the envelope
 fields (``fast_envelope``) when they are plain address lists, which bulk mail's
 are; anything else goes through the sender's own parser (headers.py, envelope.py),
 and a header block longer than HEAD_READ through ``read_message``.  Same rules as
-the sender: MAIL FROM from Return-Path, else Sender, else From; RCPT TO from To +
-Cc + Bcc, deduplicated on the domain (tests/spool/test_queue.py checks that the two
+the sender: MAIL FROM from Return-Path, else Sender, else From; RCPT TO from
+X-Cxsmtp-Envelope-To when there is one, else To + Cc + Bcc, deduplicated on the domain (tests/spool/test_queue.py checks that the two
 paths agree)."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ _ITEMS = re.compile(_ITEM)
 # address, "") for a one-line field of one plain address, the common case; else
 # (name, "", "", the value with its continuation lines).
 _ENVELOPE_LINE = re.compile(
-    rb"^(from|to|cc|bcc|sender|return-path)[ \t]*:(?:[ \t]*(?:[^<>,@\"()\\:;\[\]\n]*<("
+    rb"^(from|to|cc|bcc|sender|return-path|x-cxsmtp-envelope-to)[ \t]*:(?:[ \t]*(?:[^<>,@\"()\\:;\[\]\n]*<("
     + _ADDR
     + rb")>|("
     + _ADDR
@@ -80,7 +80,9 @@ _ENVELOPE_LINE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _ROLES: dict[bytes, int] = {}  # field name as written -> 0 From, 1 Sender, 2 Return-Path, 3 To...
-for _index, _field in enumerate((b"from", b"sender", b"return-path", b"to", b"cc", b"bcc")):
+_FIELDS = (b"from", b"sender", b"return-path", b"to", b"cc", b"bcc", b"x-cxsmtp-envelope-to")
+_EXPLICIT = 6  # the role of X-Cxsmtp-Envelope-To: RCPT TO instead of To, Cc and Bcc
+for _index, _field in enumerate(_FIELDS):
     for _spelling in (_field, _field.title(), _field.upper(), _field.capitalize()):
         _ROLES[_spelling] = _index
 
@@ -101,7 +103,8 @@ def fast_envelope(block: bytes, end: int | None = None) -> tuple[str, list[str]]
         if simple and one and other and b"=?" not in one + other:
             return one.decode("ascii"), [other.decode("ascii")]
     senders: list[str | None] = [None, None, None]  # first From, Sender, Return-Path
-    found: tuple[list[str], list[str], list[str]] = ([], [], [])  # To, Cc, Bcc
+    found: tuple[list[str], ...] = ([], [], [], [])  # To, Cc, Bcc, X-Cxsmtp-Envelope-To
+    explicit = False
     for name, angled, bare, rest in matches:
         role = _ROLES.get(name)
         if role is None:
@@ -112,6 +115,8 @@ def fast_envelope(block: bytes, end: int | None = None) -> tuple[str, list[str]]
                 return None  # the registry decodes encoded words even there
             addresses = [address.decode("ascii")]
         elif not rest.strip():
+            if role == _EXPLICIT:
+                return None  # the real parser says what is wrong
             continue  # an empty field
         elif role == 2 and rest.replace(b" ", b"").strip() == b"<>":
             addresses = [""]  # the null reverse-path
@@ -122,10 +127,14 @@ def fast_envelope(block: bytes, end: int | None = None) -> tuple[str, list[str]]
             addresses = listed
         if role >= 3:
             found[role - 3].extend(addresses)
+            explicit = explicit or role == _EXPLICIT
         elif senders[role] is None and addresses:
             senders[role] = addresses[0]
     sender = next((s for s in (senders[2], senders[1], senders[0]) if s is not None), None)
-    recipients = found[0] + found[1] + found[2] if found[1] or found[2] else found[0]
+    if explicit:
+        recipients = found[3]
+    else:
+        recipients = found[0] + found[1] + found[2] if found[1] or found[2] else found[0]
     if sender is None or not recipients or "" in recipients:
         return None  # the real parser says what is wrong
     if len(recipients) == 1:

@@ -11,6 +11,7 @@ header block in front.  What changes in the transmitted bytes:
 - ``Bcc`` is removed (its addresses still get the message: they are recipients);
 - ``Return-Path`` is removed: RFC 5321 §4.4, "a message-originating SMTP system
   SHOULD NOT send a message that already contains a Return-path header field";
+- ``X-Cxsmtp-Envelope-To`` is removed (the envelope, when sendmail wrote one);
 - a leading mbox ``From `` line, if any, is dropped (it is not RFC 5322).
 
 ``complete_headers`` adds ``Message-ID`` and ``Date`` when missing (RFC 5322
@@ -19,9 +20,9 @@ header lines; the rest of the file is kept byte for byte.  Line endings and
 dot-stuffing are the transport's business (RFC 5321 §4.5.2).
 
 Envelope (SPEC §3): MAIL FROM from Return-Path, else Sender, else the first From
-address; RCPT TO from To + Cc + Bcc, deduplicated case-insensitively on the
-domain, keeping the local part's case (RFC 5321 §2.4: local parts may be case
-sensitive) and the first spelling seen.
+address; RCPT TO from X-Cxsmtp-Envelope-To when present, else To + Cc + Bcc,
+deduplicated case-insensitively on the domain, keeping the local part's case
+(RFC 5321 §2.4: local parts may be case sensitive) and the first spelling seen.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, BinaryIO
 from carerix_smtp.errors import MessageError
 from carerix_smtp.spool.envelope import (
     DOMAIN,
+    ENVELOPE_TO,
     envelope_recipients,
     envelope_sender,
     first_message_id,
@@ -45,7 +47,7 @@ from carerix_smtp.spool.envelope import (
 from carerix_smtp.spool.headers import HeaderField, head_end, is_mbox_line, split_fields
 
 # Header fields removed from what is transmitted (see the module docstring).
-STRIPPED_FIELDS = frozenset({"bcc", "return-path"})
+STRIPPED_FIELDS = frozenset({"bcc", "return-path", ENVELOPE_TO.lower()})
 _FALLBACK_ID_DOMAIN = "cxsmtp.invalid"
 CHUNK = 1 << 20  # bytes read at a time from a message file
 # A file up to this size is read whole, in one system call, and kept: reading its

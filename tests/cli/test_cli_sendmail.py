@@ -80,6 +80,32 @@ def test_f_sender_and_recipients_as_arguments(tmp_path: Path, isolated: Isolated
     assert b"From: bounce@x.example" in got.content
 
 
+def test_list_manager_style_members_as_arguments(tmp_path: Path, isolated: Isolated) -> None:
+    """A list's message to its members: To names the list, the arguments the members.
+    Only the members get it (RCPT TO), the header stays as written, and ``-t`` with an
+    argument that To names leaves that address out."""
+    spool = _spool(tmp_path)
+    with smtp_server() as server:
+        _configure(isolated, spool, server.port)
+        text = "From: owner@x.example\nTo: list@x.example\nSubject: news\n\nhello\n"
+        members = ["m1@y.example", "m2@z.example"]
+        result = run_cxsmtp("sendmail", "-f", "list-bounces@x.example", *members, input=text)
+        assert (result.returncode, result.stderr) == (0, "")
+        text = "From: a@x.example\nTo: me@x.example, you@y.example\n\nhi\n"
+        result = run_cxsmtp("sendmail", "-t", "-i", "me@x.example", input=text)
+        assert (result.returncode, result.stderr) == (0, "")
+        listed = run_cxsmtp("queue", "list")
+        assert "-> m1@y.example, m2@z.example" in listed.stdout
+        assert "-> you@y.example\n" in listed.stdout
+        _deliver(server, 2)
+    got = {m.mail_from: m for m in server.handler.messages}
+    assert got["list-bounces@x.example"].rcpt_tos == members
+    assert b"To: list@x.example\r\n" in got["list-bounces@x.example"].content
+    assert got["a@x.example"].rcpt_tos == ["you@y.example"]
+    for message in server.handler.messages:
+        assert b"X-Cxsmtp" not in message.content
+
+
 @pytest.mark.parametrize(("options", "kept"), [([], False), (["-i"], True), (["-oi"], True)])
 def test_lone_dot_line(tmp_path: Path, isolated: Isolated, options: list[str], kept: bool) -> None:
     spool = _spool(tmp_path)

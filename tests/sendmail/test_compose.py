@@ -114,11 +114,43 @@ def test_empty_input_and_bad_address() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["member@z.example", "other@y.example"], ["-t", "to@y.example"]],
+    ("argv", "expected"),
+    [
+        (["member@z.example", "other@y.example"], ("member@z.example", "other@y.example")),
+        (["-t", "to@y.example"], ("other@y.example", "b@z.example")),
+    ],
     ids=["list-address-in-to", "t-minus-a-to-address"],
 )
-def test_visible_address_that_is_not_a_recipient_is_refused(argv: list[str]) -> None:
-    data = b"To: to@y.example, other@y.example\nSubject: list mail\n\nb\n"
-    with pytest.raises(MessageError, match=r"To/Cc name to@y\.example, which is not a recipient"):
-        compose(data, parse_options(argv))
+def test_visible_address_that_is_not_a_recipient_gets_an_envelope_field(
+    argv: list[str], expected: tuple[str, ...]
+) -> None:
+    """To names someone who is not a recipient: the recipients go in X-Cxsmtp-Envelope-To,
+    which the spool takes instead of To/Cc/Bcc and never transmits."""
+    data = b"To: to@y.example, other@y.example\nBcc: b@z.example\nSubject: list mail\n\nb\n"
+    spool_file = compose(data, parse_options(argv))
+    assert b"\nX-Cxsmtp-Envelope-To: " in spool_file and b"\nBcc:" not in spool_file
+    msg = parse_message(spool_file, name="t")
+    assert msg.recipients == expected
+    sent = msg.transmitted()
+    assert b"X-Cxsmtp-Envelope-To" not in sent and b"b@z.example" not in sent
+    assert b"To: to@y.example, other@y.example\n" in sent  # the header is kept as written
+
+
+def test_recipients_that_to_names_keep_the_bcc_form() -> None:
+    """Every To/Cc address a recipient: the others go in Bcc, as earlier versions wrote."""
+    spool_file = compose(b"To: a@y.example\n\nb\n", parse_options(["a@y.example", "m@z.example"]))
+    assert b"\nBcc: m@z.example\n" in spool_file and b"X-Cxsmtp" not in spool_file
+    assert parse_message(spool_file, name="t").recipients == ("a@y.example", "m@z.example")
+
+
+def test_envelope_field_holds_many_recipients_one_per_line() -> None:
+    members = [f"member{i}@z.example" for i in range(500)]
+    spool_file = compose(b"To: list@y.example\n\nb\n", parse_options(members))
+    head = spool_file.partition(b"\n\n")[0]
+    assert max(len(line) for line in head.split(b"\n")) < 100
+    assert parse_message(spool_file, name="t").recipients == tuple(members)
+
+
+def test_a_line_break_in_a_recipient_is_refused() -> None:
+    with pytest.raises(UsageError, match="line break"):
+        compose(b"To: list@y.example\n\nb\n", parse_options(["a@z.example\nBcc: x@y"]))

@@ -104,6 +104,52 @@ def test_bcc_and_return_path_removed_body_bytes_untouched() -> None:
     assert "folded@z.example" in message.recipients
 
 
+def test_envelope_field_names_the_recipients_instead_of_to_cc_bcc() -> None:
+    raw = msg(
+        "From: a@x.example",
+        "To: list@y.example",
+        "Cc: cc@y.example",
+        "Bcc: hidden@z.example",
+        "x-cxsmtp-envelope-to: m1@z.example,",
+        " m2@Z.example, m2@z.example",
+        "Subject: list",
+        eol="\r\n",
+    )
+    message = parse_message(raw)
+    assert message.recipients == ("m1@z.example", "m2@Z.example")  # dedup on the domain
+    sent = message.transmitted()
+    assert b"m1@z.example" not in sent and b"hidden" not in sent
+    assert b"nvelope" not in sent.lower()
+    assert sent.startswith(b"From: a@x.example\r\nTo: list@y.example\r\nCc: cc@y.example\r\n")
+
+
+def test_an_empty_envelope_field_is_refused_not_replaced_by_to() -> None:
+    raw = msg("From: a@x.example", "To: r@y.example", "X-Cxsmtp-Envelope-To: ")
+    with pytest.raises(MessageError, match="no recipients: no address in X-Cxsmtp-Envelope-To"):
+        parse_message(raw, name="m.eml")
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("name", "recipients"),
+    [
+        ("20261201T045041552048-aff595-sendmail.eml", ("a@y.example", "hidden@z.example")),
+        ("20261201T045043705492-294e5b-sendmail.eml", ("a@y.example", "member@z.example")),
+    ],
+)
+def test_spool_files_of_the_previous_sendmail_keep_their_envelope(
+    name: str, recipients: tuple[str, ...]
+) -> None:
+    """fixtures/sendmail-v1: files the previous version's ``cxsmtp sendmail`` wrote
+    (hidden recipients in Bcc); read as before, Bcc never transmitted."""
+    message = read_message(FIXTURES / "sendmail-v1" / name, name=name)
+    assert message.recipients == recipients
+    sent = message.transmitted()
+    assert b"Bcc" not in sent and recipients[1].encode() not in sent
+
+
 def test_unchanged_message_is_transmitted_as_is() -> None:
     raw = msg("From: a@x.example", "To: r@y.example", "Subject: x")
     message = parse_message(raw)

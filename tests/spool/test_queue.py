@@ -145,6 +145,9 @@ FAST_CASES = {
     "null return path": b"Return-Path: <>\nFrom: a@x\nTo: r@y\n",
     "crlf": b"From: a@x.example\r\nTo: r@y.example\r\nCc: c@y.example\r\n",
     "encoded display name": b"From: =?utf-8?q?J=C3=B6rg?= <a@x>\nTo: r@y\n",
+    "envelope field": b"From: a@x\nTo: list@y\nX-Cxsmtp-Envelope-To: m1@z,\n m2@z\nBcc: b@z\n",
+    "envelope field, no to": b"x-cxsmtp-envelope-to: m@z\nFrom: a@x\n",
+    "envelope field, one": b"From: a@x\nTo: list@y\nX-CXSMTP-ENVELOPE-TO: <m@z>\n",
 }
 SLOW_CASES = {
     "quoted name": b'From: "Doe, Jan" <a@x>\nTo: r@y\n',
@@ -152,6 +155,7 @@ SLOW_CASES = {
     "comment": b"From: a@x (Jan)\nTo: r@y\n",
     "encoded word in an address": b"From: a@x\nTo: =?utf-8?q?r?=@y\n",
     "no recipients": b"From: a@x\nSubject: none\n",
+    "empty envelope field": b"From: a@x\nTo: r@y\nX-Cxsmtp-Envelope-To:\n",
 }
 
 
