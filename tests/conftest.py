@@ -9,7 +9,9 @@ import shlex
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,22 @@ def configured(isolated: Isolated, sink_factory: Any) -> Any:
         return sink
 
     return make
+
+
+@pytest.fixture
+def listed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each spool directory is listed (every listing goes through
+    SpoolLayout.listing, SpoolLayout.scandir too)."""
+    from carerix_smtp.spool import layout as layout_module
+
+    counts: Counter[str] = Counter()
+    real = layout_module.SpoolLayout.listing
+
+    def counting(
+        self: layout_module.SpoolLayout, rel: str
+    ) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
+        counts[rel or "."] += 1
+        return real(self, rel)
+
+    monkeypatch.setattr(layout_module.SpoolLayout, "listing", counting)
+    return counts

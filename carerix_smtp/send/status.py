@@ -5,6 +5,7 @@ last error (history), and the last run.  Read-only; the CLI renders it."""
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,15 @@ def collect_status(
             gc.enable()
 
 
+def status_cache_path(state_dir: Path, spool_path: Path) -> Path:
+    """The user's status cache of one spool (spool/status_cache.py): in the state
+    directory, named after the spool's absolute path."""
+    import hashlib
+
+    key = hashlib.sha256(os.fsencode(os.path.abspath(spool_path))).hexdigest()[:24]
+    return state_dir / "status-cache" / key
+
+
 def _collect(
     spool_path: Path,
     load_config: Callable[[], Config],
@@ -101,7 +111,10 @@ def _collect(
     clock: Callable[[], float],
 ) -> StatusReport:
     now = clock()
-    report = StatusReport(Spool(spool_path, clock=clock).status(now), load_history(state_dir))
+    spool = Spool(spool_path, clock=clock).status(
+        now, cache=status_cache_path(state_dir, spool_path)
+    )
+    report = StatusReport(spool, load_history(state_dir))
     report.at = now
     try:
         config = load_config()

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from carerix_smtp.errors import InputError
 from carerix_smtp.spool.layout import RECORD_SUFFIX, SUFFIX, TOP, SpoolLayout, storage, variant
 from carerix_smtp.spool.queue import HELD, STATE_DIRS, locate, message_id_of, rows
+from carerix_smtp.spool.status_cache import touch_dir
 
 
 def hold(layout: SpoolLayout, ids: Sequence[str], *, everything: bool = False) -> list[str]:
@@ -74,6 +75,9 @@ def make_due(layout: SpoolLayout, now: float) -> int:
             except FileNotFoundError:
                 continue
         count += 1
+    if count:
+        with storage("set the next attempt time of", layout.dir("deferred")):
+            touch_dir(layout, "deferred")  # changed in place: no status cache keeps it
     return count
 
 

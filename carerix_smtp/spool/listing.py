@@ -12,6 +12,7 @@ left behind, after it sent (the spool has changed by then)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import json
@@ -37,6 +38,7 @@ from carerix_smtp.spool.layout import (
     storage,
 )
 from carerix_smtp.spool.records import MessageState, iso, read_bytes, read_records
+from carerix_smtp.spool.status_cache import StatusCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,23 +399,33 @@ class Listing:
         """The earliest next-attempt time in deferred/ (streamed: no list)."""
         return min((e[0] for e in _entries(self._layout, "deferred")), default=None)
 
-    def status(self, now: float | None = None) -> SpoolStatus:
+    def status(self, now: float | None = None, *, cache: Path | None = None) -> SpoolStatus:
         """Counts per state, bytes, oldest, next retry, failed recipients, and the due
         queue in sending order (``queue``); read-only.  Each directory is listed once:
         the records of failed/ and deferred/ are the ``.eml.json`` entries of the same
-        pass."""
+        pass; with ``cache``, a directory unchanged since the last pass is not listed
+        again (status_cache.py)."""
         layout = self._layout
         layout.check(writable=False)
         now = self._clock() if now is None else now
         result = SpoolStatus(path=layout.path)
         records: dict[str, list[str]] = {"failed": [], "deferred": []}
-        queued = _columns(layout, TOP)
-        deferred = _columns(layout, "deferred", records["deferred"])
+        kept = StatusCache(cache, layout) if cache is not None else None
+
+        def listed(rel: str, names: list[str] | None = None) -> _Columns:
+            if kept is None:
+                return _columns(layout, rel, names)
+            return _Columns(*kept.columns(rel, names, functools.partial(_columns, layout, rel)))
+
+        queued = listed(TOP)
+        deferred = listed("deferred", records["deferred"])
         _count(result.queued, queued)
         _count(result.deferred, deferred)
-        _count(result.held, _columns(layout, "held"))
-        _count(result.sent, _columns(layout, "sent"))
-        _count(result.failed, _columns(layout, "failed", records["failed"]))
+        _count(result.held, listed("held"))
+        _count(result.sent, listed("sent"))
+        _count(result.failed, listed("failed", records["failed"]))
+        if kept is not None:
+            kept.save()
         result.next_retry = result.deferred.oldest
         due = _due(deferred, now)
         result.due_now = len(due.names)

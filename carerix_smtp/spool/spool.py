@@ -94,6 +94,7 @@ from carerix_smtp.spool.outcomes import Outcomes
 from carerix_smtp.spool.records import DeliveryLog, MessageState
 from carerix_smtp.spool.recovery import Recovery, RecoveryReport
 from carerix_smtp.spool.sent_log import SentLog
+from carerix_smtp.spool.status_cache import touch_dir
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+=@-]+")
@@ -215,9 +216,10 @@ class Spool:
         """The earliest next-attempt time in deferred/ (streamed: no list)."""
         return self._listing.next_retry()
 
-    def status(self, now: float | None = None) -> SpoolStatus:
-        """Counts per state, bytes, oldest, next retry, failed recipients; read-only."""
-        return self._listing.status(now)
+    def status(self, now: float | None = None, *, cache: Path | None = None) -> SpoolStatus:
+        """Counts per state, bytes, oldest, next retry, failed recipients; read-only
+        (``cache``: a file of the caller's for what this pass saw, status_cache.py)."""
+        return self._listing.status(now, cache=cache)
 
     # -- claims and outcomes (claims.py, outcomes.py, records.py) --
 
@@ -312,5 +314,8 @@ class Spool:
             target = layout.move_noreplace("failed", name, TOP, name)
             layout.remove("failed", name + RECORD_SUFFIX)
             moved.append(target)
+        if any(kind == "deferred" for kind, _ in wanted):
+            with storage("set the next attempt time of", layout.dir("deferred")):
+                touch_dir(layout, "deferred")  # changed in place: no status cache keeps it
         layout.fsync_dir(TOP)
         return moved

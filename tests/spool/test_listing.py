@@ -8,7 +8,6 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,6 @@ from servers import eml, make_spool
 from carerix_smtp.spool import layout as layout_module
 from carerix_smtp.spool.listing import DueQueue, _Columns
 from carerix_smtp.spool.spool import Spool
-
-
-@pytest.fixture
-def listed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """How often each spool directory is listed (every listing goes through
-    SpoolLayout.listing, SpoolLayout.scandir too)."""
-    counts: Counter[str] = Counter()
-    real = layout_module.SpoolLayout.listing
-
-    def counting(
-        self: layout_module.SpoolLayout, rel: str
-    ) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
-        counts[rel or "."] += 1
-        return real(self, rel)
-
-    monkeypatch.setattr(layout_module.SpoolLayout, "listing", counting)
-    return counts
 
 
 def _aged(spool: Path, names: list[str], start: float) -> None:
