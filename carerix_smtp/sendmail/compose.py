@@ -33,7 +33,9 @@ from carerix_smtp.spool.message import complete_headers
 
 NAME = "stdin"
 _DOT_LINE = re.compile(rb"^\.\r?$", re.MULTILINE)
-_DROPPED = frozenset({"bcc", "return-path"})
+# Dropped from the input: the envelope is sendmail's (an X-Cxsmtp-Envelope-To in the
+# input would add recipients that sendmail was not given)
+_DROPPED = frozenset({"bcc", "return-path", ENVELOPE_TO.lower()})
 
 
 def read_body(data: bytes, dot_ends: bool) -> bytes:

@@ -151,6 +151,14 @@ def test_envelope_field_holds_many_recipients_one_per_line() -> None:
     assert parse_message(spool_file, name="t").recipients == tuple(members)
 
 
+@pytest.mark.parametrize("argv", [["a@y.example"], ["-t"], ["list@y.example", "b@y.example"]])
+def test_an_envelope_field_in_the_input_adds_no_recipient(argv: list[str]) -> None:
+    data = b"To: a@y.example\nX-Cxsmtp-Envelope-To: intruder@z.example\n\nb\n"
+    spool_file = compose(data, parse_options(argv))
+    assert b"intruder" not in spool_file
+    assert "intruder@z.example" not in parse_message(spool_file, name="t").recipients
+
+
 def test_a_line_break_in_a_recipient_is_refused() -> None:
     with pytest.raises(UsageError, match="line break"):
         compose(b"To: list@y.example\n\nb\n", parse_options(["a@z.example\nBcc: x@y"]))
