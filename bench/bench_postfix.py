@@ -50,6 +50,7 @@ from _common import (
     interleaved,
     report,
     send_spool,
+    settle_disk,
     skipped,
     small_message,
     target,
@@ -309,6 +310,7 @@ def measure(root: Path, messages: list[bytes], rounds: int) -> dict[str, float]:
                 postfix.set_deferred(True)
             injected.append(postfix.inject(messages))
             postfix.set_deferred(False)
+            settle_disk()  # as the spool before a cxsmtp round (write_spool): all on disk
             return postfix.flush(len(messages))
 
         def cxsmtp_round() -> float:
@@ -317,6 +319,7 @@ def measure(root: Path, messages: list[bytes], rounds: int) -> dict[str, float]:
                 return send_spool(env, spool, "bench", DEADLINE)
             finally:
                 shutil.rmtree(spool, ignore_errors=True)
+                settle_disk()
 
         figures = interleaved(rounds, {"postfix": postfix_round, "cxsmtp": cxsmtp_round})
     figures["inject"] = sorted(injected)[len(injected) // 2]

@@ -48,6 +48,7 @@ from _common import (
     run_measured,
     scratch_dir,
     send_spool,
+    settle_disk,
     small_message,
     target,
     write_spool,
@@ -96,6 +97,7 @@ def measure(
                 return send_spool(envs[work], spool, server, SEND_TIMEOUT)
             finally:
                 shutil.rmtree(spool, ignore_errors=True)
+                settle_disk()  # not into the next case's time (ext4 writeback)
 
         return run
 
