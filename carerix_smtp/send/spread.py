@@ -17,6 +17,7 @@ the other connections opened while the first one still does EHLO (and TLS, AUTH)
 from __future__ import annotations
 
 import functools
+import logging
 import select
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from carerix_smtp.send.connection import Connection
     from carerix_smtp.send.gates import BatchGate
     from carerix_smtp.send.servers import Servers
+
+log = logging.getLogger(__name__)
 
 # The first connection waited at least this long for its greeting (the connect
 # and the greeting, two round trips: 10 ms or more each, a server far away): all
@@ -203,6 +206,12 @@ class Spread:
             adopt = entry.name in self.pooled
             pool = Pool(self.run, entry, conn, gate, adopt=adopt)
             self.servers.pools[entry.name] = pool
+            log.info(
+                "server %s: %s; up to %d connections",
+                entry.name,
+                "slow to open a connection" if adopt else "its replies come late",
+                entry.connections,
+            )
         return pool
 
     def take(self, job: Job) -> bool:

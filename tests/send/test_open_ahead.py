@@ -8,6 +8,7 @@ them meanwhile lets it go at once.  Counted, not timed."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -78,8 +79,9 @@ class SlowGreeting(ThreadedScriptServer):
 
 
 def test_a_server_slow_to_greet_gets_its_connections_opened_during_the_first_ehlo(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     spool = make_spool(tmp_path, 12)
     with SlowGreeting(greeting_delay=0.05, expect=3) as server:
         config = config_for(tmp_path, entry_for(server.port, connections=3))
@@ -87,6 +89,7 @@ def test_a_server_slow_to_greet_gets_its_connections_opened_during_the_first_ehl
     assert server.errors == []
     assert (summary.status, summary.sent) == ("ok", 12)
     assert server.all_came is True and server.accepted == 3
+    assert "server local: slow to open a connection; up to 3 connections" in caplog.messages
 
 
 @pytest.mark.parametrize("messages", [1, 2])

@@ -4,6 +4,7 @@ one that keeps the first connection waiting gets its other connections."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from servers import config_for, entry_for, make_spool, message_ids, names
+from servers import (
+    ScriptConn,
+    ThreadedScriptServer,
+    config_for,
+    entry_for,
+    make_spool,
+    message_ids,
+    names,
+)
 
 from carerix_smtp.send.report import SendOptions
 from carerix_smtp.send.run import run_send
@@ -170,3 +179,48 @@ def test_a_slow_server_gets_every_connection_from_the_start(
     assert (summary.status, summary.sent) == ("ok", 24)
     assert sink.connections_total == 3 and sink.connections_max == 3  # never more
     assert sorted(message_ids(sink)) == sorted(f"<{n}.test@x.example>" for n in range(24))
+
+
+class LateData(ThreadedScriptServer):
+    """Greets and answers EHLO at once; every message's final reply comes ``late``
+    seconds after its data (a server that scans what it accepts)."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+        self.messages = 0
+
+    def serve(self, conn: ScriptConn, index: int) -> None:
+        conn.send(b"220 late.test ESMTP\r\n")
+        conn.ehlo("PIPELINING")
+        while True:
+            verb = conn.readline().split()[0].upper()
+            if verb == b"DATA":
+                conn.send(b"354 go ahead\r\n")
+                conn.read_data()
+                self.stop.wait(self.late)  # the server at work (never set meanwhile)
+                with self.cond:
+                    self.messages += 1
+                conn.send(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                conn.send(b"221 2.0.0 bye\r\n")
+                return
+            else:
+                conn.send(b"250 2.0.0 ok\r\n")
+
+
+def test_late_replies_spread_a_quick_to_greet_server_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Quick to greet, slow to accept data: the first connection carries the first
+    messages alone, then the late replies bring in the others (``cxsmtp send -v``
+    says so)."""
+    caplog.set_level(logging.INFO)
+    spool = make_spool(tmp_path, 30)
+    with LateData(late=0.03) as server:
+        summary = send(spool, config_for(tmp_path, entry_for(server.port, connections=3)))
+    assert server.errors == []
+    assert (summary.status, summary.sent) == ("ok", 30) and server.messages == 30
+    assert server.accepted == 3
+    assert "server local: its replies come late; up to 3 connections" in caplog.messages
+    assert not [m for m in caplog.messages if "slow to open" in m]
