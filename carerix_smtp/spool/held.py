@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from carerix_smtp.errors import InputError
 from carerix_smtp.spool.layout import RECORD_SUFFIX, SUFFIX, TOP, SpoolLayout, storage, variant
 from carerix_smtp.spool.queue import HELD, STATE_DIRS, locate, message_id_of, rows
-from carerix_smtp.spool.status_cache import touch_dir
 
 
 def hold(layout: SpoolLayout, ids: Sequence[str], *, everything: bool = False) -> list[str]:
@@ -65,20 +64,8 @@ def release(
 
 def make_due(layout: SpoolLayout, now: float) -> int:
     """Every deferred message due now (``queue flush``); returns how many."""
-    count = 0
-    for mtime, name, _ in rows(layout, "deferred"):
-        if mtime <= now:
-            continue
-        with storage("set the next attempt time of", layout.where("deferred", name)):
-            try:
-                os.utime(name, (now, now), dir_fd=layout.fd("deferred"), follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-        count += 1
-    if count:
-        with storage("set the next attempt time of", layout.dir("deferred")):
-            touch_dir(layout, "deferred")  # changed in place: no status cache keeps it
-    return count
+    later = [name for mtime, name, _ in rows(layout, "deferred") if mtime > now]
+    return layout.set_due("deferred", later, now, missing_ok=True)
 
 
 def _pick(

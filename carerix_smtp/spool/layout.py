@@ -23,7 +23,7 @@ import itertools
 import os
 import stat
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -323,6 +323,29 @@ class SpoolLayout:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
             raise
+
+    def set_due(
+        self, rel: str, names: Sequence[str], when: float, *, missing_ok: bool = False
+    ) -> int:
+        """Set the next-attempt time (mtime) of ``names`` in ``rel`` in place, then mark
+        ``rel`` changed (its own mtime and ctime: now): a change in place leaves a
+        directory's times as they were, and a status cache (status_cache.py) keeps a
+        directory while they are.  Returns how many were set (``missing_ok``: a name
+        that has gone meanwhile is skipped, else it raises)."""
+        fd, count = self.fd(rel), 0
+        for name in names:
+            with storage("set the next attempt time of", self.where(rel, name)):
+                try:
+                    os.utime(name, (when, when), dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not missing_ok:
+                        raise
+                    continue
+            count += 1
+        if count:
+            with storage("set the next attempt time of", self.dir(rel)):
+                os.utime(fd)
+        return count
 
     def rename(self, src_rel: str, src: str, dst_rel: str, dst: str) -> None:
         """``rename(2)`` between two spool directories (replaces ``dst``)."""

@@ -94,7 +94,6 @@ from carerix_smtp.spool.outcomes import Outcomes
 from carerix_smtp.spool.records import DeliveryLog, MessageState
 from carerix_smtp.spool.recovery import Recovery, RecoveryReport
 from carerix_smtp.spool.sent_log import SentLog
-from carerix_smtp.spool.status_cache import touch_dir
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+=@-]+")
@@ -304,18 +303,14 @@ class Spool:
                         f"spool {self.path}: no message {name!r} in failed/ or deferred/"
                     )
         moved: list[str] = []
-        now = self.clock()
+        due = sorted(name for kind, name in wanted if kind == "deferred")
+        layout.set_due("deferred", due, self.clock())
         for kind, name in sorted(wanted):
             if kind == "deferred":
-                with storage("set the next attempt time of", layout.where(kind, name)):
-                    os.utime(name, (now, now), dir_fd=layout.fd(kind), follow_symlinks=False)
                 moved.append(f"deferred/{name}")
                 continue
             target = layout.move_noreplace("failed", name, TOP, name)
             layout.remove("failed", name + RECORD_SUFFIX)
             moved.append(target)
-        if any(kind == "deferred" for kind, _ in wanted):
-            with storage("set the next attempt time of", layout.dir("deferred")):
-                touch_dir(layout, "deferred")  # changed in place: no status cache keeps it
         layout.fsync_dir(TOP)
         return moved

@@ -10,7 +10,7 @@ unchanged: the same device, inode, mtime and ctime as when it was listed.  Every
 change of a name in it (a file added, removed or renamed in or out) changes its
 mtime and ctime; a file changed in place does not, and in a spool nothing changes a
 file in place except cxsmtp setting a deferred message's next-attempt time (retry,
-``queue flush``), which then touches the directory (``touch_dir``).  Producers write
+``queue flush``), which then touches the directory (``SpoolLayout.set_due``).  Producers write
 a file under another name and rename it (README), so a file is complete before its
 name appears.  A directory whose ctime is less than ``RACY_NS`` before the listing
 began is not kept: a change in the same clock tick would leave its times as they
@@ -162,9 +162,3 @@ def _decode(meta: dict[str, Any], body: memoryview) -> tuple[Columns, list[str]]
     records_text = bytes(blobs[4]).decode("utf-8", "surrogateescape")
     records = records_text.split("\0") if records_text else []
     return (names, mtimes.tolist(), sizes.tolist(), modes.tolist()), records
-
-
-def touch_dir(layout: SpoolLayout, rel: str) -> None:
-    """Mark directory ``rel`` changed (its mtime and ctime: now) after a file in it was
-    changed in place, so that no status cache takes its old columns."""
-    os.utime(layout.fd(rel))
