@@ -66,6 +66,7 @@ class StatusCache:
         self._clock_ns = clock_ns
         self._old: dict[str, tuple[dict[str, Any], memoryview]] = {}
         self._new: dict[str, tuple[list[int] | None, Columns, list[str] | None]] = {}
+        self._listed = False  # a directory was listed this pass: the file is out of date
         self._load()
 
     def _load(self) -> None:
@@ -98,13 +99,17 @@ class StatusCache:
                 self._new[rel] = (identity, columns, names)
                 return columns
         columns = lister(records)
+        self._listed = True
         racy = identity is None or started - identity[3] < RACY_NS
         self._new[rel] = (None if racy else identity, columns, records)
         return columns
 
     def save(self) -> None:
         """Write what this pass saw (atomically) when the spool is big enough; remove
-        the file when it is not.  Errors are ignored: the cache is only a cache."""
+        the file when it is not; nothing when every directory came from the file
+        as it is.  Errors are ignored: the cache is only a cache."""
+        if not self._listed and self._new.keys() == self._old.keys():
+            return
         total = sum(len(columns[0]) for _, columns, _ in self._new.values())
         with contextlib.suppress(OSError):
             if total < MIN_ENTRIES:

@@ -52,8 +52,10 @@ def test_a_cached_pass_says_what_a_fresh_listing_says(
     assert _seen(spool, cache) == fresh and cache.exists()
     kept = (".", "deferred", "held", "failed")
     before = [listed[rel] for rel in kept]
+    written = cache.stat()
     assert _seen(spool, cache) == fresh
     assert [listed[rel] for rel in kept] == before  # not listed again
+    assert cache.stat().st_ino == written.st_ino  # nor the file written again
     assert oct(cache.stat().st_mode & 0o777) == "0o600"
 
 
