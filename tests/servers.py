@@ -337,14 +337,19 @@ class ThreadedScriptServer:
             conn.sock.close()
 
 
-def answer_transactions(conn: ScriptConn, on_quit: Callable[[], None] = lambda: None) -> None:
-    """After EHLO: DATA gets 354 and its data 250, QUIT ``on_quit`` and then 221 (the
-    script ends there), any other command 250."""
+def answer_transactions(
+    conn: ScriptConn,
+    on_quit: Callable[[], None] = lambda: None,
+    on_data: Callable[[], None] = lambda: None,
+) -> None:
+    """After EHLO: DATA gets 354 and its data 250 (``on_data`` first), QUIT ``on_quit``
+    and then 221 (the script ends there), any other command 250."""
     while True:
         verb = conn.readline().split()[0].upper()
         if verb == b"DATA":
             conn.send(b"354 go ahead\r\n")
             conn.read_data()
+            on_data()
             conn.send(b"250 2.0.0 queued\r\n")
         elif verb == b"QUIT":
             on_quit()

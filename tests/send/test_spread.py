@@ -16,6 +16,7 @@ import pytest
 from servers import (
     ScriptConn,
     ThreadedScriptServer,
+    answer_transactions,
     config_for,
     entry_for,
     make_spool,
@@ -193,20 +194,12 @@ class LateData(ThreadedScriptServer):
     def serve(self, conn: ScriptConn, index: int) -> None:
         conn.send(b"220 late.test ESMTP\r\n")
         conn.ehlo("PIPELINING")
-        while True:
-            verb = conn.readline().split()[0].upper()
-            if verb == b"DATA":
-                conn.send(b"354 go ahead\r\n")
-                conn.read_data()
-                self.stop.wait(self.late)  # the server at work (never set meanwhile)
-                with self.cond:
-                    self.messages += 1
-                conn.send(b"250 2.0.0 queued\r\n")
-            elif verb == b"QUIT":
-                conn.send(b"221 2.0.0 bye\r\n")
-                return
-            else:
-                conn.send(b"250 2.0.0 ok\r\n")
+        answer_transactions(conn, on_data=self._work)
+
+    def _work(self) -> None:
+        self.stop.wait(self.late)  # the server at work (never set meanwhile)
+        with self.cond:
+            self.messages += 1
 
 
 def test_late_replies_spread_a_quick_to_greet_server_and_say_so(
