@@ -29,13 +29,14 @@ from carerix_smtp.errors import MessageError, UsageError
 from carerix_smtp.sendmail.options import SendmailOptions
 from carerix_smtp.spool.envelope import ENVELOPE_TO, _addresses, index_fields, recipient_key
 from carerix_smtp.spool.headers import FIELD_NAME, head_end, split_fields
-from carerix_smtp.spool.message import complete_headers
+from carerix_smtp.spool.message import STRIPPED_FIELDS, complete_headers
 
 NAME = "stdin"
 _DOT_LINE = re.compile(rb"^\.\r?$", re.MULTILINE)
-# Dropped from the input: the envelope is sendmail's (an X-Cxsmtp-Envelope-To in the
-# input would add recipients that sendmail was not given)
-_DROPPED = frozenset({"bcc", "return-path", ENVELOPE_TO.lower()})
+# Dropped from the input: the fields the spool takes the envelope from and never
+# transmits (Bcc, Return-Path, X-Cxsmtp-Envelope-To); the envelope is sendmail's, and
+# an X-Cxsmtp-Envelope-To in the input would add recipients sendmail was not given
+_DROPPED = STRIPPED_FIELDS
 
 
 def read_body(data: bytes, dot_ends: bool) -> bytes:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ENVELOPE_FROM = b"X-Cxsmtp-Envelope-From"
-ENVELOPE_TO = b"X-Cxsmtp-Envelope-To"
+ENVELOPE_TO = b"X-Cxsmtp-Envelope-To"  # what a spool takes RCPT TO from (spool/envelope.py)
 
 
 @dataclass(frozen=True)

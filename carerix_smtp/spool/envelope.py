@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # email.policy and its header registry (~8 ms to import) are 
     from email.headerregistry import Address
 
 RECIPIENT_FIELDS = ("To", "Cc", "Bcc")
-ENVELOPE_TO = "X-Cxsmtp-Envelope-To"  # RCPT TO when present (not To, Cc, Bcc)
+# RCPT TO when present (not To, Cc, Bcc); the field cxsmtp sink writes too (sink/store.py)
+ENVELOPE_TO = "X-Cxsmtp-Envelope-To"
+_ENVELOPE_KEY = ENVELOPE_TO.lower()
 
 # A domain: dot-atom text without specials, or an address literal "[...]" (RFC 5321 §4.1.3).
 DOMAIN = re.compile(r"[^\s<>()\[\],;:\\\"@]+|\[[^\[\]\\\s]+\]")
@@ -43,8 +45,7 @@ DOMAIN = re.compile(r"[^\s<>()\[\],;:\\\"@]+|\[[^\[\]\\\s]+\]")
 # tests/spool/test_message.py checks that the two paths agree.
 
 _FIELDS_READ = frozenset(
-    {"from", "sender", "return-path", "to", "cc", "bcc", "message-id", "date"}
-    | {ENVELOPE_TO.lower()}
+    {"from", "sender", "return-path", "to", "cc", "bcc", "message-id", "date"} | {_ENVELOPE_KEY}
 )
 _NO_CTL = r"\x00-\x08\x0a-\x1f\x7f"  # control characters except HTAB (RFC 5234 CTL, WSP)
 # CFWS (RFC 5322 §3.2.2) with comments that do not nest; possessive quantifiers
@@ -242,7 +243,7 @@ def recipient_key(address: str) -> str:
 def envelope_recipients(fields: dict[str, list[bytes]], name: str) -> list[str]:
     """RCPT TO: the X-Cxsmtp-Envelope-To addresses when that field is there, else To +
     Cc + Bcc; deduplicated (recipient_key), first spelling kept."""
-    explicit = ENVELOPE_TO.lower() in fields
+    explicit = _ENVELOPE_KEY in fields
     seen: set[str] = set()
     out: list[str] = []
     for field in (ENVELOPE_TO,) if explicit else RECIPIENT_FIELDS:

@@ -123,6 +123,17 @@ def test_envelope_field_names_the_recipients_instead_of_to_cc_bcc() -> None:
     assert sent.startswith(b"From: a@x.example\r\nTo: list@y.example\r\nCc: cc@y.example\r\n")
 
 
+def test_a_file_the_sink_stored_goes_again_to_the_recipients_it_came_for() -> None:
+    """cxsmtp sink writes the envelope as X-Cxsmtp-Envelope-To lines (sink/store.py):
+    queued again, the file goes to them, not to To."""
+    from carerix_smtp.sink.store import envelope_header
+
+    head = envelope_header("a@x.example", ["m1@z.example", "m2@z.example"])
+    message = parse_message(head + msg("From: a@x.example", "To: list@y.example"))
+    assert message.recipients == ("m1@z.example", "m2@z.example")
+    assert b"Envelope-To" not in message.transmitted()
+
+
 def test_an_empty_envelope_field_is_refused_not_replaced_by_to() -> None:
     raw = msg("From: a@x.example", "To: r@y.example", "X-Cxsmtp-Envelope-To: ")
     with pytest.raises(MessageError, match="no recipients: no address in X-Cxsmtp-Envelope-To"):
