@@ -327,11 +327,9 @@ class SpoolLayout:
     def set_due(
         self, rel: str, names: Sequence[str], when: float, *, missing_ok: bool = False
     ) -> int:
-        """Set the next-attempt time (mtime) of ``names`` in ``rel`` in place, then mark
-        ``rel`` changed (its own mtime and ctime: now): a change in place leaves a
-        directory's times as they were, and a status cache (status_cache.py) keeps a
-        directory while they are.  Returns how many were set (``missing_ok``: a name
-        that has gone meanwhile is skipped, else it raises)."""
+        """Set the mtime (next attempt) of ``names`` in ``rel`` in place, then touch ``rel``
+        (a status cache keeps a directory while its times stay: status_cache.py); how
+        many were set (``missing_ok``: one gone meanwhile is skipped, else raises)."""
         fd, count = self.fd(rel), 0
         for name in names:
             with storage("set the next attempt time of", self.where(rel, name)):
