@@ -158,8 +158,8 @@ class Delivery:
                 "(possible duplicate on retry)",
                 claim.name,
             )
-        dest = self.spool.record_outcome(claim, state)
-        self.spool.log_delivery(delivery_log(claim, message, entry, state, attempt, dest))
+        self.spool.record_outcome(claim, state)
+        self.spool.log_delivery(delivery_log(claim, message, entry, state, attempt))
         self.tally(claim, message, state)
 
     def tally(self, claim: Claim, message: Message, state: MessageState) -> None:

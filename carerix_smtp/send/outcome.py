@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carerix_smtp.spool.records import MessageState, RecipientResult, backoff
@@ -159,9 +158,9 @@ def delivery_log(
     entry: ServerEntry,
     state: MessageState,
     attempt: Attempt,
-    dest: Path,
 ) -> dict[str, Any]:
-    """The delivery log's line for one attempt (``Spool.log_delivery``)."""
+    """The delivery log's line for one attempt (``Spool.log_delivery``), once
+    ``Spool.record_outcome`` has placed the message (``state.status``/``state.name``)."""
     accepted: dict[str, str] = {}
     refused: dict[str, str] = {}
     deferred: dict[str, str] = {}
@@ -179,7 +178,7 @@ def delivery_log(
         "refused": refused,
         "deferred": deferred,
         "outcome": state.status,
-        "moved_to": f"{dest.parent.name}/{dest.name}",
+        "moved_to": f"{state.status}/{state.name}",
         **({"error": attempt.error} if attempt.error else {}),
         **({"reply": f"MAIL FROM: {attempt.mail.describe()}"} if attempt.mail else {}),
         **({"possible_duplicate": True} if attempt.unknown else {}),

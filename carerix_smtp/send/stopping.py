@@ -19,9 +19,30 @@ from carerix_smtp.errors import Interrupted, SmtpAuthError, SmtpError, SmtpPolic
 log = logging.getLogger(__name__)
 
 
+class _Mark:
+    """A flag with threading.Event's set/clear/is_set, for one thread and its signal
+    handler: nobody waits on it, and set/clear come a few times per message, where
+    an Event's lock and notify_all cost more than the rest of the step."""
+
+    __slots__ = ("_on",)
+
+    def __init__(self) -> None:
+        self._on = False
+
+    def set(self) -> None:
+        self._on = True
+
+    def clear(self) -> None:
+        self._on = False
+
+    def is_set(self) -> bool:
+        return self._on
+
+
 # Set while the run's own thread may be interrupted by a second signal: on the wire
-# itself (one connection), or waiting for the connections' threads (several).
-in_network = threading.Event()
+# itself (one connection), or waiting for the connections' threads (several).  Only
+# the dispatching thread sets it; the handler runs in that thread too.
+in_network = _Mark()
 # A second signal came while that was not so: the dispatcher raises on its next wait.
 abort_requested: list[str] = []  # the signal's name
 

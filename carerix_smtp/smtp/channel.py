@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 MAX_REPLY_BYTES = 64 * 1024  # RFC 5321 §4.5.3.1.5 allows 512 per line; be lenient
 
+# One-line replies already parsed, by their bytes with the CR (Reply is immutable):
+# a server says "250 2.1.0 Ok" and "354 ..." the same way for every message.  Only
+# the replies of a transaction, and a bounded number: "250 2.0.0 queued as ID"
+# differs each time, and the first ones seen stay.
+_SEEN: dict[bytes, Reply] = {}
+_SEEN_MAX = 256
+_KEPT = frozenset({250, 251, 354})
+
 
 class ProtocolError(SmtpConnectError):
     """The peer does not speak SMTP (or broke the protocol); the session is closed."""
@@ -95,6 +103,22 @@ class Channel:
     def read_reply(
         self, phase: str, timeout: float, what: str, *, abort: bool = True, log_reply: bool = True
     ) -> Reply:
+        rbuf = self.rbuf
+        newline = rbuf.find(b"\n")
+        if newline > 3 and rbuf[3] == 0x20:  # a whole one-line reply is read already
+            raw = bytes(rbuf[:newline])
+            reply = _SEEN.get(raw)
+            if reply is not None:  # the usual "250 2.1.0 Ok", "354 ...": parsed before
+                del rbuf[: newline + 1]
+                if log_reply and log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s S: %s", self.where, reply.one_line)
+                return reply
+        reply = self._read_reply(phase, timeout, what, abort)
+        if log_reply and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s S: %s", self.where, reply.one_line)
+        return reply
+
+    def _read_reply(self, phase: str, timeout: float, what: str, abort: bool) -> Reply:
         lines: list[bytes] = []
         deadline = time.monotonic() + timeout
         while True:
@@ -115,8 +139,8 @@ class Channel:
             reply = parse_reply(lines)
         except ValueError as exc:
             self._protocol_error(phase, f"{exc}; is this an SMTP server?", abort)
-        if log_reply and log.isEnabledFor(logging.DEBUG):
-            log.debug("%s S: %s", self.where, reply.one_line)
+        if len(lines) == 1 and reply.code in _KEPT and len(_SEEN) < _SEEN_MAX:
+            _SEEN[lines[0] + b"\r"] = reply
         return reply
 
     def _settimeout(self, sock: socket.socket, seconds: float, *, at_most: bool = False) -> None:

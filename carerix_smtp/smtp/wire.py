@@ -115,7 +115,14 @@ PREPARED_MAX = CHUNK_SIZE  # bigger messages stream from their file, chunk by ch
 def prepare(data: bytes, *, stuff: bool) -> Prepared:
     """``data`` (at most PREPARED_MAX bytes) as :func:`wire_chunks` (``stuff``) or
     :func:`bdat_chunks` would send it, in one piece."""
-    prepared = Prepared(b"".join(_normalised(data, PREPARED_MAX)))
+    # _normalised's result for one block, without its generators (once per message)
+    if data.endswith(b"\r"):  # a CR at the very end: a line ending of its own
+        body = _normalise(data[:-1]) + CRLF
+    else:
+        body = _normalise(data)
+        if body and not body.endswith(b"\n"):
+            body += CRLF
+    prepared = Prepared(body)
     if stuff:
         prepared.stuffed = _stuff(prepared, True) + b".\r\n"
     return prepared

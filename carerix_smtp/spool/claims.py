@@ -42,11 +42,11 @@ class Claim:
     dev: int = 0  # st_dev, st_ino: which file it is, wherever it is (journal lines)
     ino: int = 0
     where: str = ""  # the directory it is in, relative to SPOOL (SpoolLayout.fd)
+    leaf: str = ""  # its name in ``where`` (the path's last part)
 
-    @property
-    def leaf(self) -> str:
-        """Its name in ``where``."""
-        return self.path.name
+    def __post_init__(self) -> None:
+        if not self.leaf:
+            self.leaf = self.path.name
 
 
 class Claims:
@@ -101,6 +101,7 @@ class Claims:
             st.st_dev,
             st.st_ino,
             where,
+            leaf,
         )
 
     def rewrite_head(self, claim: Claim, head: bytes, body_start: int) -> None:

@@ -211,9 +211,26 @@ def first_message_id(raws: Sequence[bytes] | None, name: str) -> str | None:
     return text.strip() or None
 
 
+# From fields already read, raw bytes -> addresses: an application's messages come
+# from the same sender or few.  Bounded; only fields read without an error.
+_SENDERS: dict[bytes, tuple[str, ...]] = {}
+_SENDERS_MAX = 64
+
+
+def _from_addresses(raws: Sequence[bytes], name: str) -> list[str]:
+    if len(raws) != 1:
+        return _addresses(raws, "From", name)
+    known = _SENDERS.get(raws[0])
+    if known is None:
+        known = tuple(_addresses(raws, "From", name))
+        if len(_SENDERS) < _SENDERS_MAX:
+            _SENDERS[raws[0]] = known
+    return list(known)
+
+
 def envelope_sender(fields: dict[str, list[bytes]], name: str) -> tuple[str, str | None]:
     """(MAIL FROM, the From address used to choose the server)."""
-    from_list = _addresses(fields.get("from", ()), "From", name)
+    from_list = _from_addresses(fields.get("from", ()), name)
     from_address = from_list[0] if from_list else None
     return_path = fields.get("return-path")
     if return_path:
