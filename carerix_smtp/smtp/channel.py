@@ -103,30 +103,31 @@ class Channel:
     def read_reply(
         self, phase: str, timeout: float, what: str, *, abort: bool = True, log_reply: bool = True
     ) -> Reply:
+        deadline = time.monotonic() + timeout
         rbuf = self.rbuf
         newline = rbuf.find(b"\n")
-        if newline > 3 and rbuf[3] == 0x20:  # a whole one-line reply is read already
-            raw = bytes(rbuf[:newline])
-            reply = _SEEN.get(raw)
+        while newline < 0:  # the first line, whole
+            self._more(phase, deadline, timeout, what, abort)
+            newline = rbuf.find(b"\n")
+        reply = None
+        if newline > 3 and rbuf[3] == 0x20:  # a one-line reply
+            reply = _SEEN.get(bytes(rbuf[:newline]))
             if reply is not None:  # the usual "250 2.1.0 Ok", "354 ...": parsed before
                 del rbuf[: newline + 1]
-                if log_reply and log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s S: %s", self.where, reply.one_line)
-                return reply
-        reply = self._read_reply(phase, timeout, what, abort)
+        if reply is None:
+            reply = self._read_reply(phase, deadline, timeout, what, abort)
         if log_reply and log.isEnabledFor(logging.DEBUG):
             log.debug("%s S: %s", self.where, reply.one_line)
         return reply
 
-    def _read_reply(self, phase: str, timeout: float, what: str, abort: bool) -> Reply:
+    def _read_reply(
+        self, phase: str, deadline: float, timeout: float, what: str, abort: bool
+    ) -> Reply:
         lines: list[bytes] = []
-        deadline = time.monotonic() + timeout
         while True:
             newline = self.rbuf.find(b"\n")
             if newline < 0:
-                if len(self.rbuf) > MAX_REPLY_BYTES:
-                    self._protocol_error(phase, "a reply line longer than 64 KiB", abort)
-                self._fill(phase, deadline, timeout, what, abort)
+                self._more(phase, deadline, timeout, what, abort)
                 continue
             raw = bytes(self.rbuf[:newline]).rstrip(b"\r")
             del self.rbuf[: newline + 1]
@@ -142,6 +143,12 @@ class Channel:
         if len(lines) == 1 and reply.code in _KEPT and len(_SEEN) < _SEEN_MAX:
             _SEEN[lines[0] + b"\r"] = reply
         return reply
+
+    def _more(self, phase: str, deadline: float, timeout: float, what: str, abort: bool) -> None:
+        """Read more of a reply line (none is whole in the buffer yet)."""
+        if len(self.rbuf) > MAX_REPLY_BYTES:
+            self._protocol_error(phase, "a reply line longer than 64 KiB", abort)
+        self._fill(phase, deadline, timeout, what, abort)
 
     def _settimeout(self, sock: socket.socket, seconds: float, *, at_most: bool = False) -> None:
         """socket.settimeout costs a system call (ioctl FIONBIO) each time: set it only

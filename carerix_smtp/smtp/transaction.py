@@ -7,6 +7,7 @@ next message's commands chained behind the data; refusals as :class:`SendResult`
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -312,11 +313,14 @@ class Transactions:
         return self.session.command("NOOP", "noop")
 
 
+_UNSAFE = re.compile("[\r\n\0<>]")
+
+
 def _check_address(address: str) -> str:
     """Refuse what would break the command line (SMTP command injection)."""
     address = address.strip()
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
-    if any(ch in address for ch in "\r\n\0<>"):
+    if _UNSAFE.search(address):
         raise MessageError(f"invalid address {address!r}: contains a line break or angle bracket")
     return address

@@ -6,6 +6,7 @@ unusual, which names the line that is wrong)."""
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from typing import NamedTuple
 
 from carerix_smtp.errors import MessageError
@@ -48,11 +49,12 @@ def is_mbox_line(data: bytes) -> bool:
 
 # One whole field: the name, the colon, the rest of the line and its continuation
 # lines (RFC 5322 §2.2.3: a line that starts with white space continues the field).
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?")
+_FIELD = re.compile(rb"(([\x21-\x39\x3b-\x7e]+)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?)")
 
 
 # Field names seen, as bytes -> lower-cased str: every message repeats the same
 # dozen (From, To, Subject, ...); bounded, so odd names cannot grow it for ever.
+_first = itemgetter(0)
 _FIELD_NAMES: dict[bytes, str] = {}
 _FIELD_NAMES_MAX = 512
 
@@ -62,24 +64,23 @@ def split_fields(block: bytes, name: str) -> list[HeaderField]:
     unusual (a NUL, a bare CR, a line that is not a field) goes the slow way, line
     by line, which names the line that is wrong."""
     if b"\x00" not in block and block.count(b"\r") == block.count(b"\r\n"):
-        fields: list[HeaderField] = []
-        pos, end, match = 0, len(block), _FIELD.match
-        names, new_field = _FIELD_NAMES, HeaderField._make
-        while pos < end:
-            found = match(block, pos)
-            if found is None:
-                break
-            raw_name = found[1]
-            field_name = names.get(raw_name)
-            if field_name is None:
-                field_name = raw_name.decode("ascii").lower()
-                if len(names) < _FIELD_NAMES_MAX:
-                    names[raw_name] = field_name
-            fields.append(new_field((field_name, found[0])))
-            pos = found.end()
-        else:
-            return fields
+        found = _FIELD.findall(block)  # (field, name) pairs, in C
+        # Matches never overlap: when their lengths add up to the block's, they
+        # cover it with no gap -- every line is part of a field.
+        if sum(map(len, map(_first, found))) == len(block):
+            names = _FIELD_NAMES
+            return [
+                HeaderField(names.get(raw_name) or _field_name(raw_name), raw)
+                for raw, raw_name in found
+            ]
     return _split_lines(block, name)
+
+
+def _field_name(raw_name: bytes) -> str:
+    field_name = raw_name.decode("ascii").lower()
+    if len(_FIELD_NAMES) < _FIELD_NAMES_MAX:
+        _FIELD_NAMES[raw_name] = field_name
+    return field_name
 
 
 def _split_lines(block: bytes, name: str) -> list[HeaderField]:

@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime, make_msgid
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,6 +49,7 @@ from carerix_smtp.spool.headers import HeaderField, head_end, is_mbox_line, spli
 
 # Header fields removed from what is transmitted (see the module docstring).
 STRIPPED_FIELDS = frozenset({"bcc", "return-path", ENVELOPE_TO.lower()})
+_field_name = attrgetter("name")
 _FALLBACK_ID_DOMAIN = "cxsmtp.invalid"
 CHUNK = 1 << 20  # bytes read at a time from a message file
 # A file up to this size is read whole, in one system call, and kept: reading its
@@ -92,7 +94,9 @@ class Message:
     @property
     def changes_on_wire(self) -> bool:
         """True when the transmitted header block differs from the file's."""
-        return self.header_start != 0 or any(f.name in STRIPPED_FIELDS for f in self.fields)
+        return self.header_start != 0 or any(
+            map(STRIPPED_FIELDS.__contains__, map(_field_name, self.fields))
+        )
 
     def transmitted_head(self) -> bytes:
         """The header block as sent: without Bcc, Return-Path and an mbox From line."""
@@ -306,7 +310,7 @@ def _parse(
         from_address=from_address,
         message_id=first_message_id(indexed.get("message-id"), name),
         has_date="date" in indexed,
-        needs_smtputf8=not all(a.isascii() for a in envelope),
+        needs_smtputf8=not "".join(envelope).isascii(),
         header_utf8=not header_block.isascii(),
         needs_8bitmime=eight_bit,
         line_ending=line_ending,

@@ -88,6 +88,8 @@ def dumps(value: Any) -> bytes:
 
 def json_text(value: Any) -> str:
     """Compact JSON text, non-ASCII kept (what ``dumps`` encodes)."""
+    if type(value) is str and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'  # nothing to escape (names, keys: a few per message)
     return _COMPACT.encode(value)
 
 

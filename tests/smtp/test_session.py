@@ -30,6 +30,7 @@ from servers import (
     smtp_server,
 )
 
+import carerix_smtp.smtp.channel as channel_module
 from carerix_smtp.config.tls import Security
 from carerix_smtp.errors import (
     MessageError,
@@ -702,3 +703,60 @@ def test_interrupt_wakes_a_session_blocked_in_another_thread() -> None:
         thread.join(10)
     assert not thread.is_alive() and time.monotonic() - started < 5
     assert len(errors) == 1 and isinstance(errors[0], SmtpConnectError)
+
+
+def test_replies_seen_before_are_read_again_exactly() -> None:
+    """One-line replies are kept once parsed (smtp/channel.py ``_SEEN``): the same
+    line again gives the same reply, a line that differs in one character or
+    continues over several lines is read as sent, and a refusal is never taken
+    from what was kept."""
+    rounds = [
+        (b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 go\r\n", b"250 2.0.0 queued as A\r\n"),
+        (b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 go\r\n", b"250 2.0.0 queued as B\r\n"),
+        (
+            b"250 2.1.0 Ok\r\n",
+            b"250 2.1.5 OK\r\n",
+            b"354 go\r\n",
+            b"250-2.0.0 two\r\n250 2.0.0 lines\r\n",
+        ),
+        (b"250 2.1.0 Ok\r\n", b"450 4.2.0 Ok\r\n", b"354 go\r\n", b".\r\n"),
+    ]
+
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING")
+        for mail, rcpt, data, end in rounds:
+            for _ in range(3):
+                conn.readline()
+            conn.send(mail + rcpt + data)
+            if end == b".\r\n":  # nobody accepted: the client ends the data at once
+                conn.readline()
+                conn.send(b"554 5.5.1 no valid recipients\r\n")
+                conn.readline()  # RSET
+                conn.send(b"250 2.0.0 Ok\r\n")
+                continue
+            conn.read_data()
+            conn.send(end)
+        conn.readline()
+
+    with ScriptServer(script) as server:
+        entry = host_entry(server.host, security=Security.NONE)
+        with SmtpSession(entry, None, local_hostname="client.test") as session:
+            results = [session.send("a@example.com", ["b@example.com"], b"x\n") for _ in rounds]
+    assert [r.rcpt_replies["b@example.com"].one_line for r in results] == [
+        "250 2.1.5 Ok",
+        "250 2.1.5 Ok",
+        "250 2.1.5 OK",
+        "450 4.2.0 Ok",
+    ]
+    assert [r.data_reply.text if r.data_reply else None for r in results] == [
+        "queued as A",
+        "queued as B",
+        "two\nlines",
+        None,
+    ]
+    assert all(r.mail_reply.one_line == "250 2.1.0 Ok" for r in results)
+    assert results[3].accepted == []
+    kept = channel_module._SEEN  # what was read again without parsing
+    assert kept[b"250 2.1.0 Ok\r"] == results[0].mail_reply
+    assert not any(line.startswith((b"450", b"554", b"250-")) for line in kept)

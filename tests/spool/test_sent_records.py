@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import sent_lines, sent_record
 
 from carerix_smtp.spool.claims import Claim
@@ -20,6 +22,7 @@ from carerix_smtp.spool.records import (
     day_file,
     dumps,
     iso,
+    json_text,
     read_record,
     read_records,
 )
@@ -276,6 +279,14 @@ def test_journal_head_is_what_dumps_makes(
     head = journal_head(claim, "sent", name, at)
     assert head == _about(claim, name, at)
     assert json.loads(head + b"}")["name"] == name
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.text(), st.text(st.characters(codec="ascii")), st.integers(), st.none()))
+def test_json_text_is_what_the_encoder_makes(value: object) -> None:
+    """json_text formats plain strings itself (names and keys, a few per message):
+    the text must be the encoder's, escapes and lone surrogates included."""
+    assert json_text(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_day_file_and_iso_across_midnight() -> None:
