@@ -20,6 +20,7 @@ from carerix_smtp.send.outcome import (
     Attempt,
     delivery_log,
     last_reply,
+    pending_for,
     record_attempt,
     state_for,
 )
@@ -77,7 +78,7 @@ class Delivery:
         recipients = list(state.pending)
         following = None
         if then is not None:
-            following = (then.message, list(state_for(then.claim, then.message).pending))
+            following = (then.message, pending_for(then.claim, then.message))
         start = self.clock()
         counted = False  # the data may have been accepted: the limits count it
 

@@ -92,6 +92,17 @@ def last_reply(attempt: Attempt) -> str:
     return attempt.error or "no reply"
 
 
+def pending_for(claim: Claim, message: Message) -> list[str]:
+    """The recipients ``state_for`` will give the message (without making its state:
+    asked of the next message, whose state is made when its turn comes)."""
+    state = claim.state
+    if state is None:
+        return list(message.recipients)
+    if state.pending:
+        return list(state.pending)
+    return [r for r in message.recipients if r not in state.accepted and r not in state.failed]
+
+
 def state_for(claim: Claim, message: Message) -> MessageState:
     state = claim.state
     if state is None or not state.pending:

@@ -531,6 +531,37 @@ def test_classify(
     assert {r: outcome for r, (outcome, _) in attempt.results.items()} == expected
 
 
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param(None, id="queued"),
+        pytest.param({"pending": ["c@x.org"], "accepted": ["a@x.org"]}, id="deferred-pending"),
+        pytest.param({"accepted": ["a@x.org"], "failed": ["b@x.org"]}, id="deferred-none-pending"),
+    ],
+)
+def test_pending_for_is_what_state_for_gives(state: dict[str, list[str]] | None) -> None:
+    """The next message's recipients are asked for without making its state (a
+    pipelined run asks once per message): they must be those its state will have."""
+    from carerix_smtp.send.outcome import pending_for, state_for
+    from carerix_smtp.spool.claims import Claim
+    from carerix_smtp.spool.message import parse_message
+    from carerix_smtp.spool.records import MessageState, RecipientResult
+
+    message = parse_message(
+        b"From: s@x.org\nTo: a@x.org, b@x.org\nCc: c@x.org, A@X.ORG\n\nhi\n", name="m.eml"
+    )
+    sidecar = None
+    if state is not None:
+        reply = RecipientResult(250, None, "ok", 0.0)
+        sidecar = MessageState(name="m.eml", status="deferred")
+        for key in ("pending", "accepted", "failed"):
+            getattr(sidecar, key).update({r: reply for r in state.get(key, [])})
+    claim = Claim("deferred", "m.eml", Path("m.eml"), "deferred/t~m.eml", 1, 0.0, "file", sidecar)
+    asked = pending_for(claim, message)  # first: state_for fills in a sidecar's pending
+    assert asked  # each case has someone left
+    assert asked == list(state_for(claim, message).pending)
+
+
 @pytest.mark.slow
 def test_fifty_megabyte_message_is_streamed(tmp_path: Path, sink_factory: Any) -> None:
     sink = sink_factory(keep_data=False)
