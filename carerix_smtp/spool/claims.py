@@ -16,6 +16,7 @@ from carerix_smtp.spool.layout import (
     TOP,
     Kind,
     SpoolLayout,
+    child,
     file_type,
     origin,
     same_file,
@@ -92,7 +93,7 @@ class Claims:
         return Claim(
             kind,
             name,
-            self._layout.dir(where) / leaf,  # joining a name: cheap
+            child(self._layout.dir(where), leaf),
             key,
             st.st_size,
             st.st_mtime,

@@ -384,6 +384,16 @@ class SpoolLayout:
         return target
 
 
+# pathlib's shortcut for a directory walk's names (Path._make_child_relpath, 3.8 to
+# 3.12): ``directory / name`` without parsing ``name`` again, twice per message.
+_CHILD = getattr(Path, "_make_child_relpath", None)
+
+
+def child(directory: Path, name: str) -> Path:
+    """``directory / name`` for a plain file name (one component, no "/")."""
+    return _CHILD(directory, name) if _CHILD is not None else directory / name
+
+
 def origin(kind: Kind) -> str:
     """The directory a message of ``kind`` is claimed from."""
     return "deferred" if kind == "deferred" else TOP

@@ -15,7 +15,7 @@ from typing import Any
 
 from carerix_smtp.spool.claims import Claim
 from carerix_smtp.spool.journal import Journal
-from carerix_smtp.spool.layout import RECORD_SUFFIX, SpoolLayout, storage, variant
+from carerix_smtp.spool.layout import RECORD_SUFFIX, SpoolLayout, child, storage, variant
 from carerix_smtp.spool.records import MessageState, dumps, json_text
 from carerix_smtp.spool.sent_log import SentLog
 
@@ -118,7 +118,7 @@ class Outcomes:
             layout.rename(claim.where, claim.leaf, dest, name)
         if claim.kind == "deferred" and not (dest == "deferred" and name == claim.name):
             layout.remove("deferred", claim.name + RECORD_SUFFIX)
-        return layout.dir(dest) / name
+        return child(layout.dir(dest), name)
 
     def _place_sent(
         self, name: str, record: bytes, day: str | None, redo: dict[str, Any] | None

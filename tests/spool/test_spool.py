@@ -763,3 +763,18 @@ def test_a_delivery_log_line_torn_by_a_kill_does_not_swallow_the_next(tmp_path: 
     lines = log.read_bytes().splitlines()
     assert lines[1] == b'{"time":"2023-11-14T22:13:20'
     assert [json.loads(lines[i])["file"] for i in (0, 2)] == ["a.eml", "b.eml"]
+
+
+@pytest.mark.parametrize("shortcut", [True, False], ids=["pathlib-shortcut", "fallback"])
+def test_child_is_the_joined_path(shortcut: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims and placed files get their path from layout.child (pathlib's directory
+    walk shortcut where it exists): the very path ``/`` makes."""
+    import carerix_smtp.spool.layout as layout_module
+
+    if not shortcut:
+        monkeypatch.setattr(layout_module, "_CHILD", None)
+    directory = Path("/spool/.cxsmtp/claims/queued")
+    for name in ("m.eml", "6b0e6e3~m.eml", "é ü.eml", ".m.eml.tmp", "m.eml~1"):
+        made = layout_module.child(directory, name)
+        assert made == directory / name
+        assert (str(made), made.name, made.parent) == (str(directory / name), name, directory)
