@@ -171,11 +171,13 @@ class Delivery:
                 self.summary.failures.append(f"{claim.name}: {refused}")
             # partial: sent to some, others still pending; sent-with-failures: none pending
             partial = state.status == "deferred" and bool(state.accepted)
-            self.count(state.status, message.size, partial=partial)
+            self._count(state.status, message.size, partial)  # (the lock is held)
             if state.status == "sent" and state.server:  # per server (issue 14: fallbacks)
                 self.summary.server_use(state.server).sent += 1
             if state.status == "sent":
                 self.summary.recipients_failed += len(state.failed)
+            if self.progress is None:  # no bar (not a terminal): no event to make
+                return
             self.emit(
                 ProgressEvent(
                     "message",

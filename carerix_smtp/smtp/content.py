@@ -60,7 +60,8 @@ class Content:
         reply = self.write(pending + chained if chained else pending, PHASE_DATA_END)
         if reply is not None:
             return reply
-        log.debug("%s C: <%d bytes of message data>", self.session.where, total)
+        if log.isEnabledFor(logging.DEBUG):  # (``where`` is formatted each time)
+            log.debug("%s C: <%d bytes of message data>", self.session.where, total)
         if meanwhile is not None:
             meanwhile()
         # RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final ".".
@@ -106,7 +107,8 @@ class Content:
         reply = self.write(out, PHASE_DATA_END)
         if reply is not None:
             return reply
-        log.debug("%s C: <%d bytes of message data in BDAT>", self.session.where, total)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s C: <%d bytes of message data in BDAT>", self.session.where, total)
         if meanwhile is not None:
             meanwhile()
         refused: Reply | None = None

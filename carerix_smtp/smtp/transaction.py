@@ -253,7 +253,7 @@ class Transactions:
             for start in range(0, len(commands), PIPELINE_WINDOW):
                 window = commands[start : start + PIPELINE_WINDOW]
                 self.session.write(
-                    command_bytes(self.session.where, window),
+                    command_bytes(self._where, window),
                     window[0][1],
                     self.session.command_timeout,
                 )
@@ -280,7 +280,7 @@ class Transactions:
         if then is not None and then.session is None:
             window = then.commands()
             if len(window) <= PIPELINE_WINDOW:
-                chained = command_bytes(self.session.where, window)
+                chained = command_bytes(self._where, window)
         if tx.chunking:
             pair = (then, chained) if chained and then is not None else None
             data_reply = self.content.bdat(tx.data, pair, meanwhile)
@@ -289,6 +289,9 @@ class Transactions:
                 then.session = self.session
             data_reply = self.content.data(tx.data, chained, meanwhile)
         return SendResult(mail_reply, rcpt_replies, data_reply)
+
+    def _where(self) -> str:
+        return self.session.where
 
     def _mail_line(self, mail_from: str, size: int | None, smtputf8: bool, eight_bit: bool) -> str:
         params = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -149,10 +149,12 @@ def message_size(data: bytes | bytearray | memoryview | BinaryIO) -> int:
     return size + newlines - crlf
 
 
-def command_bytes(where: str, commands: Sequence[tuple[str, str]]) -> bytes:
+def command_bytes(where: Callable[[], str], commands: Sequence[tuple[str, str]]) -> bytes:
+    """The command lines for one write; logged with ``where()`` (the peer's name,
+    asked only when debug logging is on)."""
     if log.isEnabledFor(logging.DEBUG):
         for line, _ in commands:
-            log.debug("%s C: %s", where, line)
+            log.debug("%s C: %s", where(), line)
     return "".join(f"{line}\r\n" for line, _ in commands).encode("utf-8")
 
 

@@ -760,3 +760,33 @@ def test_replies_seen_before_are_read_again_exactly() -> None:
     kept = channel_module._SEEN  # what was read again without parsing
     assert kept[b"250 2.1.0 Ok\r"] == results[0].mail_reply
     assert not any(line.startswith((b"450", b"554", b"250-")) for line in kept)
+
+
+def test_debug_log_names_the_peer_for_pipelined_commands_and_data(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer's name in the commands' and the data's debug lines is formatted only
+    when debug logging is on (smtp/wire.py command_bytes, smtp/content.py)."""
+
+    def script(conn: ScriptConn) -> None:
+        conn.send(b"220 hi ESMTP\r\n")
+        conn.ehlo("PIPELINING")
+        for _ in range(3):
+            conn.readline()
+        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        conn.read_data()
+        conn.send(b"250 2.0.0 queued\r\n")
+        conn.readline()
+
+    with ScriptServer(script) as server:
+        entry = host_entry(server.host, security=Security.NONE)
+        with (
+            caplog.at_level("DEBUG", logger="carerix_smtp"),
+            SmtpSession(entry, None, local_hostname="client.test") as session,
+        ):
+            session.send("a@example.com", ["b@example.com"], b"x\n")
+            peer = session.where
+    lines = [record.getMessage() for record in caplog.records]
+    assert f"{peer} C: MAIL FROM:<a@example.com>" in lines
+    assert f"{peer} C: RCPT TO:<b@example.com>" in lines
+    assert f"{peer} C: <6 bytes of message data>" in lines  # x CR LF . CR LF
