@@ -21,6 +21,8 @@ from carerix_smtp.errors import (
 )
 from carerix_smtp.send.outcome import DEFERRED, FAILED, Attempt, classify, everyone
 from carerix_smtp.send.report import DEFAULT_MAX_RECONNECTS
+from carerix_smtp.smtp.transaction import SendResult, Transaction  # (used per message)
+from carerix_smtp.smtp.wire import PREPARED_MAX, prepare
 from carerix_smtp.spool.records import RecipientResult
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
     from carerix_smtp.config.oauth import Credential
     from carerix_smtp.send.signing import Signer
     from carerix_smtp.smtp.session import SmtpSession
-    from carerix_smtp.smtp.transaction import SendResult, Transaction
     from carerix_smtp.spool.message import Message
 
 # The credential is a password, or an OAuth2 token source shared by the run's
@@ -150,8 +151,6 @@ class Connection:
         """The next message's transaction, to be written behind this one's data, if
         this server can take it.  A big message's file is opened now and stays open
         while the transaction waits (closed by ``_close_data``)."""
-        from carerix_smtp.smtp.transaction import Transaction
-
         if then is None:
             return None
         message, recipients = then
@@ -233,8 +232,6 @@ class Connection:
     ) -> SendResult:
         """``message``'s transaction (``chained``: written already) on the wire, and
         the next one's behind its data when it can go there (kept in ``chained``)."""
-        from carerix_smtp.smtp.transaction import SendResult, Transaction
-
         if chained is not None:
             tx: Transaction | SendResult = chained
         else:
@@ -265,8 +262,6 @@ class Connection:
         server takes BDAT): called as the message is read ahead.  Not for a message
         to be DKIM-signed or bigger than smtp.wire.PREPARED_MAX (streamed), nor
         when its file cannot be read now (sending it will say why)."""
-        from carerix_smtp.smtp.wire import PREPARED_MAX, prepare
-
         if self.signer is not None or message.size > PREPARED_MAX:
             return
         session = self.session
