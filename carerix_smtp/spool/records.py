@@ -77,20 +77,49 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"))
 
 
+def _reused(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` for a record (a dict), its C encoder made once: JSONEncoder
+    makes a new one per call (a few records a message).  Records hold no cycles, so
+    the C encoder is made without the circular-reference check."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the encoder as it is
+        return encoder.encode
+    strings = (
+        json.encoder.encode_basestring_ascii
+        if encoder.ensure_ascii
+        else (json.encoder.encode_basestring)
+    )
+    one_shot = make(
+        None, encoder.default, strings, None, encoder.key_separator, encoder.item_separator,
+        encoder.sort_keys, encoder.skipkeys, encoder.allow_nan,
+    )  # fmt: skip
+
+    def encode(value: Any) -> str:
+        if type(value) is not dict:
+            return encoder.encode(value)
+        return "".join(one_shot(value, 0))
+
+    return encode
+
+
+_ENCODE = _reused(_COMPACT)
+_ENCODE_ASCII = _reused(_COMPACT_ASCII)
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON as UTF-8; ASCII escapes when a str holds a lone surrogate
     (undecodable header bytes), so that every line reads back."""
     try:
-        return _COMPACT.encode(value).encode("utf-8")
+        return _ENCODE(value).encode("utf-8")
     except UnicodeEncodeError:
-        return _COMPACT_ASCII.encode(value).encode("ascii")
+        return _ENCODE_ASCII(value).encode("ascii")
 
 
 def json_text(value: Any) -> str:
     """Compact JSON text, non-ASCII kept (what ``dumps`` encodes)."""
     if type(value) is str and value.isprintable() and '"' not in value and "\\" not in value:
         return f'"{value}"'  # nothing to escape (names, keys: a few per message)
-    return _COMPACT.encode(value)
+    return _ENCODE(value)
 
 
 @dataclass

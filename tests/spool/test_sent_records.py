@@ -281,12 +281,31 @@ def test_journal_head_is_what_dumps_makes(
     assert json.loads(head + b"}")["name"] == name
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.one_of(st.text(), st.text(st.characters(codec="ascii")), st.integers(), st.none()))
 def test_json_text_is_what_the_encoder_makes(value: object) -> None:
     """json_text formats plain strings itself (names and keys, a few per message):
     the text must be the encoder's, escapes and lone surrogates included."""
     assert json_text(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), _JSON_VALUES, max_size=6))
+def test_dumps_is_what_the_encoder_makes(record: dict[str, object]) -> None:
+    """dumps reuses one C encoder for records: the bytes must be json.dumps's, with
+    ASCII escapes when a lone surrogate cannot be UTF-8."""
+    try:
+        expected = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        expected = json.dumps(record, separators=(",", ":")).encode("ascii")
+    assert dumps(record) == expected
 
 
 def test_day_file_and_iso_across_midnight() -> None:
