@@ -38,8 +38,12 @@ def head_end(data: bytes) -> int | None:
         start = newline + 1
     if data.startswith((b"\n", b"\r\n"), start):
         return start
-    found = [i for i in (data.find(b"\n\n", start), data.find(b"\n\r\n", start)) if i >= 0]
-    return min(found) + 1 if found else None
+    crlf = data.find(b"\n\r\n", start)
+    # an LF-only empty line before it (searched no further: not through the body)
+    lf = data.find(b"\n\n", start, crlf + 1 if crlf >= 0 else len(data))
+    if lf >= 0:
+        return lf + 1
+    return crlf + 1 if crlf >= 0 else None
 
 
 def is_mbox_line(data: bytes) -> bool:

@@ -568,3 +568,28 @@ def test_field_names_in_any_case_are_read_after_the_first_message() -> None:
     assert (first.mail_from, first.recipients) == ("a@x.example", ("b@y.example",))
     assert again.recipients == ("b@y.example", "c@y.example")
     assert [f.name for f in again.fields] == ["from", "to", "cc"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"A: 1", b"\n", b"\r\n", b"\r", b" x", b"From me", b"\n\n", b"\n\r\n"]),
+        max_size=14,
+    ).map(b"".join)
+)
+@example(b"A: 1\r\nB: 2\r\n\r\nbody\n\nmore\n")
+@example(b"A: 1\nB: 2\n\nbody\r\n\r\n")
+def test_head_end_is_the_first_empty_line(data: bytes) -> None:
+    """The end of the header block is the first empty line, LF or CRLF (the CRLF
+    search bounds the LF one, which no longer runs through the body)."""
+    start = 0
+    if headers_module.is_mbox_line(data):
+        newline = data.find(b"\n")
+        start = len(data) + 1 if newline < 0 else newline + 1
+    expected, offset = None, start
+    for line in data[start:].split(b"\n")[:-1]:  # the lines that end with LF
+        if line in (b"", b"\r"):
+            expected = offset
+            break
+        offset += len(line) + 1
+    assert headers_module.head_end(data) == expected
