@@ -211,7 +211,8 @@ class SpoolLayout:
             raise StorageError.from_os_error(exc, "stat", self.where(rel, name)) from exc
 
     def exists(self, rel: str, name: str) -> bool:
-        return self.lstat(rel, name) is not None
+        # faccessat, not lstat: no exception raised for the usual answer (not there)
+        return os.access(name, os.F_OK, dir_fd=self.fd(rel), follow_symlinks=False)
 
     def open_file(self, rel: str, name: str, flags: int, mode: int = 0o600) -> int:
         """``os.open`` of ``name`` in ``rel``, never through a symlink."""

@@ -778,3 +778,16 @@ def test_child_is_the_joined_path(shortcut: bool, monkeypatch: pytest.MonkeyPatc
         made = layout_module.child(directory, name)
         assert made == directory / name
         assert (str(made), made.name, made.parent) == (str(directory / name), name, directory)
+
+
+def test_exists_sees_files_and_dangling_symlinks_only(spool: Spool, tmp_path: Path) -> None:
+    """The name-taken check before a move (layout.exists, faccessat without following
+    symlinks): a dangling symlink takes the name too, so nothing is ever renamed
+    over it."""
+    sent = spool.dir("sent")
+    (sent / "m.eml").write_bytes(b"x")
+    (sent / "gone.eml").symlink_to(tmp_path / "nowhere")
+    layout = spool.layout
+    assert layout.exists("sent", "m.eml")
+    assert layout.exists("sent", "gone.eml")
+    assert not layout.exists("sent", "other.eml")
