@@ -652,14 +652,20 @@ def test_nothing_rides_behind_a_refused_transaction() -> None:
     assert server.errors == [] and server.data == [b"two\r\n.\r\n"]
 
 
+def _greet_and_take_one_message(conn: ScriptConn) -> None:
+    """A PIPELINING server's side up to the reply to the final ".": greeting, EHLO,
+    MAIL/RCPT/DATA read and accepted, the message data read."""
+    conn.send(b"220 hi ESMTP\r\n")
+    conn.ehlo("PIPELINING")
+    for _ in range(3):
+        conn.readline()
+    conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    conn.read_data()
+
+
 def test_chained_commands_lost_with_the_session_are_written_again() -> None:
     def script(conn: ScriptConn) -> None:
-        conn.send(b"220 hi ESMTP\r\n")
-        conn.ehlo("PIPELINING")
-        for _ in range(3):
-            conn.readline()
-        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        conn.read_data()
+        _greet_and_take_one_message(conn)
         conn.send(b"421 4.3.2 going down\r\n")  # and the next commands are lost
 
     with ScriptServer(script) as first_server, smtp_server() as second_server:
@@ -769,12 +775,7 @@ def test_debug_log_names_the_peer_for_pipelined_commands_and_data(
     when debug logging is on (smtp/wire.py command_bytes, smtp/content.py)."""
 
     def script(conn: ScriptConn) -> None:
-        conn.send(b"220 hi ESMTP\r\n")
-        conn.ehlo("PIPELINING")
-        for _ in range(3):
-            conn.readline()
-        conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        conn.read_data()
+        _greet_and_take_one_message(conn)
         conn.send(b"250 2.0.0 queued\r\n")
         conn.readline()
 
