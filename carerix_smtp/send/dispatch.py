@@ -362,7 +362,7 @@ class Pass:
             return
         chain = then if then is not None and then.conn is job.conn else None
         pace = self.spread.pace(job.entry)
-        if pace is not None and meanwhile is not None:  # is the server slow?
+        if pace is not None and meanwhile is not None and pace.due():  # is the server slow?
             meanwhile = pace.watch(job.conn, meanwhile)
         self.delivery.deliver(
             job.claim, job.message, job.entry, job.conn, job.gate, then=chain, meanwhile=meanwhile

@@ -51,6 +51,14 @@ LATE = 0.8
 WAIT = 0.001
 # Waits longer than this count as this long (the reply is read with its own timeout).
 WAIT_CAP = 0.5
+# A sample costs a system call and a few calls, as much as 1-2 % of a small
+# message's work: once a server has answered in time for WARM samples and its late
+# average has decayed below CALM (16 in-time replies after a late one), only every
+# STRIDE-th message is sampled.  A late sample makes every message sampled again,
+# so a server that turns slow is seen at most STRIDE - 1 messages later.
+WARM = 16
+CALM = 0.01
+STRIDE = 8
 
 
 class Pace:
@@ -61,11 +69,11 @@ class Pace:
     the GIL held by the other connections' threads as the server's time, and keep a
     fast server spread once it was."""
 
-    __slots__ = ("_cpu0", "_wall0", "late", "samples", "wait")
+    __slots__ = ("_cpu0", "_skipped", "_wall0", "late", "samples", "wait")
 
     def __init__(self) -> None:
         self.late = self.wait = 0.0
-        self.samples = 0
+        self.samples = self._skipped = 0
         self._wall0 = self._cpu0 = 0.0
 
     def begin(self) -> None:
@@ -88,6 +96,17 @@ class Pace:
         else:
             self.late, self.wait = late, wait
         self.samples += 1
+
+    def due(self) -> bool:
+        """Whether the next message's reply is sampled (``watch``): every one while
+        the server is new or was late lately, else every STRIDE-th."""
+        if self.samples < WARM or self.late > CALM:
+            return True
+        self._skipped += 1
+        if self._skipped < STRIDE:
+            return False
+        self._skipped = 0
+        return True
 
     def watch(self, conn: Connection, meanwhile: Callable[[], None]) -> Callable[[], None]:
         """``meanwhile``, then a sample: how long ``conn``'s reply is still awaited."""

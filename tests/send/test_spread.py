@@ -26,7 +26,7 @@ from servers import (
 
 from carerix_smtp.send.report import SendOptions
 from carerix_smtp.send.run import run_send
-from carerix_smtp.send.spread import LATE, WAIT, Pace, answered, awaited
+from carerix_smtp.send.spread import LATE, STRIDE, WAIT, WARM, Pace, answered, awaited
 
 
 def send(spool: Path, config: Any) -> Any:
@@ -73,6 +73,36 @@ def test_the_first_late_reply_decides_at_once() -> None:
     pace = Pace()
     pace.note(0.050)  # no history: the first message of a slow server
     assert pace.slow
+
+
+def sampled(pace: Pace, messages: int, wait: float) -> int:
+    """How many of ``messages`` had their reply sampled (``due``), each sample ``wait``."""
+    count = 0
+    for _ in range(messages):
+        if pace.due():
+            pace.note(wait)
+            count += 1
+    return count
+
+
+def test_a_server_in_time_is_sampled_every_stride_th_message_and_a_late_reply_ends_it() -> None:
+    pace = Pace()
+    assert sampled(pace, WARM, 0.0) == WARM  # a new server: every message
+    assert sampled(pace, 10 * STRIDE, 0.0) == 10  # in time: every STRIDE-th
+    pace.note(0.050)  # a late reply (one of those sampled)
+    assert sampled(pace, 5, 0.0) == 5  # every message again, until it is calm
+
+
+def test_a_server_that_turns_slow_is_seen_within_a_stride_and_six_replies() -> None:
+    pace = Pace()
+    sampled(pace, 200, 0.0)
+    messages = 0
+    while not pace.slow:
+        if pace.due():
+            pace.note(0.050)
+        messages += 1
+        assert messages <= STRIDE - 1 + 8
+    assert messages >= 5
 
 
 @pytest.fixture
