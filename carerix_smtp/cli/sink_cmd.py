@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from carerix_smtp.sink.config import DEFAULT_LISTEN, config_from_options
+from carerix_smtp.sink import DEFAULT_LISTEN
 
 if TYPE_CHECKING:
     from carerix_smtp.sink.server import Sink
@@ -200,6 +200,7 @@ def sink(
         cxsmtp sink --tls starttls --ca-out ca.pem --oauth-token tok123 \\
             --oauth-user demo@example.com
     """
+    from carerix_smtp.sink.config import config_from_options
     from carerix_smtp.sink.run import serve_until_signal
 
     config = config_from_options(

@@ -14,3 +14,7 @@ rule fires), ``store`` (Received, the .eml files), ``protocol`` (one connection)
 May import: ``carerix_smtp.errors``, aiosmtpd, trustme (lazily) and the standard
 library; never typer or rich.  Used by ``cli/``, the tests and bench/.
 """
+
+# Here, not in ``config``: ``cxsmtp``'s option defaults need it at every start, and
+# the sink's modules only when it runs.
+DEFAULT_LISTEN = "127.0.0.1:2525"

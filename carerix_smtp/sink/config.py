@@ -18,8 +18,6 @@ Phase = Literal["connect", "ehlo", "mail", "rcpt", "data", "eod"]
 PHASES: tuple[str, ...] = get_args(Phase)
 TlsOption = Literal["implicit", "starttls"]
 
-DEFAULT_LISTEN = "127.0.0.1:2525"
-
 
 # --------------------------------------------------------------------------- rules
 

@@ -26,15 +26,20 @@ else:
     code = 0
 heavy = sorted({m.split(".")[0] if not m.startswith("carerix") else ".".join(m.split(".")[:2])
                 for m in sys.modules})
-print(json.dumps({"code": code, "modules": heavy}), file=sys.stderr)
+mine = sorted(m for m in sys.modules if m.startswith("carerix_smtp."))
+print(json.dumps({"code": code, "modules": heavy, "mine": mine}), file=sys.stderr)
 """
 
 
-def _imported(*args: str) -> tuple[Any, set[str]]:
+def _report(*args: str) -> Any:
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=False
     )
-    report = json.loads(result.stderr.strip().splitlines()[-1])
+    return json.loads(result.stderr.strip().splitlines()[-1])
+
+
+def _imported(*args: str) -> tuple[Any, set[str]]:
+    report = _report(*args)
     return report["code"], set(report["modules"])
 
 
@@ -45,6 +50,18 @@ def test_send_on_an_empty_spool_imports_no_heavy_module(tmp_path: Path, configur
     code, modules = _imported("send", str(spool))
     assert code in (0, None)
     assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_send_does_not_load_the_sink(tmp_path: Path, configured: Any) -> None:
+    """`cxsmtp sink`'s option default comes from the sink package itself; its config
+    module (dataclasses and rules, a few ms) loads only when the sink runs."""
+    configured()
+    spool = tmp_path / "empty"
+    spool.mkdir()
+    report = _report("send", str(spool))
+    assert report["code"] in (0, None)
+    assert "carerix_smtp.sink" in report["mine"]  # the package: DEFAULT_LISTEN
+    assert [m for m in report["mine"] if m.startswith("carerix_smtp.sink.")] == []
 
 
 @pytest.mark.parametrize(
