@@ -176,6 +176,10 @@ class ScriptConn:
     """The server side of one connection of a ScriptServer."""
 
     def __init__(self, sock: socket.socket, server: ScriptServer | ThreadedScriptServer) -> None:
+        # Each reply leaves at once, as from a server that answers pipelined commands
+        # together: with Nagle, the second of two replies written one after the other
+        # waits for the client's delayed ACK (40 ms a message on Linux).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.server = server
         self.buffer = b""

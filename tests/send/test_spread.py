@@ -247,3 +247,46 @@ def test_late_replies_spread_a_quick_to_greet_server_and_say_so(
     assert server.accepted == 3
     assert "server local: its replies come late; up to 3 connections" in caplog.messages
     assert not [m for m in caplog.messages if "slow to open" in m]
+
+
+class TurnsSlow(LateData):
+    """Answers the first ``after`` messages at once, then each final reply ``late``
+    seconds after its data; notes how many messages it had taken when the second
+    connection came."""
+
+    def __init__(self, late: float, after: int) -> None:
+        super().__init__(late)
+        self.after = after
+        self.second_at: int | None = None
+
+    def serve(self, conn: ScriptConn, index: int) -> None:
+        if index == 1:
+            with self.cond:
+                self.second_at = self.messages
+        super().serve(conn, index)
+
+    def _work(self) -> None:
+        with self.cond:
+            self.messages += 1
+            slow = self.messages > self.after
+        if slow:
+            self.stop.wait(self.late)
+
+
+def test_a_server_that_turns_slow_after_sampling_thinned_out_gets_its_connections(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past WARM quick replies only every STRIDE-th is sampled; the first late one
+    samples every message again, and the others connections come soon after."""
+    caplog.set_level(logging.INFO)
+    after = WARM + 4 * STRIDE
+    spool = make_spool(tmp_path, after + 40)
+    with TurnsSlow(late=0.03, after=after) as server:
+        summary = send(spool, config_for(tmp_path, entry_for(server.port, connections=3)))
+    assert server.errors == []
+    assert (summary.status, summary.sent) == ("ok", after + 40) and server.messages == after + 40
+    assert server.accepted == 3
+    assert "server local: its replies come late; up to 3 connections" in caplog.messages
+    assert server.second_at is not None
+    # Seen within a stride and the six late replies in a row (and the two in flight).
+    assert server.second_at <= after + STRIDE + 8 + 2, server.second_at
