@@ -267,11 +267,7 @@ class Connection:
         session = self.session
         chunking = session is not None and session.has_extension("CHUNKING")
         try:
-            if message.raw is not None:
-                data = message.transmitted()
-            else:
-                with message.open_data() as stream:
-                    data = stream.read()
+            data = message.transmitted()
         except OSError:
             return
         prepared = prepare(data, stuff=not chunking)

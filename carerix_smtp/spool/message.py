@@ -105,9 +105,16 @@ class Message:
         return b"".join(f.raw for f in self.fields if f.name not in STRIPPED_FIELDS)
 
     def transmitted(self) -> bytes:
-        """The whole message as sent, in memory (tests, small messages)."""
+        """The whole message as sent, in memory (small messages, and those prepared
+        ahead: up to smtp.wire.PREPARED_MAX).  The body of a file-backed message is
+        read in one call, not a chunk at a time through ``open_data``."""
         if self.raw is not None and not self.changes_on_wire:
             return self.raw
+        if self.raw is None:
+            assert self.path is not None
+            with open(self.path, "rb", buffering=0) as handle:
+                handle.seek(self.body_start)
+                return self.transmitted_head() + handle.readall()
         with self.open_data() as stream:
             return stream.read()
 

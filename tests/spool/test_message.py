@@ -285,6 +285,21 @@ def test_read_message_streams_the_body(tmp_path: Path) -> None:
         stream.seek(0)
         data = stream.read()
     assert data == b"From: a@x.example\nTo: r@y.example\n\n" + body
+    assert message.transmitted() == data  # in memory, read in one call: the same bytes
+
+
+def test_a_mid_size_file_is_transmitted_as_its_stream_says(tmp_path: Path) -> None:
+    """Above SMALL_FILE and below PREPARED_MAX: read again whole for preparing, with
+    the mbox line and Bcc gone as in the stream."""
+    path = tmp_path / "mid.eml"
+    head = b"From a@x.example Mon Jan  1 00:00:00 2024\n"
+    path.write_bytes(head + msg("From: a@x.example", "Bcc: b@y.example", body="y" * 100_000))
+    message = read_message(path)
+    assert message.raw is None and message.header_start == len(head)
+    with message.open_data() as stream:
+        streamed = stream.read()
+    assert message.transmitted() == streamed
+    assert streamed.startswith(b"From: a@x.example\n\n") and len(streamed) > 100_000
 
 
 def test_small_file_is_read_once_and_sent_from_memory(tmp_path: Path) -> None:
