@@ -110,13 +110,12 @@ class Message:
         read in one call, not a chunk at a time through ``open_data``."""
         if self.raw is not None and not self.changes_on_wire:
             return self.raw
-        if self.raw is None:
-            assert self.path is not None
-            with open(self.path, "rb", buffering=0) as handle:
-                handle.seek(self.body_start)
-                return self.transmitted_head() + handle.readall()
-        with self.open_data() as stream:
-            return stream.read()
+        if self.raw is not None:
+            return b"".join((self.transmitted_head(), memoryview(self.raw)[self.body_start :]))
+        assert self.path is not None
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self.body_start)
+            return self.transmitted_head() + handle.readall()
 
     def open_data(self) -> BinaryIO:
         """A seekable stream of the message as sent: transmitted head, then the body

@@ -277,7 +277,7 @@ def test_a_server_that_turns_slow_after_sampling_thinned_out_gets_its_connection
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past WARM quick replies only every STRIDE-th is sampled; the first late one
-    samples every message again, and the others connections come soon after."""
+    samples every message again, and the other connections come soon after."""
     caplog.set_level(logging.INFO)
     after = WARM + 4 * STRIDE
     spool = make_spool(tmp_path, after + 40)
