@@ -24,6 +24,14 @@ Targets:
 
 Every timed case, the reference too, starts after IDLE seconds of quiet (``idle``).
 
+Printed, not a target: the floor (``bare_loop``), a bare Python loop with cxsmtp's
+pipelining and the least bookkeeping a durable sender needs (a journal line and a
+rename per message), no parsing, records or limits, timed in this process, and what
+it would give with cxsmtp's process start added (``floor + start``).  It shows what
+the smtplib reference allows on this machine: where loopback round trips are slow
+the reference is bound by them and the floor is far above 1.0x; where they are fast
+smtplib is bound by its own CPU, and even the floor comes out near 1.0x.
+
 ``python bench/profile_send.py`` shows where an in-process send spends its time, and
 ``python bench/count_instructions.py`` what a message and a start cost in instructions.
 """
@@ -32,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shutil
 import smtplib
+import socket
 import statistics
 import sys
 import time
@@ -92,6 +102,65 @@ def smtplib_loop(host: str, port: int, messages: list[bytes]) -> float:
     return time.perf_counter() - start
 
 
+def bare_loop(host: str, port: int, spool: Path) -> float:
+    """Seconds for the floor: the spool's files (``small_message``'s, sorted) sent
+    on one connection the way cxsmtp pipelines them (the next message's envelope in
+    the same write as the current data, whose own data goes out only after this
+    message's journal line), each one then journaled with ``write`` and moved to
+    sent/ with a rename.  No header parsing, records, limits or error handling: the
+    least any durable Python sender does, timed in this process (no process start)."""
+    names = sorted(entry.name for entry in os.scandir(spool) if entry.name.endswith(".eml"))
+    sent = spool / "sent"
+    sent.mkdir()
+    journal = os.open(spool / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    idle()
+    start = time.perf_counter()
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        replies = sock.makefile("rb")
+
+        def reply() -> int:
+            while True:
+                line = replies.readline()
+                if line[3:4] != b"-":
+                    return int(line[:3])
+
+        def envelope(name: str) -> bytes:
+            index = int(name.removesuffix(".eml"))
+            return (
+                f"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt{index}@example.org>\r\nDATA\r\n"
+            ).encode()
+
+        def data(name: str) -> bytes:
+            fd = os.open(spool / name, os.O_RDONLY)
+            try:
+                raw = os.read(fd, 1 << 20)
+            finally:
+                os.close(fd)
+            return raw.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n"
+
+        assert reply() == 220
+        sock.sendall(b"EHLO bench.example\r\n")
+        assert reply() == 250
+        sock.sendall(envelope(names[0]))
+        current = data(names[0])
+        for index, name in enumerate(names):
+            if (reply(), reply(), reply()) != (250, 250, 354):
+                raise RuntimeError(f"floor loop: {name} refused")
+            after = names[index + 1] if index + 1 < len(names) else None
+            sock.sendall(current + envelope(after) if after else current)
+            code = reply()
+            os.write(journal, b'{"name":"%s","code":%d}\n' % (name.encode(), code))
+            os.rename(spool / name, sent / name)
+            if after:
+                current = data(after)
+        sock.sendall(b"QUIT\r\n")
+        reply()
+    elapsed = time.perf_counter() - start
+    os.close(journal)
+    return elapsed
+
+
 def rate(count: int, seconds: float) -> str:
     return f"{count / seconds:6.0f} msg/s ({seconds:.2f} s)"
 
@@ -122,10 +191,18 @@ def measure(
 
         return run
 
+    def floor() -> float:
+        spool = write_spool(shm / f"spool-{next(numbers)}", messages)
+        try:
+            return bare_loop(sink.host, sink.port, spool)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
     samples = interleaved_samples(
         rounds,
         {
             "smtplib": lambda: smtplib_loop(sink.host, sink.port, messages),
+            "floor": floor,
             "tmpfs-1": cxsmtp_case(shm, "one"),
             "disk-1": cxsmtp_case(disk, "one"),
         },
@@ -174,6 +251,12 @@ def verdicts(figures: dict[str, float], n: int, pairs: int, shm_fs: str, disk_fs
         and ok
     )
     report(f"  (process start + empty run, {shm_fs})", f"{figures['startup']:.2f} s")
+    floor, start = figures["floor"], figures["startup"]
+    report(
+        "  (floor: a bare pipelined Python loop, journal line + rename, in process)",
+        f"{floor:.2f} s; + start = {floor + start:.2f} s = {ref / (floor + start):.2f}x "
+        "smtplib: what any Python sender with this start could reach here",
+    )
     return ok
 
 
