@@ -60,6 +60,12 @@ def target(name: str, value: str, ok: bool) -> bool:
     return ok
 
 
+def noted(name: str, value: str) -> None:
+    """A figure that is not a target but explains one (listed as INFO in the summary)."""
+    report(name, value)
+    _record(name, value, "INFO")
+
+
 def skipped(name: str, reason: str) -> None:
     """A target that could not be measured here (e.g. Postfix not installed)."""
     print(f"  {name:<48} SKIP: {reason}", flush=True)

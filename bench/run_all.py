@@ -1,7 +1,8 @@
 """`make bench`: run every bench/bench_*.py, then list each target with its verdict.
 
 Each script prints its own report and records every target it checks (name, figure,
-PASS/FAIL/SKIP) through ``_common.target`` in the file named by CXSMTP_BENCH_RESULTS.
+PASS/FAIL/SKIP; INFO for a figure that explains one, ``_common.noted``) through
+``_common.target`` in the file named by CXSMTP_BENCH_RESULTS.
 The summary at the end lists them all; the exit status is 1 when any target was
 missed or any script failed without saying which target (a crash, a timeout).
 ``python bench/run_all.py bench_spool bench_startup`` runs only those scripts.
