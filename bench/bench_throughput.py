@@ -113,53 +113,56 @@ def bare_loop(host: str, port: int, spool: Path) -> float:
     names = sorted(entry.name for entry in os.scandir(spool) if entry.name.endswith(".eml"))
     sent = spool / "sent"
     sent.mkdir()
+
+    def envelope(name: str) -> bytes:
+        index = int(name.removesuffix(".eml"))
+        return (
+            f"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt{index}@example.org>\r\nDATA\r\n"
+        ).encode()
+
+    def data(name: str) -> bytes:
+        fd = os.open(spool / name, os.O_RDONLY)
+        try:
+            raw = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        raw = raw.replace(b"\r\n.", b"\r\n..")  # (no message starts with ".")
+        return raw + (b".\r\n" if raw.endswith(b"\r\n") else b"\r\n.\r\n")
+
     journal = os.open(spool / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    idle()
-    start = time.perf_counter()
-    with socket.create_connection((host, port), timeout=30) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        replies = sock.makefile("rb")
+    try:
+        idle()
+        start = time.perf_counter()
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            replies = sock.makefile("rb")
 
-        def reply() -> int:
-            while True:
-                line = replies.readline()
-                if line[3:4] != b"-":
-                    return int(line[:3])
+            def reply() -> int:
+                while True:
+                    line = replies.readline()
+                    if line[3:4] != b"-":
+                        return int(line[:3])
 
-        def envelope(name: str) -> bytes:
-            index = int(name.removesuffix(".eml"))
-            return (
-                f"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt{index}@example.org>\r\nDATA\r\n"
-            ).encode()
-
-        def data(name: str) -> bytes:
-            fd = os.open(spool / name, os.O_RDONLY)
-            try:
-                raw = os.read(fd, 1 << 20)
-            finally:
-                os.close(fd)
-            return raw.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n"
-
-        assert reply() == 220
-        sock.sendall(b"EHLO bench.example\r\n")
-        assert reply() == 250
-        sock.sendall(envelope(names[0]))
-        current = data(names[0])
-        for index, name in enumerate(names):
-            if (reply(), reply(), reply()) != (250, 250, 354):
-                raise RuntimeError(f"floor loop: {name} refused")
-            after = names[index + 1] if index + 1 < len(names) else None
-            sock.sendall(current + envelope(after) if after else current)
-            code = reply()
-            os.write(journal, b'{"name":"%s","code":%d}\n' % (name.encode(), code))
-            os.rename(spool / name, sent / name)
-            if after:
-                current = data(after)
-        sock.sendall(b"QUIT\r\n")
-        reply()
-    elapsed = time.perf_counter() - start
-    os.close(journal)
-    return elapsed
+            assert reply() == 220
+            sock.sendall(b"EHLO bench.example\r\n")
+            assert reply() == 250
+            sock.sendall(envelope(names[0]))
+            current = data(names[0])
+            for index, name in enumerate(names):
+                if (reply(), reply(), reply()) != (250, 250, 354):
+                    raise RuntimeError(f"floor loop: {name} refused")
+                after = names[index + 1] if index + 1 < len(names) else None
+                sock.sendall(current + envelope(after) if after else current)
+                code = reply()
+                os.write(journal, b'{"name":"%s","code":%d}\n' % (name.encode(), code))
+                os.rename(spool / name, sent / name)
+                if after:
+                    current = data(after)
+            sock.sendall(b"QUIT\r\n")
+            reply()
+        return time.perf_counter() - start
+    finally:
+        os.close(journal)
 
 
 def rate(count: int, seconds: float) -> str:
@@ -180,24 +183,27 @@ def measure(
     envs = {shm: setup_env(shm, sink.port), disk: setup_env(disk, sink.port)}
     numbers = itertools.count()
 
-    def cxsmtp_case(work: Path, server: str) -> Callable[[], float]:
+    def on_fresh_spool(work: Path, timed: Callable[[Path], float]) -> Callable[[], float]:
+        """A case: ``timed`` on a fresh spool of the N messages in ``work``, removed after."""
+
         def run() -> float:
             spool = write_spool(work / f"spool-{next(numbers)}", messages)
-            idle()
             try:
-                return send_spool(envs[work], spool, server, SEND_TIMEOUT)
+                return timed(spool)
             finally:
                 shutil.rmtree(spool, ignore_errors=True)
                 settle_disk()  # not into the next case's time (ext4 writeback)
 
         return run
 
-    def floor() -> float:
-        spool = write_spool(shm / f"spool-{next(numbers)}", messages)
-        try:
-            return bare_loop(sink.host, sink.port, spool)
-        finally:
-            shutil.rmtree(spool, ignore_errors=True)
+    def cxsmtp_case(work: Path, server: str) -> Callable[[], float]:
+        def send(spool: Path) -> float:
+            idle()
+            return send_spool(envs[work], spool, server, SEND_TIMEOUT)
+
+        return on_fresh_spool(work, send)
+
+    floor = on_fresh_spool(shm, lambda spool: bare_loop(sink.host, sink.port, spool))
 
     samples = interleaved_samples(
         rounds,
